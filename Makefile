@@ -1,0 +1,51 @@
+# Every install step lives here: `make serve` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP_RUNTIME := $(VENV)/.stamp-runtime
+STAMP_DEV := $(VENV)/.stamp-dev
+DEMO_BUNDLE ?= models/sdedge-tiny
+PORT ?= 7860
+
+.PHONY: serve test bench lint export demo proto clean fuzz
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+
+# Runtime + export + test extras. Torch is named in the same pip call as its dependants so the CPU
+# build on disk is taken (see shared build notes).
+$(STAMP_DEV): pyproject.toml $(VENV)/bin/python
+	$(PIP) install -q -e ".[export,test]"
+	touch $@
+
+$(STAMP_RUNTIME): pyproject.toml $(VENV)/bin/python
+	$(PIP) install -q -e .
+	touch $@
+
+# The demo bundle is exported (needs the export extra) the first time; serving it needs only the runtime.
+$(DEMO_BUNDLE)/manifest.json: $(STAMP_DEV)
+	$(PY) -m export demo --out $(DEMO_BUNDLE)
+
+demo: $(DEMO_BUNDLE)/manifest.json
+
+serve: $(DEMO_BUNDLE)/manifest.json
+	$(VENV)/bin/sdedge serve --model $(DEMO_BUNDLE) --port $(PORT) $(ARGS)
+
+test: $(STAMP_DEV)
+	$(VENV)/bin/ruff check engine service export tests benchmarks
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP_DEV)
+	$(PY) -m benchmarks.run $(ARGS)
+
+lint: $(STAMP_DEV)
+	$(VENV)/bin/ruff check engine service export tests benchmarks
+
+# Export a checkpoint: make export SRC=path/to/diffusers-or-safetensors OUT=models/name
+export: $(STAMP_DEV)
+	$(PY) -m export convert "$(SRC)" --out "$(OUT)"
+
+clean:
+	rm -rf $(VENV) models/sdedge-tiny .pytest_cache

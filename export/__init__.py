@@ -1,0 +1,1 @@
+"""Checkpoint → sdedge bundle (ONNX + manifest). Needs torch: install the `export` extra."""

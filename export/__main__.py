@@ -1,0 +1,38 @@
+"""`python -m export demo|convert`: build bundles from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="build the demo model and export it to a bundle")
+    demo.add_argument("--out", type=Path, required=True)
+    convert = sub.add_parser("convert", help="export a diffusers SD 1.x folder to a bundle")
+    convert.add_argument("source", type=Path)
+    convert.add_argument("--out", type=Path, required=True)
+    convert.add_argument("--name", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from export.onnx_export import export_diffusers_folder
+
+    if args.command == "demo":
+        from export.demo import save_demo_pipeline
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = save_demo_pipeline(Path(tmp) / "sdedge-tiny")
+            export_diffusers_folder(folder, args.out, name="sdedge-tiny")
+    else:
+        export_diffusers_folder(args.source, args.out, name=args.name)
+    logging.info("bundle written to %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The sdapi REST server, the gRPC server, the job queue and the command line."""

@@ -1,0 +1,86 @@
+"""`sdedge serve` and friends: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("sdedge")
+
+DEFAULT_MODELS_DIR = Path("models")
+
+
+def _is_diffusers_folder(path: Path) -> bool:
+    return (path / "model_index.json").is_file() and (path / "unet" / "config.json").is_file() and not (
+        path / "unet" / "model.onnx"
+    ).is_file()
+
+
+def prepare_model(path: Path, models_dir: Path) -> Path:
+    """A bundle is used as is; a diffusers folder is exported to `models_dir/<name>` first (needs `export`)."""
+    from engine.bundle import is_bundle
+
+    if is_bundle(path):
+        return path
+    if _is_diffusers_folder(path):
+        out = models_dir / path.name
+        if is_bundle(out):
+            return out
+        try:
+            from export.onnx_export import export_diffusers_folder
+        except ImportError as exc:
+            raise SystemExit(f"{path} is a diffusers folder; exporting it needs the export extra: {exc}") from exc
+        log.info("exporting %s to %s", path, out)
+        return export_diffusers_folder(path, out)
+    raise SystemExit(f"{path}: not an sdedge bundle or a diffusers folder")
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.state import ServerConfig, ServerState
+
+    models_dir = Path(args.models_dir)
+    model = prepare_model(Path(args.model), models_dir) if args.model else None
+    config = ServerConfig(
+        model=model, models_dir=models_dir, providers=args.providers, max_queue=args.max_queue,
+        options_file=Path(args.options_file) if args.options_file else None,
+        cors_allow_origins=args.cors_allow_origins, cors_allow_origins_regex=args.cors_allow_origins_regex,
+    )
+    state = ServerState(config)
+    entry, pipeline = state.load_default()
+    log.info("model %s on %s", entry.title, ", ".join(pipeline.backend.providers))
+    host = "0.0.0.0" if args.listen else args.host
+    uvicorn.run(create_app(state), host=host, port=args.port, log_level="info", timeout_keep_alive=30)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdedge", description="Stable Diffusion server speaking the A1111 API")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve the sdapi over HTTP")
+    s.add_argument("--model", help="an sdedge bundle, or a diffusers folder (exported first)")
+    s.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR), help="folder of bundles (default: models)")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    s.add_argument("--listen", action="store_true", help="bind 0.0.0.0")
+    s.add_argument("--providers", default="cpu", help="cpu, cuda, tensorrt (ONNX Runtime execution providers)")
+    s.add_argument("--max-queue", type=int, default=64, help="jobs that may wait; more get 503")
+    s.add_argument("--options-file", default="config.json", help="where options are persisted")
+    s.add_argument("--cors-allow-origins", default=None)
+    s.add_argument("--cors-allow-origins-regex", default=None)
+    s.set_defaults(func=serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

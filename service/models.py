@@ -1,0 +1,95 @@
+"""The checkpoints the server knows: bundles in a models directory plus the one given on the command line."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.bundle import Bundle, is_bundle, load_bundle
+from engine.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A checkpoint as /sd-models lists it: title `name [hash10]`, model_name, hash, sha256, filename."""
+
+    name: str
+    path: Path
+    sha256: str | None
+
+    @property
+    def short_hash(self) -> str | None:
+        return self.sha256[:10] if self.sha256 else None
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.short_hash}]" if self.short_hash else self.name
+
+    def aliases(self) -> set[str]:
+        """Names `sd_model_checkpoint` accepts: title, name, filename, short and full hash."""
+        names = {self.title, self.name, str(self.path), self.path.name}
+        if self.sha256:
+            names |= {self.sha256, self.short_hash, self.sha256[:8]}
+        return names
+
+
+def entry_for(bundle: Bundle) -> ModelEntry:
+    return ModelEntry(name=bundle.manifest.name or bundle.path.name, path=bundle.path.resolve(),
+                      sha256=bundle.manifest.source_sha256)
+
+
+class ModelRegistry:
+    """Known bundles and the one loaded pipeline; loading happens on the worker thread that runs jobs."""
+
+    def __init__(self, models_dir: Path | None = None, extra: list[Path] | None = None,
+                 providers: str | list[str] = "cpu"):
+        self.models_dir = Path(models_dir) if models_dir else None
+        self.extra = [Path(p) for p in (extra or [])]
+        self.providers = providers
+        self._entries: list[ModelEntry] = []
+        self._loaded: tuple[ModelEntry, Pipeline] | None = None
+        self._lock = threading.Lock()
+        self.refresh()
+
+    def refresh(self) -> None:
+        found: dict[Path, ModelEntry] = {}
+        candidates = list(self.extra)
+        if self.models_dir and self.models_dir.is_dir():
+            candidates += sorted(p for p in self.models_dir.iterdir() if p.is_dir())
+        for path in candidates:
+            if is_bundle(path):
+                try:
+                    entry = entry_for(load_bundle(path))
+                except Exception as exc:  # one broken folder must not hide the others
+                    log.warning("skipping %s: %s", path, exc)
+                    continue
+                found.setdefault(entry.path, entry)
+        self._entries = list(found.values())
+
+    def entries(self) -> list[ModelEntry]:
+        return list(self._entries)
+
+    def find(self, name: str) -> ModelEntry | None:
+        for entry in self._entries:
+            if name in entry.aliases():
+                return entry
+        return None
+
+    @property
+    def loaded(self) -> tuple[ModelEntry, Pipeline] | None:
+        return self._loaded
+
+    def load(self, entry: ModelEntry) -> Pipeline:
+        with self._lock:
+            if self._loaded is None or self._loaded[0] != entry:
+                log.info("loading %s from %s", entry.title, entry.path)
+                self._loaded = (entry, Pipeline.from_path(entry.path, self.providers))
+            return self._loaded[1]
+
+    def unload(self) -> None:
+        with self._lock:
+            self._loaded = None

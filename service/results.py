@@ -1,0 +1,66 @@
+"""Engine results → the sdapi response: encoded images with infotexts and A1111's `info` JSON (§5)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from engine.pipeline import GenerationResult
+from engine.plan import GenerationPlan
+from service.encode import encode_image, to_base64
+from service.infotext import VERSION, create_infotext, generation_parameters
+from service.models import ModelEntry
+
+
+def build_response(plan: GenerationPlan, result: GenerationResult, entry: ModelEntry,
+                   options: Mapping[str, Any], parameters: dict, send_images: bool = True,
+                   job_timestamp: str | None = None, styles: list[str] | None = None) -> dict:
+    infotexts = []
+    images = []
+    fmt = str(options.get("samples_format", "png"))
+    for i, image in enumerate(result.images):
+        params = generation_parameters(plan, i, entry.name, entry.short_hash, options)
+        infotext = create_infotext(plan.prompts[i], plan.negative_prompts[i], params)
+        infotexts.append(infotext)
+        if send_images:
+            embedded = infotext if options.get("enable_pnginfo", True) else None
+            data = encode_image(image, fmt, embedded, int(options.get("jpeg_quality", 80)),
+                                bool(options.get("webp_lossless", False)))
+            images.append(to_base64(data))
+    info = {
+        "prompt": plan.prompts[0],
+        "all_prompts": list(plan.prompts),
+        "negative_prompt": plan.negative_prompts[0],
+        "all_negative_prompts": list(plan.negative_prompts),
+        "seed": plan.seeds[0],
+        "all_seeds": list(plan.seeds),
+        "subseed": plan.subseeds[0],
+        "all_subseeds": list(plan.subseeds),
+        "subseed_strength": float(plan.subseed_strength),
+        "width": plan.width,
+        "height": plan.height,
+        "sampler_name": plan.sampler,
+        "cfg_scale": float(plan.cfg_scale),
+        "steps": plan.steps,
+        "batch_size": plan.batch_size,
+        "restore_faces": bool(options.get("face_restoration", False)),
+        "face_restoration_model": None,
+        "sd_model_name": entry.name,
+        "sd_model_hash": entry.short_hash,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": plan.seed_resize_from_w,
+        "seed_resize_from_h": plan.seed_resize_from_h,
+        "denoising_strength": parameters.get("denoising_strength"),
+        "extra_generation_params": {},
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": styles or [],
+        "job_timestamp": job_timestamp or time.strftime("%Y%m%d%H%M%S"),
+        "clip_skip": plan.clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "version": VERSION,
+    }
+    return {"images": images, "parameters": parameters, "info": json.dumps(info, default=lambda _: None)}

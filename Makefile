@@ -34,18 +34,23 @@ serve: $(DEMO_BUNDLE)/manifest.json
 	$(VENV)/bin/sdedge serve --model $(DEMO_BUNDLE) --port $(PORT) $(ARGS)
 
 test: $(STAMP_DEV)
-	$(VENV)/bin/ruff check engine service export tests benchmarks
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP_DEV)
 	$(PY) -m benchmarks.run $(ARGS)
 
 lint: $(STAMP_DEV)
-	$(VENV)/bin/ruff check engine service export tests benchmarks
+	$(VENV)/bin/ruff check .
 
 # Export a checkpoint: make export SRC=path/to/diffusers-or-safetensors OUT=models/name
 export: $(STAMP_DEV)
 	$(PY) -m export convert "$(SRC)" --out "$(OUT)"
+
+# gRPC stubs: committed in service/generated/ (a runtime install has no grpcio-tools); regenerate after editing
+# proto/. tests/test_grpc.py checks that regenerating gives the committed bytes.
+proto: $(STAMP_DEV)
+	$(PY) proto/generate.py
 
 clean:
 	rm -rf $(VENV) models/sdedge-tiny .pytest_cache

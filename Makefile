@@ -52,5 +52,10 @@ export: $(STAMP_DEV)
 proto: $(STAMP_DEV)
 	$(PY) proto/generate.py
 
+# schemathesis against every /sdapi route with many more cases than `make test` runs (no 5xx allowed).
+FUZZ_EXAMPLES ?= 200
+fuzz: $(STAMP_DEV)
+	SDEDGE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_fuzz_sdapi.py $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) models/sdedge-tiny .pytest_cache

@@ -1,12 +1,14 @@
-"""Prompts → text-encoder embeddings, and the per-step conditioning the CFG denoiser reads.
+"""Prompts → text-encoder embeddings as A1111 builds them, and the per-step conditioning the CFG denoiser reads.
 
-A prompt is tokenised, split into 75-token chunks that each get BOS/EOS and padding to 77, encoded, and the
-chunks concatenated along the token axis (so long prompts give 154, 231, ... tokens), as A1111 does.
+a1111-sampling.md §7: prompt schedules, AND sub-prompts, emphasis, 75-token chunks with comma backtracking and
+BREAK, encoding with clip skip and mean restoration; chunks are concatenated along the token axis (77·k tokens).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -15,11 +17,20 @@ import numpy as np
 
 from engine.backend import ExecutionBackend
 from engine.bundle import Manifest
+from engine.prompt_parser import (
+    BREAK_MARKER,
+    AttentionSegment,
+    extract_extra_networks,
+    parse_prompt_attention,
+    prompt_schedule,
+    split_and,
+)
 from engine.tokenizer import ClipTokenizer
 
 log = logging.getLogger(__name__)
 
 CHUNK_TOKENS = 75
+EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
 
 
 @dataclass(frozen=True)
@@ -47,15 +58,94 @@ class ConstantConditioning:
         return self.conditioning
 
 
-class PromptEncoder:
-    """Runs the text encoder; identical prompts within one call are encoded once."""
+@dataclass(frozen=True)
+class TextEncoderOptions:
+    """The options that change how text becomes an embedding (A1111 option names in comments)."""
 
-    def __init__(self, backend: ExecutionBackend, tokenizer: ClipTokenizer, manifest: Manifest):
+    clip_skip: int = 1  # CLIP_stop_at_last_layers
+    emphasis: str = "Original"  # emphasis: one of EMPHASIS_MODES; an unknown name acts as "Original" (A1111)
+    comma_padding_backtrack: int = 20  # comma_padding_backtrack
+
+
+@dataclass(frozen=True)
+class PromptChunk:
+    """77 token ids (BOS, 75 prompt tokens or padding, EOS) and each token's emphasis multiplier."""
+
+    tokens: tuple[int, ...]
+    multipliers: tuple[float, ...]
+
+
+class PromptEncoder:
+    """Runs the text encoder the way A1111's CLIP wrapper does; results are cached by (texts, options)."""
+
+    def __init__(self, backend: ExecutionBackend, tokenizer: ClipTokenizer, manifest: Manifest, cache_size: int = 32):
         self.backend = backend
         self.tokenizer = tokenizer
         self.manifest = manifest
         self.output_names = backend.output_names("text_encoder")
         self.ids_dtype = {s.name: s.dtype for s in backend.input_specs("text_encoder")}.get("input_ids", "int64")
+        self.comma_token = tokenizer.token_to_id(",</w>")
+        self._cache: OrderedDict[tuple, tuple[np.ndarray, ...]] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._warned_clip_skip = False
+
+    def empty_chunk(self) -> PromptChunk:
+        m = self.manifest
+        return PromptChunk((m.bos_token_id,) + (m.eos_token_id,) * (CHUNK_TOKENS + 1), (1.0,) * (CHUNK_TOKENS + 2))
+
+    def segments(self, line: str, emphasis: str) -> list[AttentionSegment]:
+        if emphasis == "None":  # brackets stay literal text, and BREAK is not recognised either
+            return [AttentionSegment(line, 1.0)]
+        return parse_prompt_attention(line)
+
+    def tokenize_line(self, line: str, options: TextEncoderOptions = TextEncoderOptions()) -> list[PromptChunk]:
+        """One prompt text → its 77-token chunks (a1111-sampling.md §7.5)."""
+        m = self.manifest
+        parsed = self.segments(line, options.emphasis)
+        tokenized = self.tokenizer.encode_batch([s.text for s in parsed])
+        chunks: list[PromptChunk] = []
+        tokens: list[int] = []
+        weights: list[float] = []
+        last_comma = -1
+
+        def close_chunk() -> None:
+            nonlocal tokens, weights, last_comma
+            pad = CHUNK_TOKENS - len(tokens)
+            chunks.append(
+                PromptChunk(
+                    (m.bos_token_id, *tokens, *(m.eos_token_id,) * pad, m.eos_token_id),
+                    (1.0, *weights, *(1.0,) * pad, 1.0),
+                )
+            )
+            tokens, weights, last_comma = [], [], -1
+
+        for segment, ids in zip(parsed, tokenized, strict=True):
+            if segment == BREAK_MARKER:
+                close_chunk()
+                continue
+            for token in ids:
+                if token == self.comma_token:
+                    last_comma = len(tokens)
+                elif (
+                    options.comma_padding_backtrack != 0
+                    and len(tokens) == CHUNK_TOKENS
+                    and last_comma != -1
+                    and len(tokens) - last_comma <= options.comma_padding_backtrack
+                ):
+                    # Word wrap: the words after the chunk's last comma move on to the next chunk.
+                    cut = last_comma + 1
+                    moved_tokens, moved_weights = tokens[cut:], weights[cut:]
+                    tokens, weights = tokens[:cut], weights[:cut]
+                    close_chunk()
+                    tokens, weights = moved_tokens, moved_weights
+                if len(tokens) == CHUNK_TOKENS:
+                    close_chunk()
+                tokens.append(token)
+                weights.append(segment.weight)
+        if tokens or not chunks:
+            close_chunk()
+        return chunks
 
     def encode_chunks(self, chunks: np.ndarray, clip_skip: int = 1) -> np.ndarray:
         """Token-id chunks [N, 77] → hidden states [N, 77, D], taking layer −clip_skip (then the final norm)."""
@@ -63,34 +153,160 @@ class PromptEncoder:
         if clip_skip <= 1:
             return outputs["last_hidden_state"].astype(np.float32)
         if "normed_hidden_states" not in outputs:
-            log.warning("bundle's text encoder has no per-layer output; clip skip %d ignored", clip_skip)
+            if not self._warned_clip_skip:
+                log.warning("bundle's text encoder has no per-layer output; clip skip %d ignored", clip_skip)
+                self._warned_clip_skip = True
             return outputs["last_hidden_state"].astype(np.float32)
         layers = outputs["normed_hidden_states"]  # [N, L, 77, D]; entry j = final_norm(hidden_states[j + 1])
         index = max(layers.shape[1] - clip_skip, 0)
         return layers[:, index].astype(np.float32)
 
-    def chunk_tokens(self, token_ids: Sequence[int]) -> np.ndarray:
-        """75-token chunks, each as [BOS, 75 tokens padded with EOS, EOS]; an empty prompt is one chunk."""
+    def encode_texts(
+        self, texts: Sequence[str], options: TextEncoderOptions = TextEncoderOptions()
+    ) -> tuple[np.ndarray, ...]:
+        """Texts encoded together as one batch → one embedding [77·k, D] each, k the batch's largest chunk count.
+
+        The batch matters: shorter texts get empty chunks, and "Original" emphasis restores the mean over the
+        whole batch tensor (A1111 encodes all texts of one prompt's schedule together).
+        """
+        key = (tuple(texts), options)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        result = self._encode_batch(list(texts), options)
+        with self._lock:
+            self._cache[key] = result
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    def _encode_batch(self, texts: list[str], options: TextEncoderOptions) -> tuple[np.ndarray, ...]:
+        lines = {t: self.tokenize_line(t, options) for t in dict.fromkeys(texts)}
+        per_text = [lines[t] for t in texts]
+        count = max(len(c) for c in per_text)
+        empty = self.empty_chunk()
+        grid = [[c[j] if j < len(c) else empty for c in per_text] for j in range(count)]  # [chunk][text]
+        tokens = np.asarray([[c.tokens for c in row] for row in grid], dtype=np.int64)  # [K, B, 77]
+        multipliers = np.asarray([[c.multipliers for c in row] for row in grid], dtype=np.float32)
         m = self.manifest
-        ids = list(token_ids)
-        pieces = [ids[i : i + CHUNK_TOKENS] for i in range(0, len(ids), CHUNK_TOKENS)] or [[]]
-        rows = [[m.bos_token_id] + p + [m.eos_token_id] * (CHUNK_TOKENS + 1 - len(p)) for p in pieces]
-        return np.asarray(rows, dtype=np.int64)
+        if m.pad_token_id != m.eos_token_id:  # SD2-style vocabularies pad after the first EOS with their own id
+            after_eos = np.cumsum(tokens == m.eos_token_id, axis=-1) - (tokens == m.eos_token_id) > 0
+            tokens = np.where(after_eos, m.pad_token_id, tokens)
+        # Identical chunks run through the encoder once; the batch keeps every copy for the emphasis mean.
+        rows, inverse = np.unique(tokens.reshape(-1, tokens.shape[-1]), axis=0, return_inverse=True)
+        hidden = self.encode_chunks(rows, options.clip_skip)[inverse.reshape(-1)]
+        z = hidden.reshape(*tokens.shape, hidden.shape[-1])  # [K, B, 77, D]
+        z = np.stack([apply_emphasis(z[j], multipliers[j], options.emphasis) for j in range(count)])
+        embeddings = z.transpose(1, 0, 2, 3).reshape(len(texts), count * tokens.shape[-1], z.shape[-1])
+        out = tuple(np.ascontiguousarray(e) for e in embeddings)
+        for e in out:
+            e.flags.writeable = False  # shared through the cache
+        return out
 
     def encode(self, prompts: Sequence[str], clip_skip: int = 1) -> list[np.ndarray]:
-        """One embedding [77·k, D] per prompt."""
-        unique = list(dict.fromkeys(prompts))
-        encoded: dict[str, np.ndarray] = {}
-        for prompt, ids in zip(unique, self.tokenizer.encode_batch(unique), strict=True):
-            chunks = self.chunk_tokens(ids)
-            hidden = self.encode_chunks(chunks, clip_skip)
-            encoded[prompt] = hidden.reshape(-1, hidden.shape[-1])
-        return [encoded[p] for p in prompts]
+        """One embedding [77·k, D] per prompt, each on its own, as plain text (no emphasis, BREAK or word wrap)."""
+        options = TextEncoderOptions(clip_skip=clip_skip, emphasis="None", comma_padding_backtrack=0)
+        return [self.encode_texts([p], options)[0] for p in prompts]
+
+
+def apply_emphasis(z: np.ndarray, multipliers: np.ndarray, emphasis: str) -> np.ndarray:
+    """z [B, 77, D] of one chunk index, multipliers [B, 77] → weighted z (a1111-sampling.md §7.6)."""
+    if emphasis in ("None", "Ignore") or np.all(multipliers == 1.0):
+        return z  # unweighted: A1111's rescale is mean/mean of the same tensor, exactly 1
+    weighted = z * multipliers[..., None]
+    if emphasis == "No norm":
+        return weighted
+    # "Original": rescale so the mean over every value of the batch tensor is what it was before weighting.
+    original_mean = z.mean(dtype=np.float64)
+    new_mean = weighted.mean(dtype=np.float64)
+    return (weighted * np.float32(original_mean / new_mean)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ScheduledEmbedding:
+    """An embedding used while the step counter is `<= end_at_step`."""
+
+    end_at_step: int
+    embedding: np.ndarray
+
+
+EmbeddingSchedule = tuple[ScheduledEmbedding, ...]
+
+
+def embedding_at(schedule: EmbeddingSchedule, step: int) -> np.ndarray:
+    """The first entry whose end is not yet passed; past the last one, the *first* entry (A1111 quirk)."""
+    for entry in schedule:
+        if step <= entry.end_at_step:
+            return entry.embedding
+    return schedule[0].embedding
+
+
+@dataclass(frozen=True)
+class ScheduledConditioning:
+    """Per image: positive sub-prompts as (schedule, AND weight) and the negative prompt's schedule."""
+
+    cond: tuple[tuple[tuple[EmbeddingSchedule, float], ...], ...]
+    uncond: tuple[EmbeddingSchedule, ...]
+
+    def at(self, step: int) -> StepConditioning:
+        return StepConditioning(
+            cond=tuple(tuple((embedding_at(s, step), w) for s, w in image) for image in self.cond),
+            uncond=tuple(embedding_at(s, step) for s in self.uncond),
+        )
+
+
+def encode_schedules(
+    encoder: PromptEncoder,
+    prompts: Sequence[str],
+    steps: int,
+    hires_steps: int | None = None,
+    use_old_scheduling: bool = False,
+    options: TextEncoderOptions = TextEncoderOptions(),
+) -> list[EmbeddingSchedule]:
+    """A1111's get_learned_conditioning: each distinct prompt's schedule texts are encoded together."""
+    encoded: dict[str, EmbeddingSchedule] = {}
+    for prompt in dict.fromkeys(prompts):
+        schedule = prompt_schedule(prompt, steps, hires_steps, use_old_scheduling)
+        embeddings = encoder.encode_texts([s.text for s in schedule], options)
+        encoded[prompt] = tuple(
+            ScheduledEmbedding(s.end_at_step, e) for s, e in zip(schedule, embeddings, strict=True)
+        )
+    return [encoded[p] for p in prompts]
+
+
+def scheduled_conditioning(
+    encoder: PromptEncoder,
+    prompts: Sequence[str],
+    negative_prompts: Sequence[str],
+    steps: int,
+    hires_steps: int | None = None,
+    use_old_scheduling: bool = False,
+    options: TextEncoderOptions = TextEncoderOptions(),
+) -> ScheduledConditioning:
+    """Prompts and negative prompts of one batch → the conditioning schedule the CFG denoiser reads.
+
+    `steps` is the pass's total step count (×2 for second-order samplers); for the hires pass it is the first
+    pass's and `hires_steps` the second pass's. Extra-network tags are removed from the positive prompts (the
+    negative prompts keep them as text, as in A1111); positive prompts are split on AND.
+    """
+    stripped = [extract_extra_networks(p)[0] for p in prompts]
+    sub_prompts = [split_and(p) for p in stripped]
+    flat = list(dict.fromkeys(text for parts in sub_prompts for text, _ in parts))
+    cond_schedules = dict(
+        zip(flat, encode_schedules(encoder, flat, steps, hires_steps, use_old_scheduling, options), strict=True)
+    )
+    uncond = encode_schedules(encoder, negative_prompts, steps, hires_steps, use_old_scheduling, options)
+    return ScheduledConditioning(
+        cond=tuple(tuple((cond_schedules[text], weight) for text, weight in parts) for parts in sub_prompts),
+        uncond=tuple(uncond),
+    )
 
 
 def constant_conditioning(
     encoder: PromptEncoder, prompts: Sequence[str], negative_prompts: Sequence[str], clip_skip: int = 1
 ) -> ConstantConditioning:
+    """Every prompt encoded as plain text, the same at every step (no prompt language)."""
     embeddings = encoder.encode(list(prompts) + list(negative_prompts), clip_skip)
     cond = embeddings[: len(prompts)]
     uncond = embeddings[len(prompts) :]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,8 +26,17 @@ class UNet:
         self.sample_dtype = specs["sample"].dtype
         self.timestep_dtype = specs["timestep"].dtype
         self.context_dtype = specs["encoder_hidden_states"].dtype
+        channels = specs["sample"].shape[1]
+        self.in_channels = channels if isinstance(channels, int) else None
 
-    def __call__(self, sample: np.ndarray, t: float, context: np.ndarray) -> np.ndarray:
+    def __call__(
+        self, sample: np.ndarray, t: float, context: np.ndarray, image_cond: np.ndarray | None = None
+    ) -> np.ndarray:
+        # Inpainting (9-channel) and instruct-pix2pix (8-channel) UNets read image_cond beside x (§2.5).
+        if image_cond is not None:
+            sample = np.concatenate([sample, image_cond.astype(sample.dtype, copy=False)], axis=1)
+        if self.in_channels is not None and sample.shape[1] != self.in_channels:
+            raise ValueError(f"the UNet takes {self.in_channels} input channels, got {sample.shape[1]}")
         n = sample.shape[0]
         # optimum's export takes one scalar timestep for the whole batch; ours takes one per sample.
         timestep = np.full((n,) if self.per_sample_timestep else (), t, dtype=self.timestep_dtype)
@@ -51,8 +61,25 @@ def _pad_tokens(embeddings: list[np.ndarray], length: int) -> np.ndarray:
     return np.stack(rows)
 
 
+@dataclass(frozen=True)
+class LatentMask:
+    """Inpainting's latent blend (§8.6): `nmask` (1 = repaint) keeps the prediction, elsewhere `init_latent`."""
+
+    init_latent: np.ndarray
+    nmask: np.ndarray
+
+    def blend(self, x: np.ndarray) -> np.ndarray:
+        return (x * self.nmask + self.init_latent * (1.0 - self.nmask)).astype(np.float32)
+
+
 class CFGDenoiser:
-    """D(x, σ) with classifier-free guidance; one call is one step of A1111's step counter."""
+    """D(x, σ) with classifier-free guidance; one call is one step of A1111's step counter.
+
+    `image_cond` goes beside x into inpainting/edit UNets; `latent_mask` blends the clean init latent into every
+    prediction (k-diffusion samplers); `image_cfg_scale` ≠ 1 runs instruct-pix2pix's three-way guidance.
+    `eps(x, t)` is the same guidance over ε for the timestep samplers (DDIM, PLMS, UniPC); `s_min_uncond` > 0
+    skips the unconditional half below that σ on odd steps (NGMS, §3.5).
+    """
 
     def __init__(
         self,
@@ -62,6 +89,11 @@ class CFGDenoiser:
         cfg_scale: float,
         prediction_type: str = "epsilon",
         should_stop: Callable[[], bool] | None = None,
+        image_cond: np.ndarray | None = None,
+        latent_mask: LatentMask | None = None,
+        image_cfg_scale: float | None = None,
+        s_min_uncond: float = 0.0,
+        s_min_uncond_all: bool = False,
     ):
         self.unet = unet
         self.schedule = schedule
@@ -69,50 +101,136 @@ class CFGDenoiser:
         self.cfg_scale = cfg_scale
         self.prediction_type = prediction_type
         self.should_stop = should_stop
+        self.image_cond = image_cond
+        self.latent_mask = latent_mask
+        self.image_cfg_scale = image_cfg_scale
+        self.s_min_uncond = s_min_uncond
+        self.s_min_uncond_all = s_min_uncond_all
+        # DDIM CFG++ scales the guidance and reads the unconditional prediction (A1111's attributes of that name).
+        self.cfg_scale_multiplier = 1.0
+        self.need_last_uncond = False
+        self.last_uncond: np.ndarray | None = None
         self.step = 0
 
-    def _model_x0(self, x: np.ndarray, sigma: float, context: np.ndarray) -> np.ndarray:
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        return self.schedule.alphas_cumprod
+
+    def _model_x0(
+        self, x: np.ndarray, sigma: float, context: np.ndarray, image_cond: np.ndarray | None = None
+    ) -> np.ndarray:
         c_in = 1.0 / (sigma**2 + 1) ** 0.5
         t = float(self.schedule.sigma_to_t(sigma))
-        out = self.unet((x * c_in).astype(np.float32), t, context)
+        out = self.unet((x * c_in).astype(np.float32), t, context, image_cond)
         if self.prediction_type == "v_prediction":
             c_skip = 1.0 / (sigma**2 + 1)
             c_out = -sigma / (sigma**2 + 1) ** 0.5
             return c_skip * x + c_out * out
-        return x - sigma * out
+        x0 = x - sigma * out
+        if self.schedule.lcm_boundary:
+            # LCM's boundary condition c_skip·x + c_out·x̂₀ at s = 10·t (A1111's LCMCompVisDenoiser, §5.21).
+            s = 10.0 * t
+            return (0.25 / (s**2 + 0.25)) * x + (s / (s**2 + 0.25) ** 0.5) * x0
+        return x0
+
+    def _model_eps(
+        self, x: np.ndarray, t: float, context: np.ndarray, image_cond: np.ndarray | None = None
+    ) -> np.ndarray:
+        out = self.unet(x.astype(np.float32), t, context, image_cond)
+        if self.prediction_type == "v_prediction":
+            a = float(self.schedule.alphas_cumprod[int(t)])
+            return a**0.5 * out + (1 - a) ** 0.5 * x
+        return out
 
     def __call__(self, x: np.ndarray, sigma: float) -> np.ndarray:
+        denoised = self._step(x, sigma, self._model_x0)
+        if self.latent_mask is not None:
+            denoised = self.latent_mask.blend(denoised)
+        return denoised
+
+    def eps(self, x: np.ndarray, t: float) -> np.ndarray:
+        """Guided ε̂(x, t) for the timestep samplers (§2.4): the UNet sees x unscaled at timestep t. A mask is
+        applied to x before the call, with the clean init latent (§3.3, as A1111 does)."""
+        if self.latent_mask is not None:
+            x = self.latent_mask.blend(x)
+        return self._step(x, t, self._model_eps)
+
+    def eps_and_uncond(self, x: np.ndarray, t: float, cfg_scale_multiplier: float) -> tuple[np.ndarray, np.ndarray]:
+        """(guided ε̂ with the scale × `cfg_scale_multiplier`, the unconditional ε̂) for DDIM CFG++ (§5.19)."""
+        self.cfg_scale_multiplier = cfg_scale_multiplier
+        self.need_last_uncond = True
+        eps = self.eps(x, t)
+        return eps, self.last_uncond
+
+    def _step(self, x: np.ndarray, sigma: float, predict) -> np.ndarray:
+        """One guided prediction; `sigma` is σ for x0 predictions and the timestep for ε (also in NGMS's test)."""
         if self.should_stop is not None and self.should_stop():
             raise Interrupted
         cond = self.conditioning.at(self.step)
+        if self.image_cond is not None and self.image_cfg_scale is not None and self.image_cfg_scale != 1.0:
+            denoised = self._edit_guided(x, sigma, cond, predict)
+        else:
+            skip_uncond = (
+                self.s_min_uncond > 0 and bool(self.step % 2 or self.s_min_uncond_all) and sigma < self.s_min_uncond
+            )
+            denoised = self._guided(x, sigma, cond, predict, skip_uncond)
+        self.step += 1
+        return denoised
+
+    def _guided(self, x: np.ndarray, sigma: float, cond, predict=None, skip_uncond: bool = False) -> np.ndarray:
+        predict = self._model_x0 if predict is None else predict
+        cfg_scale = 1.0 if skip_uncond else self.cfg_scale * self.cfg_scale_multiplier
         batch = x.shape[0]
+        image_cond = self.image_cond
         repeats = [len(sub_prompts) for sub_prompts in cond.cond]
         cond_embeddings = [e for sub_prompts in cond.cond for e, _ in sub_prompts]
         cond_len = max(e.shape[0] for e in cond_embeddings)
         cond_context = _pad_tokens(cond_embeddings, cond_len)
         x_cond = np.repeat(x, repeats, axis=0)
+        image_cond_rows = None if image_cond is None else np.repeat(image_cond, repeats, axis=0)
         single_prompt = all(r == 1 for r in repeats) and all(w == 1.0 for s in cond.cond for _, w in s)
-        if self.cfg_scale == 1.0 and single_prompt:
+        if cfg_scale == 1.0 and single_prompt and not self.need_last_uncond:
             # U + 1·(C − U) = C: skip the unconditional half.
-            denoised = self._model_x0(x_cond, sigma, cond_context)
-            self.step += 1
-            return denoised
+            return predict(x_cond, sigma, cond_context, image_cond_rows)
         uncond_len = max(e.shape[0] for e in cond.uncond)
         uncond_context = _pad_tokens(list(cond.uncond), uncond_len)
-        if cond_len == uncond_len:
-            out = self._model_x0(
-                np.concatenate([x_cond, x]), sigma, np.concatenate([cond_context, uncond_context])
+        if skip_uncond:
+            # NGMS: no unconditional half; each image's first cond row stands in for it (A1111).
+            out_cond = predict(x_cond, sigma, cond_context, image_cond_rows)
+            out_uncond = out_cond[np.cumsum([0, *repeats[:-1]])]
+        elif cond_len == uncond_len:
+            out = predict(
+                np.concatenate([x_cond, x]), sigma, np.concatenate([cond_context, uncond_context]),
+                None if image_cond is None else np.concatenate([image_cond_rows, image_cond]),
             )
             out_cond, out_uncond = out[: len(x_cond)], out[len(x_cond) :]
         else:
             # Different token lengths run as separate UNet batches; nothing is padded (A1111 default).
-            out_cond = self._model_x0(x_cond, sigma, cond_context)
-            out_uncond = self._model_x0(x, sigma, uncond_context)
+            out_cond = predict(x_cond, sigma, cond_context, image_cond_rows)
+            out_uncond = predict(x, sigma, uncond_context, image_cond)
+        self.last_uncond = out_uncond
         denoised = out_uncond.copy()
         row = 0
         for i in range(batch):
             for _, weight in cond.cond[i]:
-                denoised[i] += (out_cond[row] - out_uncond[i]) * (weight * self.cfg_scale)
+                denoised[i] += (out_cond[row] - out_uncond[i]) * (weight * cfg_scale)
                 row += 1
-        self.step += 1
         return denoised
+
+    def _edit_guided(self, x: np.ndarray, sigma: float, cond, predict=None) -> np.ndarray:
+        """instruct-pix2pix (§3.8): rows [text + image, no text + image, no text + no image] →
+        D = O_u + cfg·(O_c − O_i) + image_cfg·(O_i − O_u). AND is not supported, as in A1111."""
+        if any(len(sub_prompts) != 1 for sub_prompts in cond.cond):
+            raise ValueError("AND is not supported with instruct-pix2pix models")
+        cond_embeddings = [sub_prompts[0][0] for sub_prompts in cond.cond]
+        uncond_embeddings = list(cond.uncond)
+        length = max(e.shape[0] for e in cond_embeddings + uncond_embeddings)
+        cond_context = _pad_tokens(cond_embeddings, length)
+        uncond_context = _pad_tokens(uncond_embeddings, length)
+        out = (self._model_x0 if predict is None else predict)(
+            np.concatenate([x, x, x]), sigma, np.concatenate([cond_context, uncond_context, uncond_context]),
+            np.concatenate([self.image_cond, self.image_cond, np.zeros_like(self.image_cond)]),
+        )
+        out_cond, out_img_cond, out_uncond = np.split(out, 3)
+        return (out_uncond + self.cfg_scale * (out_cond - out_img_cond)
+                + self.image_cfg_scale * (out_img_cond - out_uncond))

@@ -1,23 +1,35 @@
-"""txt2img: plan → conditioning → initial noise → sampler loop → VAE decode."""
+"""txt2img (with hires fix) and img2img: plan → conditioning → initial noise → sampler loop → VAE decode."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from engine import image_ops
 from engine.backend import ExecutionBackend, OrtBackend
+from engine.brownian import NoiseSampler, brownian_noise_sampler
 from engine.bundle import Bundle, load_bundle
-from engine.conditioning import PromptEncoder, constant_conditioning
-from engine.denoiser import CFGDenoiser, Interrupted, UNet
-from engine.images import decode_latents, to_pil
+from engine.conditioning import PromptEncoder, scheduled_conditioning
+from engine.denoiser import CFGDenoiser, Interrupted, LatentMask, UNet
+from engine.images import decode_latents, encode_images, to_pil, vae_posterior
+from engine.img2img import (
+    crop_latents,
+    encoder_noise,
+    inpainting_conditioning,
+    is_edit_model,
+    latent_nmask,
+    prepare_init,
+)
 from engine.plan import GenerationPlan
 from engine.rng import ImageRNG
-from engine.samplers import SAMPLERS
-from engine.schedules import ModelSchedule, get_sigmas, scaled_linear_alphas_cumprod
+from engine.samplers import SAMPLERS, TIMESTEPS, SamplerSettings, SamplerSpec
+from engine.schedules import ModelSchedule, get_sigmas, lcm_schedule, scaled_linear_alphas_cumprod
+from engine.timestep_samplers import grid_sigmas, timestep_pass
 from engine.tokenizer import ClipTokenizer
 
 
@@ -37,6 +49,25 @@ class GenerationResult:
     images: list[Image.Image]
     latents: list[np.ndarray] = field(default_factory=list)
     interrupted: bool = False
+    is_using_inpainting_conditioning: bool = False
+    masked: bool = False  # img2img inpainted (a usable mask)
+    paste_to: tuple[int, int, int, int] | None = None  # "only masked": the crop box (x, y, w, h) pasted back
+
+
+@dataclass(frozen=True)
+class SamplingPass:
+    """One run of a sampler over a batch: what differs between txt2img, img2img and the hires pass."""
+
+    sampler: str
+    sigmas: np.ndarray
+    prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...]
+    job_no: int
+    job_count: int
+    image_cond: np.ndarray | None = None
+    latent_mask: LatentMask | None = None
+    img2img: bool = False  # starts from an init latent at sigmas[0] (img2img, hires) rather than pure noise
+    hires_steps: int | None = None  # the hires pass's total steps: its prompt schedules count from the first pass
 
 
 class Pipeline:
@@ -61,12 +92,117 @@ class Pipeline:
         bundle = load_bundle(path)
         return cls(bundle, OrtBackend(bundle, providers))
 
-    def sigmas(self, sampler: str, scheduler: str, steps: int) -> np.ndarray:
-        return get_sigmas(self.schedule, steps, scheduler, SAMPLERS[sampler].default_scheduler)
+    def schedule_for(self, sampler: str) -> ModelSchedule:
+        """LCM runs on its own 50-timestep schedule (a1111-sampling.md §5.21); every other sampler on the model's."""
+        return lcm_schedule(self.schedule) if sampler == "LCM" else self.schedule
+
+    def sigmas(
+        self, sampler: str, scheduler: str, steps: int, settings: SamplerSettings | None = None
+    ) -> np.ndarray:
+        """The σ schedule `sampler` walks (steps + 1 values for most schedulers, §4).
+
+        Timestep samplers ignore the scheduler: their schedule is DDIM's grid as σ values (`grid_sigmas`), which
+        img2img truncates like any other and the pipeline reads back as timesteps.
+        """
+        spec = SAMPLERS[sampler]
+        settings = settings or SamplerSettings()
+        discard = spec.discard_next_to_last_sigma or settings.always_discard_next_to_last_sigma
+        if spec.kind == TIMESTEPS:
+            return grid_sigmas(self.schedule, steps, steps + 1 if discard else steps)
+        options = replace(settings.schedule, sdxl=self.manifest.architecture == "sdxl")
+        return get_sigmas(
+            self.schedule_for(sampler), steps, scheduler, spec.default_scheduler,
+            discard_next_to_last_sigma=discard, options=options,
+        )
+
+    def _start(self, run: SamplingPass, noise: np.ndarray, init: np.ndarray | None = None) -> np.ndarray:
+        """The sampler's first x (§1.5, §8.3): k-diffusion samplers take init + σ₀·noise; timestep samplers take
+        the noise unscaled in txt2img and √ᾱ·init + √(1 − ᾱ)·noise at the noised timestep in img2img."""
+        if SAMPLERS[run.sampler].kind != TIMESTEPS:
+            x = noise * run.sigmas[0] if init is None else init + noise * run.sigmas[0]
+            return x.astype(np.float32)
+        if init is None:
+            return noise.astype(np.float32)
+        t = timestep_pass(self.schedule, run.sigmas, img2img=True).noise_timestep
+        if t is None:
+            return init.astype(np.float32)
+        a = self.schedule.alphas_cumprod[t]
+        return (init * np.sqrt(a) + noise * np.sqrt(1 - a)).astype(np.float32)
 
     def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
         f = self.manifest.vae_scale_factor
         return (self.manifest.latent_channels, height // f, width // f)
+
+    def _image_rng(self, plan: GenerationPlan, shape: tuple[int, ...], images: slice) -> ImageRNG:
+        return ImageRNG(
+            shape, plan.seeds[images], plan.randn_source, plan.eta_noise_seed_delta,
+            subseeds=plan.subseeds[images], subseed_strength=plan.subseed_strength,
+            seed_resize_from_h=plan.seed_resize_from_h, seed_resize_from_w=plan.seed_resize_from_w,
+            gpu_threads=plan.gpu_rng_threads,
+        )
+
+    def _encode(self, images: np.ndarray, noise=None) -> np.ndarray:
+        return encode_images(self.backend, self.manifest, images, noise)
+
+    def _decode(self, latents: np.ndarray) -> list[Image.Image]:
+        return to_pil(decode_latents(self.backend, self.manifest, latents))
+
+    def _sample(
+        self,
+        plan: GenerationPlan,
+        run: SamplingPass,
+        x: np.ndarray,
+        rng: ImageRNG,
+        on_step: Callable[[StepEvent], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> tuple[np.ndarray, bool]:
+        """Sample from `x` (already noised to sigmas[0]); on interrupt, the last denoised prediction."""
+        sampler = SAMPLERS[run.sampler]
+        schedule = self.schedule_for(run.sampler)
+        settings = plan.sampler_settings
+        # Prompt schedules span the first pass's total steps, also for img2img's shortened walk (§7.2, §8.3).
+        conditioning = scheduled_conditioning(
+            self.prompt_encoder, run.prompts, run.negative_prompts, plan.total_steps, run.hires_steps,
+            plan.use_old_scheduling, plan.text_encoder_options,
+        )
+        image_cfg_scale = plan.img2img.image_cfg_scale if plan.img2img else None
+        denoiser = CFGDenoiser(
+            self.unet, schedule, conditioning, plan.cfg_scale, self.manifest.prediction_type, should_stop,
+            image_cond=run.image_cond, latent_mask=run.latent_mask, image_cfg_scale=image_cfg_scale,
+            s_min_uncond=settings.s_min_uncond, s_min_uncond_all=settings.s_min_uncond_all,
+        )
+        last = {"x": x}
+        # k-diffusion samplers walk sigmas; timestep samplers walk DDIM's grid (read back from the sigmas).
+        walk = run.sigmas
+        if sampler.kind == TIMESTEPS:
+            walk = timestep_pass(self.schedule, run.sigmas, run.img2img).timesteps
+        steps = len(walk) if run.sampler == "UniPC" else len(walk) - 1  # UniPC updates at every grid point
+
+        def callback(state: dict) -> None:
+            last["x"] = state["denoised"]
+            if on_step is not None:
+                on_step(StepEvent(run.job_no, run.job_count, state["i"] + 1, steps, state["denoised"]))
+
+        try:
+            latents = sampler.function(
+                denoiser,
+                x,
+                walk,
+                callback=callback,
+                noise_sampler=noise_sampler_for(run.sampler, x.shape, run.sigmas, rng),
+                **sampler_options(plan, sampler, run.img2img, schedule),
+            )
+            return latents, False
+        except Interrupted:
+            return last["x"], True
+
+    def _txt2img_image_cond(self, batch: int, shape: tuple[int, ...], noise) -> np.ndarray | None:
+        """Inpainting models in txt2img see a fully masked mid-grey image (§8.7)."""
+        if not self.manifest.is_inpainting:
+            return None
+        f = self.manifest.vae_scale_factor
+        grey = np.full((batch, 3, shape[1] * f, shape[2] * f), 0.5, dtype=np.float32)
+        return inpainting_conditioning(lambda im: self._encode(im, noise), grey, None, shape[1:])
 
     def txt2img(
         self,
@@ -75,55 +211,165 @@ class Pipeline:
         should_stop: Callable[[], bool] | None = None,
         initial_noise: np.ndarray | None = None,
     ) -> GenerationResult:
-        """Run every batch iteration of the plan. `initial_noise` (one row per image) replaces the seeded noise."""
-        result = GenerationResult(images=[])
-        sampler = SAMPLERS[plan.sampler]
+        """Run every batch iteration of the plan (and its hires pass). `initial_noise` (one row per image)
+        replaces the seeded noise."""
+        result = GenerationResult(images=[], is_using_inpainting_conditioning=self.manifest.is_inpainting)
         sigmas = np.asarray(plan.sigmas, dtype=np.float32)
         shape = self.latent_shape(plan.width, plan.height)
+        passes = 2 if plan.hires else 1
         for n in range(plan.n_iter):
             images = plan.batch(n)
-            rng = ImageRNG(shape, plan.seeds[images], plan.randn_source, plan.eta_noise_seed_delta)
+            rng = self._image_rng(plan, shape, images)
             noise = rng.first() if initial_noise is None else initial_noise[images]
-            conditioning = constant_conditioning(
-                self.prompt_encoder, plan.prompts[images], plan.negative_prompts[images], plan.clip_skip
+            posterior_noise = encoder_noise(plan.seeds[images], plan.randn_source)
+            run = SamplingPass(
+                plan.sampler, sigmas, plan.prompts[images], plan.negative_prompts[images], n * passes,
+                plan.n_iter * passes, image_cond=self._txt2img_image_cond(len(noise), shape, posterior_noise),
             )
-            denoiser = CFGDenoiser(
-                self.unet, self.schedule, conditioning, plan.cfg_scale, self.manifest.prediction_type, should_stop
-            )
-            last = {"x": noise * sigmas[0]}
-
-            def callback(state: dict, n: int = n, last: dict = last) -> None:
-                last["x"] = state["denoised"]
-                if on_step is not None:
-                    on_step(StepEvent(n, plan.n_iter, state["i"] + 1, len(sigmas) - 1, state["denoised"]))
-
-            try:
-                latents = sampler.function(
-                    denoiser,
-                    noise * sigmas[0],
-                    sigmas,
-                    callback=callback,
-                    noise_sampler=lambda _s, _sn, rng=rng: rng.next(),
-                    **sampler_options(plan, sampler.function),
+            latents, interrupted = self._sample(plan, run, self._start(run, noise), rng, on_step, should_stop)
+            if plan.hires and not interrupted:
+                latents, interrupted = self._hires_pass(
+                    plan, images, latents, posterior_noise, n * passes + 1, on_step, should_stop
                 )
-            except Interrupted:
-                latents = last["x"]
-                result.interrupted = True
             result.latents.extend(latents)
-            result.images.extend(to_pil(decode_latents(self.backend, self.manifest, latents)))
-            if result.interrupted:
-                break
+            result.images.extend(self._decode(latents))
+            if interrupted:
+                result.interrupted = True
+                if ends_all_batches(should_stop):
+                    break
+        return result
+
+    def _hires_pass(self, plan: GenerationPlan, images: slice, latents: np.ndarray, posterior_noise,
+                    job_no: int, on_step, should_stop) -> tuple[np.ndarray, bool]:
+        """§9: upscale the first pass (in latent space, or decode → upscaler → encode), crop, then img2img."""
+        hr = plan.hires
+        f = self.manifest.vae_scale_factor
+        if hr.upscaler in image_ops.LATENT_UPSCALE_MODES:
+            mode, antialias = image_ops.LATENT_UPSCALE_MODES[hr.upscaler]
+            x0 = image_ops.resize_latents(latents, hr.height // f, hr.width // f, mode, antialias)
+            image_cond = self._txt2img_image_cond(len(x0), x0.shape[1:], posterior_noise)
+        else:
+            upscaler = hr.image_upscaler or hr.upscaler
+            upscaled = [image_ops.resize_image(image_ops.JUST_RESIZE, im, hr.width, hr.height, upscaler)
+                        for im in self._decode(latents)]
+            pixels = image_ops.to_array(upscaled)
+            x0 = self._encode(pixels, posterior_noise)
+            image_cond = None
+            if self.manifest.is_inpainting:
+                # A1111 hands the [0, 1] batch where img2img hands [−1, 1] (quirk §11.17): masked image = 2p − 1.
+                image_cond = inpainting_conditioning(
+                    lambda im: self._encode(im, posterior_noise), (pixels + 1.0) / 2.0, None, x0.shape[2:]
+                )
+        x0 = crop_latents(x0, hr.truncate_x, hr.truncate_y)
+        if image_cond is not None:
+            image_cond = crop_latents(image_cond, hr.truncate_x, hr.truncate_y)
+        rng = self._image_rng(plan, x0.shape[1:], images)
+        noise = rng.next()
+        sigmas = np.asarray(hr.sigmas, dtype=np.float32)
+        run = SamplingPass(hr.sampler, sigmas, hr.prompts[images], hr.negative_prompts[images], job_no,
+                           plan.n_iter * 2, image_cond=image_cond, img2img=True,
+                           hires_steps=SAMPLERS[hr.sampler].total_steps(hr.steps))
+        return self._sample(plan, run, self._start(run, noise, x0), rng, on_step, should_stop)
+
+    def img2img(
+        self,
+        plan: GenerationPlan,
+        on_step: Callable[[StepEvent], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        initial_noise: np.ndarray | None = None,
+    ) -> GenerationResult:
+        """img2img and inpainting (§8): init images → latents (posterior mean: A1111's draw there is not
+        reproducible), then per batch: noise → sample from the strength's sigma → blend → decode → overlay."""
+        spec = plan.img2img
+        mask_spec = spec.mask
+        shape = self.latent_shape(plan.width, plan.height)
+        init = prepare_init(spec, plan.width, plan.height)
+        # Each distinct init image is encoded once: with the posterior mean, repeats would encode identically.
+        init_latent = np.concatenate([self._encode(image[None]) for image in init.images])
+        if spec.resize_mode == image_ops.LATENT_UPSCALE:
+            init_latent = image_ops.resize_latents(init_latent, shape[1], shape[2], "bilinear")
+        image_cond = None
+        if self.manifest.is_inpainting:
+            image_cond = np.concatenate([
+                inpainting_conditioning(self._encode, image[None], init.mask, shape[1:],
+                                        mask_spec.round if mask_spec else True)
+                for image in init.images
+            ])
+        elif is_edit_model(self.manifest.unet_in_channels):
+            # instruct-pix2pix conditions on the unscaled posterior mode.
+            image_cond = np.concatenate([vae_posterior(self.backend, image[None])[0] for image in init.images])
+        if len(init_latent) == 1:
+            init_latent = np.repeat(init_latent, plan.batch_size, axis=0)
+            image_cond = None if image_cond is None else np.repeat(image_cond, plan.batch_size, axis=0)
+        latent_mask = None
+        if init.mask is not None:
+            nmask = latent_nmask(init.mask, shape[1], shape[2], mask_spec.round)
+            if mask_spec.masked_content == "latent noise":
+                noise = ImageRNG(shape, plan.seeds[: len(init_latent)], plan.randn_source,
+                                 gpu_threads=plan.gpu_rng_threads).first()
+                init_latent = init_latent * (1 - nmask) + noise * nmask
+            elif mask_spec.masked_content == "latent nothing":
+                init_latent = init_latent * (1 - nmask)
+            init_latent = init_latent.astype(np.float32)
+            latent_mask = LatentMask(init_latent, nmask)
+        result = GenerationResult(images=[], is_using_inpainting_conditioning=self.manifest.is_inpainting,
+                                  masked=init.mask is not None, paste_to=init.paste_to)
+        sigmas = np.asarray(plan.sigmas, dtype=np.float32)
+        for n in range(plan.n_iter):
+            images = plan.batch(n)
+            rng = self._image_rng(plan, shape, images)
+            noise = rng.first() if initial_noise is None else initial_noise[images]
+            noise = noise * spec.initial_noise_multiplier
+            run = SamplingPass(plan.sampler, sigmas, plan.prompts[images], plan.negative_prompts[images], n,
+                               plan.n_iter, image_cond=image_cond, latent_mask=latent_mask, img2img=True)
+            x = self._start(run, noise, init_latent)
+            latents, interrupted = self._sample(plan, run, x, rng, on_step, should_stop)
+            if latent_mask is not None:
+                latents = latent_mask.blend(latents)
+            result.latents.extend(latents)
+            for i, image in enumerate(self._decode(latents)):
+                overlay = init.overlays[min(i, len(init.overlays) - 1)] if init.overlays else None
+                result.images.append(image_ops.apply_overlay(image, overlay, init.paste_to))
+            if interrupted:
+                result.interrupted = True
+                if ends_all_batches(should_stop):
+                    break
         return result
 
 
-def sampler_options(plan: GenerationPlan, function: Callable) -> dict:
-    """The plan's sampler options that this sampler function accepts."""
-    names = function.__code__.co_varnames[: function.__code__.co_argcount]
-    candidates = {
-        "eta": plan.eta if plan.eta is not None else 1.0,
-        "s_churn": plan.s_churn,
-        "s_tmin": plan.s_tmin,
-        "s_tmax": plan.s_tmax,
-        "s_noise": plan.s_noise,
-    }
-    return {k: v for k, v in candidates.items() if k in names}
+def ends_all_batches(should_stop: Callable[[], bool] | None) -> bool:
+    """Asked once more after `should_stop` ended a batch early: still true (an interrupt) drops the remaining
+    batches; false (a skip, used up by ending its batch) goes on with the next one (a1111-api.md §8.2)."""
+    return should_stop is None or should_stop()
+
+
+def noise_sampler_for(sampler: str, x_shape: tuple[int, ...], sigmas: np.ndarray, rng: ImageRNG) -> NoiseSampler:
+    """The SDE samplers draw from per-image Brownian trees over the schedule's σ range (§6.6); every other
+    sampler takes the next draw of the images' generators."""
+    if SAMPLERS[sampler].options.get("brownian_noise"):
+        return brownian_noise_sampler(x_shape, sigmas, rng.seeds, rng.source, rng.gpu_threads)
+    return lambda _sigma, _sigma_next: rng.next()
+
+
+def sampler_options(plan: GenerationPlan, sampler: SamplerSpec, img2img: bool, schedule: ModelSchedule) -> dict:
+    """The keyword options A1111 hands this sampler (a1111-sampling.md §5.1)."""
+    settings = plan.sampler_settings
+    params = inspect.signature(sampler.function).parameters
+    options: dict = {}
+    if "eta" in params:
+        default = settings.eta_ddim if sampler.kind == TIMESTEPS else settings.eta_ancestral
+        options["eta"] = plan.eta if plan.eta is not None else default
+    churn = {"s_churn": plan.s_churn, "s_tmin": plan.s_tmin, "s_tmax": plan.s_tmax, "s_noise": plan.s_noise}
+    options |= {name: churn[name] for name in sampler.extra_params}
+    if "sigma_min" in params and not img2img:
+        # txt2img: DPM fast/adaptive span the model's whole σ range, DPM fast in `steps` model calls.
+        options |= {"sigma_min": schedule.sigma_min, "sigma_max": schedule.sigma_max}
+        if "n" in params:
+            options["n"] = plan.steps
+    if "variant" in params:
+        options |= {
+            "variant": settings.uni_pc_variant, "skip_type": settings.uni_pc_skip_type,
+            "order": settings.uni_pc_order, "lower_order_final": settings.uni_pc_lower_order_final,
+            "is_img2img": img2img,
+        }
+    return options

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+import ftfy
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
+
+# Python's \s (also \x1c-\x1f), as transformers' whitespace_clean uses it.
+_WHITESPACE = re.compile(r"\s+")
+
+_SPECIAL = re.compile(r"(<\|startoftext\|>|<\|endoftext\|>)")
 
 # CLIP's pre-tokenisation pattern (the same one transformers' CLIP converter uses).
 _CLIP_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -25,9 +32,8 @@ class ClipTokenizer:
             unk_token="<|endoftext|>",
         )
         tok = Tokenizer(model)
-        tok.normalizer = normalizers.Sequence(
-            [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-        )
+        # Cleaning happens in `clean` (Python), as transformers' CLIPTokenizer does it; no normalizer here.
+        tok.add_special_tokens([AddedToken(t, normalized=False) for t in ("<|startoftext|>", "<|endoftext|>")])
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [
                 pre_tokenizers.Split(Regex(_CLIP_PATTERN), behavior="removed", invert=True),
@@ -40,11 +46,22 @@ class ClipTokenizer:
         self.eos_token_id = eos_token_id
         self.vocab = tok.get_vocab()
 
+    @staticmethod
+    def clean(text: str) -> str:
+        """transformers' CLIPTokenizer cleaning with ftfy installed, as in A1111's environment: ftfy's fix_text
+        (curly quotes, HTML entities, ligatures, full-width forms, NFC), whitespace runs → one space, lower case."""
+        return _WHITESPACE.sub(" ", ftfy.fix_text(text)).strip().lower()
+
     def encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text.strip(), add_special_tokens=False).ids
+        return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._tokenizer.encode_batch([t.strip() for t in texts], add_special_tokens=False)]
+        # Like transformers, split off literal special tokens first and clean the pieces between them one by one
+        # (ftfy's HTML unescaping depends on whether its input holds a "<").
+        pieces = [[p for p in _SPECIAL.split(t) if p] for t in texts]
+        flat = [self.clean(p) for ps in pieces for p in ps]
+        encoded = iter(self._tokenizer.encode_batch(flat, add_special_tokens=False))
+        return [[i for _ in ps for i in next(encoded).ids] for ps in pieces]
 
     def token_to_id(self, token: str) -> int | None:
         return self.vocab.get(token)

@@ -1,4 +1,4 @@
-"""`python -m export demo|convert`: build bundles from the command line."""
+"""`python -m export demo|shapes|convert`: build bundles from the command line."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="build the demo model and export it to a bundle")
     demo.add_argument("--out", type=Path, required=True)
+    shapes = sub.add_parser("shapes", help="export the trained shapes model (export/weights/shapes-sd)")
+    shapes.add_argument("--out", type=Path, required=True)
     convert = sub.add_parser("convert", help="export a diffusers SD 1.x folder to a bundle")
     convert.add_argument("source", type=Path)
     convert.add_argument("--out", type=Path, required=True)
@@ -28,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             folder = save_demo_pipeline(Path(tmp) / "sdedge-tiny")
             export_diffusers_folder(folder, args.out, name="sdedge-tiny")
+    elif args.command == "shapes":
+        from export.shapes import save_shapes_pipeline
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = save_shapes_pipeline(Path(tmp) / "sdedge-shapes")
+            export_diffusers_folder(folder, args.out, name="sdedge-shapes")
     else:
         export_diffusers_folder(args.source, args.out, name=args.name)
     logging.info("bundle written to %s", args.out)

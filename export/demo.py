@@ -9,6 +9,8 @@ from pathlib import Path
 from export.clip_vocab import write_tokenizer_files
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "tiny-sd"
+# The same architecture with a 9-channel UNet input (x, mask, masked-image latent): an inpainting model.
+INPAINT_CONFIG_DIR = Path(__file__).parent / "configs" / "tiny-sd-inpaint"
 DEMO_SEED = 0
 
 
@@ -52,5 +54,12 @@ def build_demo_pipeline(seed: int = DEMO_SEED, config_dir: Path = CONFIG_DIR):
 def save_demo_pipeline(out: Path, seed: int = DEMO_SEED) -> Path:
     """Save the demo pipeline as a diffusers folder (the input format of the exporter)."""
     pipe = build_demo_pipeline(seed)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def save_demo_inpaint_pipeline(out: Path, seed: int = DEMO_SEED) -> Path:
+    """The inpainting variant of the demo model as a diffusers folder."""
+    pipe = build_demo_pipeline(seed, INPAINT_CONFIG_DIR)
     pipe.save_pretrained(out, safe_serialization=True)
     return out

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-import time
-
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 
+from service.api_log import TimingLogMiddleware
+from service.auth import BasicAuthMiddleware, parse_credentials
 from service.errors import install_error_handlers
-from service.routes import generation, models, options
+from service.routes import (
+    extras,
+    generation,
+    listings,
+    models,
+    options,
+    pnginfo,
+    progress,
+    samplers,
+    styles,
+    upscalers,
+)
 from service.state import ServerState
 
 
@@ -17,6 +28,8 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="sdedge", description="Stable Diffusion behind the AUTOMATIC1111 sdapi", version="0.1.0")
     app.state.sdedge = state
     install_error_handlers(app)
+    if state.config.api_auth:  # innermost: CORS answers preflights and decorates the 401s
+        app.add_middleware(BasicAuthMiddleware, credentials=parse_credentials(state.config.api_auth))
     app.add_middleware(GZipMiddleware, minimum_size=1000)
     config = state.config
     app.add_middleware(
@@ -27,15 +40,16 @@ def create_app(state: ServerState) -> FastAPI:
         allow_headers=["*"],
         allow_credentials=True,
     )
-
-    @app.middleware("http")
-    async def process_time(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        response.headers["X-Process-Time"] = f"{time.perf_counter() - start:.4f}"
-        return response
+    app.add_middleware(TimingLogMiddleware, api_log=config.api_log)
 
     app.include_router(generation.router)
     app.include_router(models.router)
     app.include_router(options.router)
+    app.include_router(upscalers.router)
+    app.include_router(progress.router)
+    app.include_router(extras.router)
+    app.include_router(pnginfo.router)
+    app.include_router(listings.router)
+    app.include_router(samplers.router)
+    app.include_router(styles.router)
     return app

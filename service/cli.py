@@ -7,9 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
+from service import cli_generate
+
 log = logging.getLogger("sdedge")
 
 DEFAULT_MODELS_DIR = Path("models")
+DEFAULT_GRPC_PORT = 50051
 
 
 def _is_diffusers_folder(path: Path) -> bool:
@@ -49,13 +52,46 @@ def serve(args: argparse.Namespace) -> int:
         model=model, models_dir=models_dir, providers=args.providers, max_queue=args.max_queue,
         options_file=Path(args.options_file) if args.options_file else None,
         cors_allow_origins=args.cors_allow_origins, cors_allow_origins_regex=args.cors_allow_origins_regex,
+        api_auth=args.api_auth, api_log=args.api_log, host=args.host, port=args.port, listen=args.listen,
+        upscalers_dir=Path(args.upscalers_dir) if args.upscalers_dir else models_dir / "upscalers",
     )
+    if args.api_auth:
+        from service.auth import parse_credentials
+
+        try:
+            parse_credentials(args.api_auth)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
     state = ServerState(config)
-    entry, pipeline = state.load_default()
-    log.info("model %s on %s", entry.title, ", ".join(pipeline.backend.providers))
     host = "0.0.0.0" if args.listen else args.host
-    uvicorn.run(create_app(state), host=host, port=args.port, log_level="info", timeout_keep_alive=30)
+    grpc_server = start_grpc(state, host, args)  # before loading: health says NOT_SERVING meanwhile
+    try:
+        entry, pipeline = state.load_default()
+        log.info("model %s on %s", entry.title, ", ".join(pipeline.backend.providers))
+        uvicorn.run(create_app(state), host=host, port=args.port, log_level="info", timeout_keep_alive=30)
+    finally:
+        if grpc_server is not None:
+            grpc_server.stop()
     return 0
+
+
+def start_grpc(state, host: str, args: argparse.Namespace):
+    """The gRPC server, or None when disabled. A busy default port only warns: REST users need no gRPC."""
+    from service.grpc_server import GrpcConfig, GrpcServer, MiB
+
+    port = DEFAULT_GRPC_PORT if args.grpc_port is None else args.grpc_port
+    if port == 0:
+        return None
+    config = GrpcConfig(host=host, port=port, max_message_bytes=int(args.grpc_max_message_mb * MiB))
+    server = GrpcServer(state, config)
+    try:
+        server.start()
+    except OSError as exc:
+        if args.grpc_port is not None:
+            raise SystemExit(f"{exc}; pass another --grpc-port, or 0 to disable gRPC") from None
+        log.warning("%s: serving without gRPC (pass --grpc-port to choose a port)", exc)
+        return None
+    return server
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--options-file", default="config.json", help="where options are persisted")
     s.add_argument("--cors-allow-origins", default=None)
     s.add_argument("--cors-allow-origins-regex", default=None)
+    s.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER:PASS...]",
+                   help="HTTP Basic auth on the API (A1111's --api-auth)")
+    s.add_argument("--api-log", action="store_true", help="log every /sdapi request (A1111's --api-log)")
+    s.add_argument("--upscalers-dir", default=None,
+                   help="folder of ONNX upscaler models for extras (default: <models-dir>/upscalers)")
+    s.add_argument("--grpc-port", type=int, default=None,
+                   help=f"gRPC port (default {DEFAULT_GRPC_PORT}, skipped with a warning if busy; 0 disables gRPC)")
+    s.add_argument("--grpc-max-message-mb", type=float, default=64, help="gRPC max message size (default 64 MiB)")
     s.set_defaults(func=serve)
+    g = sub.add_parser("generate", help="txt2img on a running server (gRPC or REST), with a progress bar")
+    cli_generate.add_arguments(g)
+    g.set_defaults(func=cli_generate.run)
     return parser
 
 

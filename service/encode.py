@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Mapping
 
 from PIL import Image, PngImagePlugin
 
@@ -20,14 +21,21 @@ def _exif_user_comment(text: str) -> bytes:
 
 
 def encode_image(image: Image.Image, fmt: str = "png", infotext: str | None = None, quality: int = 80,
-                 webp_lossless: bool = False) -> bytes:
-    """Encoded file bytes; `infotext` goes to the PNG `parameters` chunk or the JPEG/WebP EXIF UserComment."""
+                 webp_lossless: bool = False, text: Mapping[str, str] | None = None) -> bytes:
+    """Encoded file bytes; `infotext` goes to the PNG `parameters` chunk or the JPEG/WebP EXIF UserComment.
+
+    `text` (PNG text chunks in order, e.g. an extras result's own chunks plus `postprocessing`) replaces the
+    single `parameters` chunk; JPEG/WebP then carry its `parameters` entry, as A1111's API encoder does.
+    """
     fmt = fmt.lower()
     out = io.BytesIO()
+    if text is not None:
+        infotext = text.get("parameters") if fmt != "png" else None
     if fmt == "png":
         info = PngImagePlugin.PngInfo()
-        if infotext is not None:
-            info.add_itxt("parameters", infotext) if not _latin1(infotext) else info.add_text("parameters", infotext)
+        chunks = dict(text) if text is not None else ({"parameters": infotext} if infotext is not None else {})
+        for key, value in chunks.items():
+            info.add_itxt(key, value) if not _latin1(value) else info.add_text(key, value)
         image.save(out, format="PNG", pnginfo=info)
     elif fmt in ("jpg", "jpeg", "webp"):
         if image.mode == "RGBA":

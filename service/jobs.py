@@ -13,10 +13,10 @@ import random
 import string
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,10 @@ class JobCancelled(Exception):
     """The job was removed before it started."""
 
 
+def _finished(job: Job) -> None:
+    raise RuntimeError(f"job {job.id} has already run")
+
+
 def new_task_id(kind: str) -> str:
     """A1111's generated id: `task(txt2img-XXXXXXX)` with 7 characters from A–Z0–9."""
     suffix = "".join(random.choices(string.ascii_uppercase + string.digits, k=7))
@@ -48,6 +52,8 @@ def new_task_id(kind: str) -> str:
 
 @dataclass
 class Progress:
+    """What /progress reports. `job_count` is -1 from the job's start until its work is counted (A1111)."""
+
     job_no: int = 0
     job_count: int = 0
     sampling_step: int = 0
@@ -55,6 +61,17 @@ class Progress:
     time_start: float | None = None
     latents: np.ndarray | None = None
     textinfo: str | None = None
+    job_timestamp: str = "0"
+
+
+@dataclass
+class Preview:
+    """The job's live preview, decoded lazily when someone asks (A1111 `set_current_image`)."""
+
+    image: Any = None
+    id: int = 0
+    job_no: int = 0
+    step: int = 0
 
 
 @dataclass
@@ -71,20 +88,44 @@ class Job:
     future: Future = field(default_factory=Future)
     sequence: int = 0
     listeners: list[Callable[[Job], None]] = field(default_factory=list)
+    preview: Preview = field(default_factory=Preview)
+    enqueued_at: float = 0.0
+    finished_at: float | None = None
+    error: str | None = None  # "ExceptionType: message" of a failed job
+    _skip_pending: bool = False
 
     def __post_init__(self) -> None:
         if not self.id:
             self.id = new_task_id(self.kind)
 
     def should_stop(self) -> bool:
-        """Checked by the denoiser before every step."""
-        return self.interrupted or self.skipped
+        """Polled by the denoiser before every step: true ends the current batch.
+
+        A skip ends one batch only, so it is used up by the poll that acts on it; the pipeline polls once more
+        after an ended batch and goes on when that answers false. An interrupt ends every remaining batch.
+        """
+        if self.interrupted:
+            return True
+        if self._skip_pending:
+            self._skip_pending = False
+            return True
+        return False
 
     def interrupt(self) -> None:
         self.interrupted = True
 
+    def summary(self) -> Job:
+        """A light copy kept after the job ends: its state, flags and counters, not its result, latents or preview
+        (the finished-jobs memory must not hold images)."""
+        done: Future = Future()
+        done.set_result(None)
+        return replace(self, run=_finished, future=done, listeners=[], preview=Preview(),
+                       progress=replace(self.progress, latents=None))
+
     def skip(self) -> None:
+        # `skipped` stays set for /progress until the job ends, as A1111's state flag does within a batch.
         self.skipped = True
+        self._skip_pending = True
 
     def notify(self) -> None:
         for listener in list(self.listeners):
@@ -97,11 +138,16 @@ class Job:
 class JobQueue:
     """FIFO of jobs with a bounded number waiting; a single worker runs them one at a time."""
 
+    RECENT = 16  # finished jobs remembered for /internal/progress `completed` and the SSE stream
+
     def __init__(self, max_pending: int = 64, name: str = "worker"):
         self.max_pending = max_pending
         self._pending: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
         self._current: Job | None = None
+        self._recent: OrderedDict[str, Job] = OrderedDict()
+        self._last: Job | None = None
+        self.started: deque[tuple[int, str]] = deque(maxlen=1024)  # (arrival sequence, id) in start order
         self._cond = threading.Condition()
         self._sequence = itertools.count()
         self._closed = False
@@ -113,6 +159,7 @@ class JobQueue:
             if len(self._pending) >= self.max_pending:
                 raise QueueFull(f"queue is full ({self.max_pending} jobs waiting)")
             job.sequence = next(self._sequence)
+            job.enqueued_at = time.time()
             self._pending.append(job)
             self._jobs[job.id] = job
             self._cond.notify()
@@ -134,12 +181,44 @@ class JobQueue:
     def current(self) -> Job | None:
         return self._current
 
+    @property
+    def last(self) -> Job | None:
+        """The running job, else the one that ran last (its flags and counters are what idle /progress shows)."""
+        return self._current or self._last
+
     def pending(self) -> list[Job]:
         with self._cond:
             return list(self._pending)
 
+    def position(self, job: Job) -> int | None:
+        """1-based place among the waiting jobs, None when not waiting."""
+        with self._cond:
+            for i, waiting in enumerate(self._pending):
+                if waiting is job:
+                    return i + 1
+        return None
+
     def get(self, job_id: str) -> Job | None:
-        return self._jobs.get(job_id)
+        """A waiting or running job, or one of the last finished ones."""
+        with self._cond:
+            return self._jobs.get(job_id) or self._recent.get(job_id)
+
+    def recent(self) -> list[Job]:
+        with self._cond:
+            return list(self._recent.values())
+
+    def interrupt_current(self) -> Job | None:
+        """A1111's /interrupt: whatever job runs now ends after its current step; queued jobs are untouched."""
+        job = self._current
+        if job is not None:
+            job.interrupt()
+        return job
+
+    def skip_current(self) -> Job | None:
+        job = self._current
+        if job is not None:
+            job.skip()
+        return job
 
     def close(self) -> None:
         with self._cond:
@@ -156,18 +235,34 @@ class JobQueue:
                 job = self._pending.popleft()
                 job.state = JobState.RUNNING
                 job.progress.time_start = time.time()
+                job.progress.job_timestamp = time.strftime("%Y%m%d%H%M%S")
+                job.progress.job_count = -1
                 self._current = job
+                self.started.append((job.sequence, job.id))
             job.notify()
+            error: BaseException | None = None
+            result = None
             try:
                 result = job.run(job)
             except BaseException as exc:  # the worker keeps serving whatever a job raises
-                job.state = JobState.FAILED
-                job.future.set_exception(exc)
+                error = exc
+            # The job leaves /progress before its caller sees the result: a client that polls right after its
+            # response finds the server idle (A1111 ends its state before answering).
+            with self._cond:
+                job.state = JobState.FAILED if error is not None else JobState.DONE
+                job.error = f"{type(error).__name__}: {error}" if error is not None else None
+                job.finished_at = time.time()
+                summary = job.summary()
+                self._current = None
+                self._last = summary
+                if self._jobs.get(job.id) is job:
+                    del self._jobs[job.id]
+                self._recent[job.id] = summary
+                self._recent.move_to_end(job.id)
+                while len(self._recent) > self.RECENT:
+                    self._recent.popitem(last=False)
+            if error is not None:
+                job.future.set_exception(error)
             else:
-                job.state = JobState.DONE
                 job.future.set_result(result)
-            finally:
-                with self._cond:
-                    self._current = None
-                    self._jobs.pop(job.id, None)
-                job.notify()
+            job.notify()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import threading
@@ -64,7 +65,90 @@ DEFAULTS: dict[str, Any] = {
     "api_enable_requests": False,
     "api_forbid_local_requests": True,
     "api_useragent": "",
+    # Read and written like A1111's (clients round-trip them); see docs/compatibility.md for what each does here.
+    "sd_vae_overrides_per_model_preferences": True,
+    "live_preview_content": "Prompt",
+    "grid_format": "png",
+    "grid_background_color": "#ffffff",
+    "n_rows": -1,
+    "grid_prevent_empty_spots": False,
+    "add_vae_name_to_info": True,
+    "add_vae_hash_to_info": True,
+    "auto_backcompat": True,
+    "infotext_skip_pasting": [],
+    "save_incomplete_images": False,
+    "upscaling_max_images_in_cache": 5,
 }
+
+# Values an option may take, where A1111 offers a fixed list (a value outside it would fail later, as a 500).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "samples_format": ("png", "jpg", "jpeg", "webp"),
+    "grid_format": ("png", "jpg", "jpeg", "webp"),
+    "randn_source": ("GPU", "CPU", "NV"),
+    "show_progress_type": ("Full", "Approx NN", "Approx cheap", "TAESD"),
+    "live_previews_image_format": ("png", "jpeg", "webp"),
+    "live_preview_content": ("Combined", "Prompt", "Negative prompt"),
+    "infotext_styles": ("Apply if any", "Apply", "Discard", "Ignore"),
+}
+
+RANGES: dict[str, tuple[float, float]] = {
+    "CLIP_stop_at_last_layers": (1, 12),
+    "jpeg_quality": (1, 100),
+    "show_progress_every_n_steps": (-1, 1000),
+    "n_rows": (-1, 16),
+}
+
+
+class InvalidOption(ValueError):
+    """A value of the wrong type or outside the option's range: the client's mistake (a 4xx)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def coerce_option(key: str, value: Any, default: Any) -> Any:
+    """`value` in the option's type (taken from its default, as A1111 types its options model).
+
+    Integral floats are accepted for int options because GET /options hands ints out as floats (A1111 quirk),
+    and a client posting that dict back must succeed.
+    """
+    if default is None or isinstance(default, list | dict):
+        return value
+    if value is None:
+        raise InvalidOption(key, "must not be null")
+    if isinstance(default, bool):
+        if isinstance(value, int | float) and not isinstance(value, bool) and value in (0, 1):
+            value = bool(value)
+        if not isinstance(value, bool):
+            raise InvalidOption(key, f"expected true or false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidOption(key, f"expected an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InvalidOption(key, f"expected a finite number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise InvalidOption(key, f"expected a string, got {value!r}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise InvalidOption(key, f"must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    if key in RANGES and not RANGES[key][0] <= value <= RANGES[key][1]:
+        low, high = RANGES[key]
+        raise InvalidOption(key, f"must be between {low} and {high}, got {value!r}")
+    return value
+
+
+def api_view(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """GET /options as A1111 serves it: options with a non-zero int default come out as floats (§9.1)."""
+    out = {}
+    for key, value in values.items():
+        default = defaults.get(key)
+        typed_float = isinstance(default, int) and not isinstance(default, bool) and default != 0
+        out[key] = float(value) if typed_float and isinstance(value, int) and not isinstance(value, bool) else value
+    return out
 
 # A1111 marks these `restrict_api`: readable, but writes through the API are silently ignored.
 RESTRICTED = {"api_enable_requests", "api_forbid_local_requests", "api_useragent"}
@@ -95,17 +179,20 @@ class Options:
             return dict(self._values)
 
     def update(self, changes: Mapping[str, Any], *, from_api: bool = True, persist: bool = True) -> None:
-        """Set several options; an unknown key raises KeyError before anything changes (A1111: 500 KeyError)."""
+        """Set several options; an unknown key raises KeyError and a bad value InvalidOption, both before
+        anything changes (A1111: 500 KeyError / stores anything)."""
         unknown = [k for k in changes if k not in self.defaults]
         if unknown:
             raise KeyError(unknown[0])
+        typed = {k: coerce_option(k, v, self.defaults[k]) for k, v in changes.items()
+                 if not (from_api and k in RESTRICTED)}
         with self._lock:
-            for key, value in changes.items():
-                if from_api and key in RESTRICTED:
-                    continue
-                self._values[key] = value
+            self._values.update(typed)
             if persist:
                 self._save()
+
+    def api_snapshot(self) -> dict[str, Any]:
+        return api_view(self.snapshot(), self.defaults)
 
     def _save(self) -> None:
         if not self.path:
@@ -126,5 +213,5 @@ class Options:
                 if value is None:
                     continue
                 raise KeyError(key)
-            values[key] = value
+            values[key] = coerce_option(key, value, self.defaults[key])
         return values

@@ -10,25 +10,27 @@ from typing import Any
 from engine.pipeline import GenerationResult
 from engine.plan import GenerationPlan
 from service.encode import encode_image, to_base64
-from service.infotext import VERSION, create_infotext, generation_parameters
+from service.infotext import VERSION, create_infotext, denoising_parameters, generation_parameters
 from service.models import ModelEntry
 
 
 def build_response(plan: GenerationPlan, result: GenerationResult, entry: ModelEntry,
                    options: Mapping[str, Any], parameters: dict, send_images: bool = True,
-                   job_timestamp: str | None = None, styles: list[str] | None = None) -> dict:
+                   job_timestamp: str | None = None, styles: list[str] | None = None,
+                   as_bytes: bool = False) -> dict:
+    """The sdapi response dict; `as_bytes` keeps images as encoded bytes (gRPC) instead of base64 (REST)."""
     infotexts = []
     images = []
     fmt = str(options.get("samples_format", "png"))
     for i, image in enumerate(result.images):
-        params = generation_parameters(plan, i, entry.name, entry.short_hash, options)
+        params = generation_parameters(plan, i, entry.name, entry.short_hash, options, parameters, result)
         infotext = create_infotext(plan.prompts[i], plan.negative_prompts[i], params)
         infotexts.append(infotext)
         if send_images:
             embedded = infotext if options.get("enable_pnginfo", True) else None
             data = encode_image(image, fmt, embedded, int(options.get("jpeg_quality", 80)),
                                 bool(options.get("webp_lossless", False)))
-            images.append(to_base64(data))
+            images.append(data if as_bytes else to_base64(data))
     info = {
         "prompt": plan.prompts[0],
         "all_prompts": list(plan.prompts),
@@ -53,14 +55,25 @@ def build_response(plan: GenerationPlan, result: GenerationResult, entry: ModelE
         "sd_vae_hash": None,
         "seed_resize_from_w": plan.seed_resize_from_w,
         "seed_resize_from_h": plan.seed_resize_from_h,
-        "denoising_strength": parameters.get("denoising_strength"),
-        "extra_generation_params": {},
+        "denoising_strength": (float((plan.img2img or plan.hires).denoising_strength) if plan.img2img or plan.hires
+                               else parameters.get("denoising_strength")),
+        "extra_generation_params": extra_generation_params(plan, parameters, result),
         "index_of_first_image": 0,
         "infotexts": infotexts,
         "styles": styles or [],
         "job_timestamp": job_timestamp or time.strftime("%Y%m%d%H%M%S"),
         "clip_skip": plan.clip_skip,
-        "is_using_inpainting_conditioning": False,
+        "is_using_inpainting_conditioning": bool(getattr(result, "is_using_inpainting_conditioning", False)),
         "version": VERSION,
     }
     return {"images": images, "parameters": parameters, "info": json.dumps(info, default=lambda _: None)}
+
+
+def extra_generation_params(plan: GenerationPlan, parameters: Mapping[str, Any], result) -> dict[str, Any]:
+    """`info.extra_generation_params` as A1111 fills it for hires fix and img2img (per-image prompts are null)."""
+    denoising = plan.img2img or plan.hires
+    if denoising is None:
+        return {}
+    extras = {"Denoising strength": float(denoising.denoising_strength),
+              **denoising_parameters(plan, 0, parameters, result)}
+    return {k: v for k, v in extras.items() if v is not None or k in ("Hires prompt", "Hires negative prompt")}

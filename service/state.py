@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from service.jobs import JobQueue
+import numpy as np
+
+from engine.upscalers import UpscalerRegistry
+from service.jobs import Job, JobQueue
 from service.models import ModelEntry, ModelRegistry
 from service.options import Options
 
@@ -25,6 +30,10 @@ class ServerConfig:
     api_log: bool = False
     cors_allow_origins: str | None = None
     cors_allow_origins_regex: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 7860
+    listen: bool = False
+    upscalers_dir: Path | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -34,11 +43,16 @@ class ServerState:
         self.options = Options(config.options_file)
         self.models = ModelRegistry(config.models_dir, [config.model] if config.model else [], config.providers)
         self.queue = JobQueue(max_pending=config.max_queue)
+        self.upscalers = UpscalerRegistry(config.upscalers_dir, config.providers)
 
     def default_entry(self) -> ModelEntry:
         """The checkpoint named by the option `sd_model_checkpoint`, else the first known one."""
-        wanted = self.options.get("sd_model_checkpoint")
-        entry = self.models.find(wanted) if wanted else None
+        return self.checkpoint_for(self.options.snapshot())
+
+    def checkpoint_for(self, options: Mapping[str, Any]) -> ModelEntry:
+        """The checkpoint a job with these options runs on (its `sd_model_checkpoint`, else the first known)."""
+        wanted = options.get("sd_model_checkpoint")
+        entry = self.models.find(str(wanted)) if wanted else None
         if entry is None:
             entries = self.models.entries()
             if not entries:
@@ -54,5 +68,43 @@ class ServerState:
                                 from_api=False, persist=False)
         return entry, pipeline
 
+    def job_options(self, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The options one job sees: current values plus its `override_settings`. A checkpoint override that
+        names no known checkpoint is dropped, so the configured one runs (A1111 §9.3)."""
+        overrides = dict(overrides or {})
+        wanted = overrides.get("sd_model_checkpoint")
+        if wanted is not None and self.models.find(str(wanted)) is None:
+            del overrides["sd_model_checkpoint"]
+        return self.options.with_overrides(overrides)
+
+    def pipeline_for(self, entry: ModelEntry):
+        """The loaded pipeline of `entry`, loading it first. Call it on the worker, so loads queue with jobs."""
+        return self.models.load(entry)
+
+    def keep_overrides(self, overrides: Mapping[str, Any] | None, entry: ModelEntry) -> None:
+        """`override_settings_restore_afterwards: false`: the job's overrides become the server's options."""
+        changes = {k: v for k, v in (overrides or {}).items() if k in self.options.defaults and v is not None}
+        if "sd_model_checkpoint" in changes:
+            changes.update(sd_model_checkpoint=entry.title, sd_checkpoint_hash=entry.sha256 or "")
+        if changes:
+            self.options.update(changes)
+
+    def switch_checkpoint(self, entry: ModelEntry) -> Job:
+        """A job that loads `entry` and makes it the configured checkpoint; it queues behind earlier jobs."""
+
+        def run(job: Job) -> ModelEntry:
+            job.progress.job_count = 1
+            self.models.load(entry)
+            self.options.update({"sd_model_checkpoint": entry.title, "sd_checkpoint_hash": entry.sha256 or ""},
+                                from_api=False)
+            return entry
+
+        return Job(kind="load-checkpoint", run=run)
+
     def close(self) -> None:
         self.queue.close()
+
+
+def placeholder_sigmas(sampler: str, scheduler: str, steps: int) -> np.ndarray:
+    """Stand-in schedule for checking a request before its model is loaded (the job plans again after)."""
+    return np.linspace(14.6146, 0.0, steps + 1, dtype=np.float32)

@@ -5,12 +5,19 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
-from engine.plan import GenerationPlan
+from starlette.exceptions import HTTPException
+
+from engine import image_ops
+from engine.img2img import denoising_schedule, hires_size
+from engine.plan import MASKED_CONTENT, GenerationPlan, HiresPlan, Img2ImgPlan, MaskPlan
+from engine.samplers import SAMPLERS
 from service.errors import InvalidRequest
-from service.sampler_names import resolve_sampler
-from service.sdapi_models import GenerationRequest, Txt2ImgRequest
+from service.image_io import ImageInputError, decode_image, limits_from_options
+from service.sampler_names import resolve_sampler, sampler_settings
+from service.sdapi_models import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 
 MAX_SEED = 4294967294  # A1111: random.randrange(4294967294)
 MAX_SIDE = 8192
@@ -57,8 +64,24 @@ def seeds_for(req: GenerationRequest, count: int) -> tuple[tuple[int, ...], tupl
     return seeds, subseeds
 
 
-def plan_txt2img(req: Txt2ImgRequest, options: Mapping[str, Any], sigmas_for) -> GenerationPlan:
-    """Validate and resolve a txt2img request. `sigmas_for(sampler, scheduler, steps)` comes from the model."""
+def plan_txt2img(req: Txt2ImgRequest, options: Mapping[str, Any], sigmas_for, upscalers=None) -> GenerationPlan:
+    """Validate and resolve a txt2img request. `sigmas_for(sampler, scheduler, steps)` comes from the model;
+    `upscalers` (an engine.upscalers.UpscalerRegistry) adds model upscalers to what `hr_upscaler` may name."""
+    if req.enable_hr and (req.firstphase_width or req.firstphase_height):
+        # Legacy hires fields: width/height are the final size, firstphase_* the first pass (a1111-api.md §3.2).
+        final_w, final_h = req.width or 512, req.height or 512
+        updates = {"width": req.firstphase_width, "height": req.firstphase_height}
+        if not req.hr_resize_x and not req.hr_resize_y:
+            updates |= {"hr_resize_x": final_w, "hr_resize_y": final_h}
+        req = req.model_copy(update=updates)
+    plan = _plan(req, options, sigmas_for)
+    if req.enable_hr:
+        plan = replace(plan, hires=_hires(req, plan, options, sigmas_for, upscalers))
+    return plan
+
+
+def _plan(req: GenerationRequest, options: Mapping[str, Any], sigmas_for, steps_schedule=None) -> GenerationPlan:
+    """The fields txt2img and img2img share; `steps_schedule(sampler, scheduler, steps)` overrides the sigmas."""
     width = _positive_multiple_of_8("width", req.width, 512)
     height = _positive_multiple_of_8("height", req.height, 512)
     steps = _at_least("steps", req.steps, 50, 1, 1000)
@@ -89,7 +112,7 @@ def plan_txt2img(req: Txt2ImgRequest, options: Mapping[str, Any], sigmas_for) ->
         cfg_scale=cfg_scale,
         sampler=sampler,
         scheduler=scheduler,
-        sigmas=tuple(float(s) for s in sigmas_for(sampler, scheduler, steps)),
+        sigmas=tuple(float(s) for s in (steps_schedule or sigmas_for)(sampler, scheduler, steps)),
         batch_size=batch_size,
         n_iter=n_iter,
         clip_skip=clip_skip,
@@ -100,6 +123,7 @@ def plan_txt2img(req: Txt2ImgRequest, options: Mapping[str, Any], sigmas_for) ->
         s_noise=_option_or_request(options, "s_noise", req.s_noise, 1.0),
         randn_source=str(options.get("randn_source", "GPU")),
         eta_noise_seed_delta=int(options.get("eta_noise_seed_delta", 0) or 0),
+        sampler_settings=sampler_settings(options, req.s_min_uncond),
     )
 
 
@@ -109,3 +133,123 @@ def _option_or_request(options: Mapping[str, Any], key: str, requested: float | 
     if option != neutral:
         return option
     return _finite(key, requested, option)
+
+
+def _strength(value: float | None, default: float) -> float:
+    strength = _finite("denoising_strength", value, default)
+    if not 0.0 <= strength <= 1.0:
+        raise InvalidRequest("denoising_strength", f"must be between 0 and 1, got {strength}")
+    return strength
+
+
+def _hires(req: Txt2ImgRequest, plan: GenerationPlan, options: Mapping[str, Any], sigmas_for,
+           upscalers=None) -> HiresPlan:
+    """Hires fix (a1111-sampling.md §9). A1111 crashes without denoising_strength: we take the UI's 0.7."""
+    strength = _strength(req.denoising_strength, 0.7)
+    scale = _finite("hr_scale", req.hr_scale, 2.0)
+    resize_x = _at_least("hr_resize_x", req.hr_resize_x, 0, 0, MAX_SIDE)
+    resize_y = _at_least("hr_resize_y", req.hr_resize_y, 0, 0, MAX_SIDE)
+    if not resize_x and not resize_y and not 0 < scale <= MAX_SIDE / max(plan.width, plan.height):
+        raise InvalidRequest("hr_scale", f"must be positive and keep the image within {MAX_SIDE} px, got {scale}")
+    size = hires_size(plan.width, plan.height, scale, resize_x, resize_y)
+    final_w, final_h = size.final_size()
+    if min(final_w, final_h) < 8 or max(size.width, size.height) > MAX_SIDE:
+        raise InvalidRequest("hr_scale", f"gives a {final_w}x{final_h} image; sides must be 8 to {MAX_SIDE} px")
+    upscaler = req.hr_upscaler or "Latent"
+    model = None
+    if upscaler not in image_ops.LATENT_UPSCALE_MODES and upscaler not in image_ops.UPSCALERS:
+        model = upscalers.get(upscaler) if upscalers is not None else None
+        if model is None:
+            raise InvalidRequest("hr_upscaler", f"could not find upscaler named {upscaler}")
+    sampler = plan.sampler if req.hr_sampler_name in (None, "", "Use same sampler") else req.hr_sampler_name
+    if sampler not in SAMPLERS:
+        raise InvalidRequest("hr_sampler_name", f"bad sampler name: {sampler}")
+    if req.hr_scheduler in (None, "Use same scheduler"):
+        scheduler = plan.scheduler
+    else:
+        scheduler = resolve_sampler(sampler, req.hr_scheduler)[1]
+    steps = _at_least("hr_second_pass_steps", req.hr_second_pass_steps, 0, 0, 1000) or plan.steps
+    # The second pass is given its step count explicitly, so A1111's fixed-steps formula always applies.
+    sigmas = denoising_schedule(lambda n: sigmas_for(sampler, scheduler, n), steps, strength, fix_steps=True)
+    count = len(plan.prompts)
+    return HiresPlan(
+        width=size.width, height=size.height, truncate_x=size.truncate_x, truncate_y=size.truncate_y,
+        upscaler=upscaler, image_upscaler=model, sampler=sampler, scheduler=scheduler, steps=steps, sigmas=sigmas,
+        denoising_strength=strength,
+        prompts=(req.hr_prompt,) * count if req.hr_prompt else plan.prompts,
+        negative_prompts=(req.hr_negative_prompt,) * count if req.hr_negative_prompt else plan.negative_prompts,
+    )
+
+
+def _image(field: str, value: Any, options: Mapping[str, Any]):
+    try:
+        return decode_image(value, limits_from_options(options))
+    except ImageInputError as exc:
+        raise InvalidRequest(field, str(exc), exc.status_code) from None
+
+
+MAX_MASK_BLUR = 64  # A1111's UI slider maximum; the blur costs O(kernel) per pixel
+
+
+def plan_img2img(req: Img2ImgRequest, options: Mapping[str, Any], sigmas_for,
+                 edit_model: bool = False) -> GenerationPlan:
+    """Validate and resolve an img2img request: decode images, check the mask, count steps for the strength."""
+    if req.init_images is None:
+        raise HTTPException(status_code=404, detail="Init image not found")
+    if not req.init_images:
+        raise InvalidRequest("init_images", "needs at least one image")
+    images = tuple(_image(f"init_images[{i}]", v, options) for i, v in enumerate(req.init_images))
+    batch_size = _at_least("batch_size", req.batch_size, 1, 1, MAX_IMAGES)
+    if len(images) > batch_size:
+        raise InvalidRequest("init_images", f"bad number of images passed: {len(images)}; expecting {batch_size} "
+                                            "or less")
+    resize_mode = _at_least("resize_mode", req.resize_mode, 0, 0, 3)
+    strength = _strength(req.denoising_strength, 0.75)
+    # Mask fields are checked even without a mask: a bad value is the client's mistake either way.
+    blur_x, blur_y = ((req.mask_blur, req.mask_blur) if req.mask_blur is not None
+                      else (req.mask_blur_x, req.mask_blur_y))
+    blur_x = _at_least("mask_blur_x", blur_x, 4, 0, MAX_MASK_BLUR)
+    blur_y = _at_least("mask_blur_y", blur_y, 4, 0, MAX_MASK_BLUR)
+    invert = bool(_at_least("inpainting_mask_invert", req.inpainting_mask_invert, 0, 0, 1))
+    masked_content = MASKED_CONTENT[_at_least("inpainting_fill", req.inpainting_fill, 0, 0, 3)]
+    padding = _at_least("inpaint_full_res_padding", req.inpaint_full_res_padding, 0, 0, MAX_SIDE)
+    mask = None
+    if req.mask is not None:
+        mask_image = _image("mask", req.mask, options)
+        for i, image in enumerate(images):
+            if image.size != mask_image.size:
+                raise InvalidRequest("mask", f"is {mask_image.width}x{mask_image.height} but init_images[{i}] is "
+                                             f"{image.width}x{image.height}; they must be the same size")
+        mask = MaskPlan(
+            image=mask_image, blur_x=blur_x, blur_y=blur_y, round=req.mask_round is not False, invert=invert,
+            masked_content=masked_content, only_masked=req.inpaint_full_res is not False,
+            only_masked_padding=padding,
+        )
+    if resize_mode == image_ops.LATENT_UPSCALE and len({im.size for im in images}) > 1:
+        raise InvalidRequest("init_images", "resize_mode 3 (latent upscale) needs init images of one size")
+    fix_steps = bool(options.get("img2img_fix_steps", False))
+
+    def schedule(sampler: str, scheduler: str, steps: int) -> list[float]:
+        return list(denoising_schedule(lambda n: sigmas_for(sampler, scheduler, n), steps, strength, fix_steps))
+
+    plan = _plan(req, options, sigmas_for, schedule)
+    if mask is not None and not mask.only_masked and resize_mode == image_ops.LATENT_UPSCALE:
+        if any(image.size != (plan.width, plan.height) for image in images):
+            raise InvalidRequest("resize_mode", "3 (latent upscale) with a whole-picture mask needs init images "
+                                                "of width×height")
+    img2img = Img2ImgPlan(
+        init_images=images,
+        denoising_strength=strength,
+        resize_mode=resize_mode,
+        mask=mask,
+        initial_noise_multiplier=_finite(
+            "initial_noise_multiplier", req.initial_noise_multiplier, float(options.get("initial_noise_multiplier", 1.0))
+        ),
+        # Only instruct-pix2pix models read it; A1111 forces it to None for every other model.
+        image_cfg_scale=(_finite("image_cfg_scale", req.image_cfg_scale, 1.0)
+                         if edit_model and req.image_cfg_scale is not None else None),
+        background_color=str(options.get("img2img_background_color", "#ffffff")),
+        overlay=bool(options.get("overlay_inpaint", True)),
+    )
+    # One init image serves the whole batch; several set the batch size (A1111's seeds stay as counted before).
+    return replace(plan, img2img=img2img, batch_size=batch_size if len(images) == 1 else len(images))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,51 @@ def demo_bundle(demo_diffusers_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def optimum_bundle(demo_diffusers_dir: Path) -> Path:
+    """The demo model exported by `optimum-cli export onnx` (scalar timestep, no manifest), used unchanged."""
+
+    def export(out: Path) -> None:
+        cli = Path(sys.executable).with_name("optimum-cli")
+        command = [str(cli)] if cli.exists() else [sys.executable, "-m", "optimum.commands.optimum_cli"]
+        command += ["export", "onnx", "--model", str(demo_diffusers_dir), "--task", "text-to-image", str(out)]
+        proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if proc.returncode != 0:
+            raise RuntimeError(f"optimum-cli export failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+
+    return _build("optimum", export)
+
+
+@pytest.fixture(scope="session")
+def shapes_bundle() -> Path:
+    """The trained shapes model (export/weights/shapes-sd) exported to a bundle; keyed by its weights too."""
+    from export.onnx_export import export_pipeline
+    from export.shapes import WEIGHTS_DIR, build_shapes_pipeline
+
+    # SDEDGE_SHAPES_WEIGHTS points at another weights folder (a checkpoint of a running training).
+    source = Path(os.environ.get("SDEDGE_SHAPES_WEIGHTS", WEIGHTS_DIR))
+    weights = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(source.glob("*.safetensors"))))
+    kind = f"shapes-{weights.hexdigest()[:12]}"
+    return _build(kind, lambda out: export_pipeline(build_shapes_pipeline(source), out, name="sdedge-shapes"))
+
+
+@pytest.fixture(scope="session")
+def demo_inpaint_diffusers_dir() -> Path:
+    """The demo architecture with a 9-channel (inpainting) UNet, as a diffusers folder."""
+    from export.demo import save_demo_inpaint_pipeline
+
+    return _build("inpaint-diffusers", save_demo_inpaint_pipeline)
+
+
+@pytest.fixture(scope="session")
+def demo_inpaint_bundle(demo_inpaint_diffusers_dir: Path) -> Path:
+    """The inpainting demo model exported to an sdedge bundle."""
+    from export.onnx_export import export_diffusers_folder
+
+    return _build("inpaint-bundle",
+                  lambda out: export_diffusers_folder(demo_inpaint_diffusers_dir, out, name="sdedge-tiny-inpaint"))
+
+
+@pytest.fixture(scope="session")
 def demo_pipeline(demo_bundle: Path):
     """The engine pipeline on the demo bundle, ONNX Runtime CPU."""
     from engine.pipeline import Pipeline
@@ -72,7 +119,8 @@ def torch_pipeline(demo_diffusers_dir: Path):
     import torch
     from diffusers import StableDiffusionPipeline
 
-    torch.set_num_threads(2)
+    # One thread: on the shared 2-core machines two spinning OpenMP threads run ~10x slower under load.
+    torch.set_num_threads(1)
     return StableDiffusionPipeline.from_pretrained(
         demo_diffusers_dir, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
     )

@@ -1,42 +1,26 @@
-"""POST /sdapi/v1/txt2img: validate → plan → queue → run on the worker → encode → respond."""
+"""POST /sdapi/v1/txt2img and /img2img: validate → plan → queue → run on the worker → encode → respond."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from engine.pipeline import StepEvent
-from service.errors import InvalidRequest
-from service.jobs import Job, JobCancelled, QueueFull, new_task_id
-from service.results import build_response
-from service.sdapi_models import GenerationResponse, Txt2ImgRequest
-from service.state import NoModelLoaded, ServerState
-from service.translate import plan_txt2img
+from service.generate import (  # noqa: F401 (shared helpers)
+    enqueue,
+    job_options,
+    progress_hook,
+    submit_img2img,
+    submit_txt2img,
+)
+from service.jobs import Job, JobCancelled
+from service.sdapi_models import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
+from service.state import ServerState
 
 router = APIRouter()
 
 TASK_ID_HEADER = "X-Task-Id"
-
-
-def job_options(state: ServerState, overrides: dict | None) -> dict:
-    try:
-        return state.options.with_overrides(overrides)
-    except KeyError as exc:
-        raise InvalidRequest("override_settings", f"unknown option {exc.args[0]!r}") from None
-
-
-def progress_hook(job: Job):
-    def on_step(event: StepEvent) -> None:
-        p = job.progress
-        p.job_no, p.job_count = event.job_no, event.job_count
-        p.sampling_step, p.sampling_steps = event.step, event.steps
-        p.latents = event.latents
-        job.notify()
-
-    return on_step
 
 
 async def wait_for(job: Job, state: ServerState, request: Request):
@@ -52,32 +36,23 @@ async def wait_for(job: Job, state: ServerState, request: Request):
 
 
 def submit(state: ServerState, job: Job) -> Job:
-    try:
-        return state.queue.submit(job)
-    except QueueFull as exc:
-        raise HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": "5"}) from None
+    return enqueue(state, job)
 
 
 @router.post("/sdapi/v1/txt2img", response_model=GenerationResponse)
 async def txt2img(req: Txt2ImgRequest, request: Request, response: Response):
     state: ServerState = request.app.state.sdedge
-    options = job_options(state, req.override_settings)
-    try:
-        entry, pipeline = state.load_default()
-    except NoModelLoaded as exc:
-        raise HTTPException(status_code=503, detail=str(exc)) from None
-    plan = plan_txt2img(req, options, pipeline.sigmas)
-    timestamp = time.strftime("%Y%m%d%H%M%S")
-
-    def run(job: Job):
-        job.progress.job_count = plan.n_iter
-        result = pipeline.txt2img(plan, on_step=progress_hook(job), should_stop=job.should_stop)
-        return result
-
-    job = submit(state, Job(kind="txt2img", run=run, id=req.force_task_id or new_task_id("txt2img")))
+    job, finish = submit_txt2img(state, req)
     response.headers[TASK_ID_HEADER] = job.id
     result = await wait_for(job, state, request)
-    parameters = req.model_dump()
-    return await run_in_threadpool(
-        build_response, plan, result, entry, options, parameters, bool(req.send_images), timestamp, req.styles
-    )
+    return await run_in_threadpool(finish, result)
+
+
+@router.post("/sdapi/v1/img2img", response_model=GenerationResponse)
+async def img2img(req: Img2ImgRequest, request: Request, response: Response):
+    state: ServerState = request.app.state.sdedge
+    # Decoding init images and masks is CPU work: off the event loop.
+    job, finish = await run_in_threadpool(submit_img2img, state, req)
+    response.headers[TASK_ID_HEADER] = job.id
+    result = await wait_for(job, state, request)
+    return await run_in_threadpool(finish, result)

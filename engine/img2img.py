@@ -1,0 +1,174 @@
+"""img2img, inpainting and hires fix as A1111 prepares them (a1111-sampling.md §8–9): step counting for a
+denoising strength, init images and masks, latent masks, the inpainting/edit image conditioning, hires sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from engine import image_ops
+from engine.image_ops import Box
+from engine.plan import Img2ImgPlan
+from engine.rng import make_generator
+
+Encode = Callable[[np.ndarray], np.ndarray]  # images [B, 3, H, W] in [0, 1] → latents [B, 4, H/8, W/8]
+
+
+def img2img_steps(steps: int, strength: float, fix_steps: bool) -> tuple[int, int]:
+    """`setup_img2img_steps` (§8.3): (length of the schedule to build, t_enc). The sampler runs t_enc + 1 steps.
+
+    With `fix_steps` (option img2img_fix_steps, and always for the hires pass) exactly `steps` steps run.
+    """
+    if fix_steps:
+        return (int(steps / min(strength, 0.999)) if strength > 0 else 0), steps - 1
+    return steps, int(min(strength, 0.999) * steps)
+
+
+def denoising_schedule(
+    sigmas_for: Callable[[int], Sequence[float]], steps: int, strength: float, fix_steps: bool
+) -> tuple[float, ...]:
+    """The tail of the full schedule that img2img walks: `σ(steps')[steps' − t_enc − 1:]`.
+
+    Strength 0 with fixed steps builds an empty schedule in A1111: nothing is denoised.
+    """
+    total, t_enc = img2img_steps(steps, strength, fix_steps)
+    if total == 0:
+        return (0.0,)
+    sigmas = [float(s) for s in sigmas_for(total)]
+    return tuple(sigmas[total - t_enc - 1 :])
+
+
+@dataclass(frozen=True)
+class HiresSize:
+    """Hires fix's upscale target and the latent rows/columns to crop afterwards (§9)."""
+
+    width: int
+    height: int
+    truncate_x: int = 0
+    truncate_y: int = 0
+
+    def final_size(self, factor: int = 8) -> tuple[int, int]:
+        return (self.width // factor - self.truncate_x) * factor, (self.height // factor - self.truncate_y) * factor
+
+
+def hires_size(width: int, height: int, scale: float, resize_x: int = 0, resize_y: int = 0,
+               factor: int = 8) -> HiresSize:
+    """A1111's target for `hr_scale` or `hr_resize_x/y`: one side given keeps the aspect ratio; both given cover
+    that box and crop the excess (in latent space)."""
+    if resize_x == 0 and resize_y == 0:
+        return HiresSize(int(width * scale), int(height * scale))
+    if resize_y == 0:
+        return HiresSize(resize_x, resize_x * height // width)
+    if resize_x == 0:
+        return HiresSize(resize_y * width // height, resize_y)
+    if width / height < resize_x / resize_y:
+        x, y = resize_x, resize_x * height // width
+    else:
+        x, y = resize_y * width // height, resize_y
+    return HiresSize(x, y, (x - resize_x) // factor, (y - resize_y) // factor)
+
+
+def crop_latents(latents: np.ndarray, truncate_x: int, truncate_y: int) -> np.ndarray:
+    h, w = latents.shape[2:]
+    return latents[:, :, truncate_y // 2 : h - (truncate_y + 1) // 2, truncate_x // 2 : w - (truncate_x + 1) // 2]
+
+
+@dataclass(frozen=True)
+class PreparedInit:
+    """Init images and mask after A1111's `init()` image work, before any VAE call.
+
+    `images`: one [3, H, W] array in [0, 1] per init image (its own size with resize mode 3).
+    `mask`: the processed mask at width×height (source of the latent mask and inpainting conditioning), or None.
+    `overlays`: per init image, the original with alpha 255 − mask, composited over the results.
+    """
+
+    images: tuple[np.ndarray, ...]
+    mask: Image.Image | None = None
+    overlays: tuple[Image.Image, ...] = ()
+    paste_to: Box | None = None
+
+
+def prepare_init(plan: Img2ImgPlan, width: int, height: int) -> PreparedInit:
+    """Resize/crop init images, build the mask, overlay and fill as A1111's img2img `init()` does (§8.1, §8.4)."""
+    mask = mask_for_overlay = crop = paste_to = None
+    spec = plan.mask
+    if spec is not None:
+        binary = image_ops.binary_mask(spec.image, spec.round)
+        if spec.invert:
+            binary = ImageOps.invert(binary)
+        binary = image_ops.blur_mask(binary, spec.blur_x, spec.blur_y)
+        if spec.only_masked:
+            crop = image_ops.crop_region(binary, spec.only_masked_padding)
+            if crop is not None:  # an all-black mask means plain img2img
+                crop = image_ops.expand_crop_region(crop, width, height, binary.width, binary.height)
+                mask_for_overlay = binary
+                mask = image_ops.resize_image(image_ops.RESIZE_AND_FILL, binary.crop(crop), width, height)
+                paste_to = (crop[0], crop[1], crop[2] - crop[0], crop[3] - crop[1])
+        else:
+            mask = image_ops.resize_image(plan.resize_mode, binary, width, height)
+            doubled = np.clip(np.asarray(mask).astype(np.float32) * 2, 0, 255).astype(np.uint8)
+            mask_for_overlay = Image.fromarray(doubled)
+    images, overlays = [], []
+    for init in plan.init_images:
+        image = image_ops.flatten(init, plan.background_color)
+        if crop is None and plan.resize_mode != image_ops.LATENT_UPSCALE:
+            image = image_ops.resize_image(plan.resize_mode, image, width, height)
+        if mask is not None:
+            if mask_for_overlay.size != image.size:
+                mask_for_overlay = image_ops.resize_image(plan.resize_mode, mask_for_overlay, *image.size)
+            overlays.append(image_ops.overlay_image(image, mask_for_overlay))
+        if crop is not None:
+            image = image_ops.resize_image(image_ops.RESIZE_AND_FILL, image.crop(crop), width, height)
+        if mask is not None and spec.masked_content != "original":
+            image = image_ops.fill(image, mask)
+        images.append(image_ops.to_array([image])[0])
+    return PreparedInit(tuple(images), mask, tuple(overlays) if plan.overlay else (), paste_to)
+
+
+def latent_nmask(mask: Image.Image, height: int, width: int, round: bool = True) -> np.ndarray:
+    """§8.5: the mask at latent size (Pillow's default BICUBIC), 1 = repaint; [1, 1, h, w] float32."""
+    small = mask.convert("RGB").resize((width, height), resample=Image.Resampling.BICUBIC)
+    nmask = np.asarray(small, dtype=np.float32)[..., 0] / 255
+    if round:
+        nmask = np.around(nmask)
+    return nmask[None, None].astype(np.float32)
+
+
+def inpainting_conditioning(encode: Encode, images: np.ndarray, mask: Image.Image | None, latent_hw: tuple[int, int],
+                            round: bool = True, mask_weight: float = 1.0) -> np.ndarray:
+    """§8.7: [mask, latent of the masked image] per image for 9-channel UNets. `images` are the init batch in
+    [0, 1]; masked pixels become mid-grey (0 in [−1, 1]); no mask means everything is masked."""
+    source = 2.0 * images - 1.0
+    if mask is None:
+        cond_mask = np.ones((1, 1, *images.shape[2:]), dtype=np.float32)
+    else:
+        cond_mask = (np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
+        if round:
+            cond_mask = np.round(cond_mask)
+    masked = source + mask_weight * (source * (1.0 - cond_mask) - source)
+    latents = encode((masked + 1.0) / 2.0)
+    if latents.shape[2:] != tuple(latent_hw):  # resize mode 3: the image is encoded at its own size
+        latents = image_ops.resize_latents(latents, *latent_hw, mode="bilinear")
+    small = image_ops.resize_latents(cond_mask, *latent_hw, mode="nearest")
+    return np.concatenate([np.repeat(small, len(latents), axis=0), latents], axis=1).astype(np.float32)
+
+
+def encoder_noise(seeds: Sequence[int], randn_source: str) -> Callable[[tuple[int, ...]], np.ndarray] | None:
+    """ε for sampling the VAE posterior where A1111's draw is reproducible, else None (the posterior mean).
+
+    A1111 samples with torch's global CPU generator, which its `randn(seed)` re-seeds with each image's seed
+    while drawing the initial noise: after `first()` it is a fresh CPU generator seeded with the batch's last
+    seed, drawn in order by every later encode of that batch (§8.2). The NV source never seeds it.
+    """
+    if randn_source not in ("GPU", "CPU"):
+        return None
+    return make_generator(int(seeds[-1]), "CPU").randn
+
+
+def is_edit_model(unet_in_channels: int) -> bool:
+    """instruct-pix2pix UNets take x and the image latent: 8 input channels."""
+    return unet_in_channels == 8

@@ -1,0 +1,151 @@
+"""The one generation path both front doors take: sdapi request → plan → queued job → sdapi response.
+
+REST (service/routes/generation.py) and gRPC (service/grpc_server.py) differ only in how they wait for the job
+and how they ship the response; everything a request means is decided here and in service/translate.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.exceptions import HTTPException
+
+from engine.pipeline import GenerationResult, StepEvent
+from service.errors import InvalidRequest
+from service.jobs import Job, QueueFull, new_task_id
+from service.models import ModelEntry
+from service.options import InvalidOption
+from service.results import build_response
+from service.sdapi_models import Img2ImgRequest, Txt2ImgRequest
+from service.state import NoModelLoaded, ServerState, placeholder_sigmas
+from service.translate import plan_img2img, plan_txt2img
+
+Listener = Callable[[Job], None]
+Finish = Callable[..., dict[str, Any]]
+
+
+class ModelUnavailable(HTTPException):
+    """No checkpoint can be loaded: REST 503, gRPC UNAVAILABLE."""
+
+    def __init__(self, detail: str):
+        super().__init__(status_code=503, detail=detail)
+
+
+class QueueBusy(HTTPException):
+    """The queue is full: REST 503 with Retry-After, gRPC RESOURCE_EXHAUSTED."""
+
+    def __init__(self, detail: str):
+        super().__init__(status_code=503, detail=detail, headers={"Retry-After": "5"})
+
+
+def job_options(state: ServerState, overrides: dict | None) -> dict:
+    try:
+        return state.job_options(overrides)
+    except KeyError as exc:
+        raise InvalidRequest("override_settings", f"unknown option {exc.args[0]!r}") from None
+    except InvalidOption as exc:
+        raise InvalidRequest("override_settings", str(exc)) from None
+
+
+def checkpoint(state: ServerState, options: dict) -> ModelEntry:
+    try:
+        return state.checkpoint_for(options)
+    except NoModelLoaded as exc:
+        raise ModelUnavailable(str(exc)) from None
+
+
+def loaded_sigmas(state: ServerState, entry: ModelEntry):
+    """The schedule source for planning at request time: the model's own if it is loaded, else a stand-in
+    (the job plans again once the worker has loaded the model)."""
+    loaded = state.models.loaded
+    return loaded[1].sigmas if loaded is not None and loaded[0] == entry else placeholder_sigmas
+
+
+def progress_hook(job: Job) -> Callable[[StepEvent], None]:
+    def on_step(event: StepEvent) -> None:
+        p = job.progress
+        p.job_no, p.job_count = event.job_no, event.job_count
+        p.sampling_step, p.sampling_steps = event.step, event.steps
+        p.latents = event.latents
+        job.notify()
+
+    return on_step
+
+
+def enqueue(state: ServerState, job: Job, listener: Listener | None = None) -> Job:
+    # The listener is attached before the job can start, so it sees every step.
+    if listener is not None:
+        job.listeners.append(listener)
+    try:
+        return state.queue.submit(job)
+    except QueueFull as exc:
+        raise QueueBusy(str(exc)) from None
+
+
+def submit_txt2img(state: ServerState, req: Txt2ImgRequest,
+                   listener: Listener | None = None) -> tuple[Job, Finish]:
+    """Validate, plan and queue a txt2img request; `finish(result, as_bytes=False)` builds the sdapi response."""
+    options = job_options(state, req.override_settings)
+    entry = checkpoint(state, options)
+    sigmas = loaded_sigmas(state, entry)
+    plan = plan_txt2img(req, options, sigmas, state.upscalers)  # a bad request is refused before it queues
+    timestamp = time.strftime("%Y%m%d%H%M%S")
+
+    def run(job: Job) -> GenerationResult:
+        nonlocal plan
+        pipeline = state.pipeline_for(entry)  # on the worker: model switches happen in queue order
+        if sigmas is placeholder_sigmas:
+            plan = plan_txt2img(req, options, pipeline.sigmas, state.upscalers)
+        job.progress.job_count = plan.n_iter * (2 if plan.hires else 1)  # hires: A1111 counts both passes
+        result = pipeline.txt2img(plan, on_step=progress_hook(job), should_stop=job.should_stop)
+        if req.override_settings_restore_afterwards is False:
+            state.keep_overrides(req.override_settings, entry)
+        return result
+
+    job = enqueue(state, Job(kind="txt2img", run=run, id=req.force_task_id or new_task_id("txt2img")), listener)
+
+    def finish(result: GenerationResult, as_bytes: bool = False) -> dict[str, Any]:
+        return build_response(plan, result, entry, options, req.model_dump(), bool(req.send_images), timestamp,
+                              req.styles, as_bytes=as_bytes)
+
+    return job, finish
+
+
+def _is_edit_model(pipeline) -> bool:
+    return pipeline.manifest.unet_in_channels == 8
+
+
+def submit_img2img(state: ServerState, req: Img2ImgRequest,
+                   listener: Listener | None = None) -> tuple[Job, Finish]:
+    """Validate (images decoded, mask checked), plan and queue an img2img request, like `submit_txt2img`."""
+    options = job_options(state, req.override_settings)
+    entry = checkpoint(state, options)
+    sigmas = loaded_sigmas(state, entry)
+    loaded = state.models.loaded
+    edit = loaded is not None and loaded[0] == entry and _is_edit_model(loaded[1])
+    plan = plan_img2img(req, options, sigmas, edit)
+    timestamp = time.strftime("%Y%m%d%H%M%S")
+
+    def run(job: Job) -> GenerationResult:
+        nonlocal plan
+        pipeline = state.pipeline_for(entry)
+        if sigmas is placeholder_sigmas:
+            plan = plan_img2img(req, options, pipeline.sigmas, _is_edit_model(pipeline))
+        job.progress.job_count = plan.n_iter
+        result = pipeline.img2img(plan, on_step=progress_hook(job), should_stop=job.should_stop)
+        if req.override_settings_restore_afterwards is False:
+            state.keep_overrides(req.override_settings, entry)
+        return result
+
+    job = enqueue(state, Job(kind="img2img", run=run, id=req.force_task_id or new_task_id("img2img")), listener)
+
+    def finish(result: GenerationResult, as_bytes: bool = False) -> dict[str, Any]:
+        parameters = req.model_dump()
+        if not req.include_init_images:
+            parameters.update(init_images=None, mask=None)
+        return build_response(plan, result, entry, options, parameters, bool(req.send_images), timestamp,
+                              req.styles, as_bytes=as_bytes)
+
+    return job, finish

@@ -1,0 +1,127 @@
+"""Images sent in requests (init_images, mask): base64, `data:` URLs and, when enabled, http(s) — with limits
+(a1111-api.md §4.1). Every failure is an `ImageInputError`, which the routes turn into a 4xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import ipaddress
+import socket
+import urllib.parse
+import urllib.request
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps
+
+MiB = 1 << 20
+
+
+class ImageInputError(ValueError):
+    """An image string the server will not use; `status_code` is 413 for oversized input, else 422."""
+
+    def __init__(self, message: str, status_code: int = 422):
+        super().__init__(message)
+        self.status_code = status_code
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 32 * MiB  # encoded file size
+    max_pixels: int = 40_000_000  # width × height, checked from the header before any pixel is decoded
+    allow_urls: bool = False  # option api_enable_requests
+    forbid_local_urls: bool = True  # option api_forbid_local_requests
+    url_timeout: float = 30.0
+    user_agent: str = ""
+
+
+def limits_from_options(options) -> ImageLimits:
+    return ImageLimits(
+        allow_urls=bool(options.get("api_enable_requests", False)),
+        forbid_local_urls=bool(options.get("api_forbid_local_requests", True)),
+        user_agent=str(options.get("api_useragent", "") or ""),
+    )
+
+
+def decode_image(value: object, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """An image string as A1111 reads it: EXIF orientation applied, RGB/P with a transparency chunk → RGBA."""
+    if not isinstance(value, str):
+        raise ImageInputError(f"expected an image as a base64 string, got {type(value).__name__}")
+    if value.startswith(("http://", "https://")):
+        data = _fetch(value, limits)
+    else:
+        data = _base64_bytes(value, limits)
+    return _open(data, limits)
+
+
+def _base64_bytes(value: str, limits: ImageLimits) -> bytes:
+    if value.startswith("data:image/"):
+        # A1111 keeps what follows the first "," after the first ";": data:image/png;base64,XXXX → XXXX.
+        try:
+            value = value.split(";")[1].split(",")[1]
+        except IndexError:
+            raise ImageInputError("invalid data: URL") from None
+    if len(value) > limits.max_bytes * 4 // 3 + 4:
+        raise ImageInputError(f"image larger than {limits.max_bytes // MiB} MiB", 413)
+    try:
+        # Lenient like A1111: characters outside the alphabet (newlines) are skipped; bad padding fails.
+        return base64.b64decode(value)
+    except (binascii.Error, ValueError):
+        raise ImageInputError("invalid encoded image: not base64") from None
+
+
+def _open(data: bytes, limits: ImageLimits) -> Image.Image:
+    if len(data) > limits.max_bytes:
+        raise ImageInputError(f"image larger than {limits.max_bytes // MiB} MiB", 413)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > limits.max_pixels:
+                raise ImageInputError(
+                    f"image of {image.width}x{image.height} pixels is over the limit of {limits.max_pixels}", 413
+                )
+            image.load()  # decode now: a truncated or corrupt file fails here, not inside the job
+    except ImageInputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageInputError(f"image is over the limit of {limits.max_pixels} pixels", 413) from None
+    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as exc:
+        raise ImageInputError(f"invalid encoded image: {exc}") from None
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGB", "P") and isinstance(image.info.get("transparency"), bytes):
+        image = image.convert("RGBA")
+    return image
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # A redirect could lead to a local address after the check: refuse them all.
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def _fetch(url: str, limits: ImageLimits) -> bytes:
+    if not limits.allow_urls:
+        raise ImageInputError("requests not allowed: image URLs are disabled (option api_enable_requests)", 403)
+    host = urllib.parse.urlparse(url).hostname
+    if not host:
+        raise ImageInputError("invalid image url")
+    if limits.forbid_local_urls:
+        try:
+            addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        except OSError:
+            raise ImageInputError(f"cannot resolve {host}") from None
+        if not all(ipaddress.ip_address(a.split("%")[0]).is_global for a in addresses):
+            raise ImageInputError("request to local resource not allowed", 403)
+    headers = {"User-Agent": limits.user_agent} if limits.user_agent else {}
+    try:
+        opener = urllib.request.build_opener(_NoRedirect)
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=limits.url_timeout) as r:
+            data = r.read(limits.max_bytes + 1)
+    except OSError as exc:
+        raise ImageInputError(f"invalid image url: {exc}") from None
+    if len(data) > limits.max_bytes:
+        raise ImageInputError(f"image larger than {limits.max_bytes // MiB} MiB", 413)
+    return data

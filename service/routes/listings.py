@@ -1,0 +1,124 @@
+"""The A1111 listing and housekeeping routes sdedge has nothing behind (yet): they answer with what exists —
+empty lists, no-ops — so clients that enumerate everything at start-up never meet a 404 (a1111-api.md §10)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from typing import Any
+
+from fastapi import APIRouter, Body, HTTPException
+from pydantic import BaseModel
+
+router = APIRouter()
+
+
+class EmbeddingsResponse(BaseModel):
+    loaded: dict[str, Any]
+    skipped: dict[str, Any]
+
+
+class ScriptsList(BaseModel):
+    txt2img: list[str]
+    img2img: list[str]
+
+
+class InterrogateRequest(BaseModel):
+    image: str = ""
+    model: str = "clip"
+
+
+@router.get("/sdapi/v1/sd-vae")
+def sd_vae() -> list[dict]:
+    return []  # bundles carry their VAE; there are no separate VAE files to choose from
+
+
+@router.post("/sdapi/v1/refresh-vae")
+def refresh_vae() -> None:
+    return None
+
+
+@router.get("/sdapi/v1/embeddings", response_model=EmbeddingsResponse)
+def embeddings():
+    return {"loaded": {}, "skipped": {}}
+
+
+@router.post("/sdapi/v1/refresh-embeddings")
+def refresh_embeddings() -> None:
+    return None
+
+
+@router.get("/sdapi/v1/loras")
+def loras() -> list[dict]:
+    return []
+
+
+@router.post("/sdapi/v1/refresh-loras")
+def refresh_loras() -> None:
+    return None
+
+
+@router.get("/sdapi/v1/hypernetworks")
+def hypernetworks() -> list[dict]:
+    return []
+
+
+@router.get("/sdapi/v1/face-restorers")
+def face_restorers() -> list[dict]:
+    return []
+
+
+@router.get("/sdapi/v1/realesrgan-models")
+def realesrgan_models() -> list[dict]:
+    return []
+
+
+@router.get("/sdapi/v1/scripts", response_model=ScriptsList)
+def scripts():
+    return {"txt2img": [], "img2img": []}
+
+
+@router.get("/sdapi/v1/script-info")
+def script_info() -> list[dict]:
+    return []
+
+
+@router.get("/sdapi/v1/extensions")
+def extensions() -> list[dict]:
+    return []
+
+
+def _ram() -> dict[str, Any]:
+    """Process RSS and machine total, in bytes (A1111 uses psutil; /proc and sysconf give the same here)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        with open("/proc/self/statm") as f:
+            used = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+        used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+        return {"error": "total memory unknown", "used": used}
+    return {"free": total - used, "used": used, "total": total}
+
+
+@router.get("/sdapi/v1/memory")
+def memory() -> dict[str, Any]:
+    return {"ram": _ram(), "cuda": {"error": "unavailable"}}
+
+
+@router.post("/sdapi/v1/interrogate")
+def interrogate(req: InterrogateRequest) -> dict:
+    raise HTTPException(status_code=404, detail="Model not found")  # no captioning model ships with sdedge
+
+
+def _unsupported(what: str):
+    def handler(body: dict[str, Any] = Body(default_factory=dict)) -> dict:
+        return {"info": f"{what} error: not supported by sdedge"}
+
+    return handler
+
+
+for _path, _what in (("create/embedding", "create embedding"), ("create/hypernetwork", "create hypernetwork"),
+                     ("train/embedding", "train embedding"), ("train/hypernetwork", "train hypernetwork")):
+    router.add_api_route(f"/sdapi/v1/{_path}", _unsupported(_what), methods=["POST"])

@@ -104,7 +104,8 @@ def ratio_table(timings: list[Timing], sizes: list[int], phases: list[Phase], st
     names = list(dict.fromkeys(t.pipeline for t in timings))
     rss = {p.pipeline: p.peak_rss_mib for p in phases}
     head = "| pipeline | " + " | ".join(f"{s} px: median (min), per step" for s in sizes)
-    head += " | " + " | ".join(f"{s} px: sdedge / this" for s in sizes) + " | peak RSS | max abs diff vs sdedge |"
+    head += " | " + " | ".join(f"{s} px: time ratio sdedge / this" for s in sizes)
+    head += " | peak RSS | max abs diff vs sdedge |"
     rows = [head, "|" + "---|" * (2 * len(sizes) + 3)]
     for name in names:
         cells = []
@@ -127,7 +128,7 @@ def markdown(args, machine: dict, loads: dict, phases: list[Phase], timings: lis
     out = [
         "# Benchmark results",
         "",
-        f"Written by `make bench ARGS=\"--write benchmarks/RESULTS.md\"` (`python -m benchmarks.run`) on "
+        f"Written by `{command_line(args)}` (what `make bench ARGS=...` runs) on "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Regenerate rather than edit.",
         "",
         "## Machine",
@@ -142,6 +143,8 @@ def markdown(args, machine: dict, loads: dict, phases: list[Phase], timings: lis
         f"- Load average (1/5/15 min): {fmt_load(loads['start'])} at start, {fmt_load(loads['end'])} at end",
         "",
     ]
+    if args.note:
+        out += ["## Notes", "", *(f"- {note}" for note in args.note), ""]
     if under_load:
         out += [
             f"**Taken under load.** Other engineers' jobs shared these {cpus} cores while this ran (load average "
@@ -171,6 +174,8 @@ def markdown(args, machine: dict, loads: dict, phases: list[Phase], timings: lis
         "",
         "## Results",
         "",
+        "A time ratio below 1 means sdedge (on our bundle) took less time than that pipeline.",
+        "",
         *ratio_table(timings, args.sizes, phases, args.steps),
         "",
         "## Per-step overhead of the NumPy loop",
@@ -181,14 +186,14 @@ def markdown(args, machine: dict, loads: dict, phases: list[Phase], timings: lis
         "",
         "| per step | time | fraction of one UNet call |",
         "|---|---|---|",
-        f"| Euler update only | {overhead['sampler_ms_per_step']:.3f} ms | {overhead['sampler_fraction_of_unet_call']:.2%} |",
+        f"| Euler update only | {overhead['sampler_ms_per_step']:.3f} ms | {overhead['sampler_fraction_of_unet_call']:.3%} |",
         f"| + A1111's per-step noise draw (NV Philox) | {overhead['sampler+rng_ms_per_step']:.3f} ms | "
         f"{overhead['sampler+rng_fraction_of_unet_call']:.2%} |",
         f"| + CFG denoiser around a no-op UNet (c_in, batching, guidance) | "
         f"{overhead['sampler+rng+cfg_ms_per_step']:.3f} ms | {overhead['sampler+rng+cfg_fraction_of_unet_call']:.2%} |",
         "",
-        "The demo UNet is ~1.4 M parameters; a real SD 1.5 UNet call is hundreds of times slower, so the same "
-        "overhead is a far smaller fraction there.",
+        "The host work per step does not depend on the model, while a real SD 1.x UNet call costs far more than "
+        "the demo's 1.4 M-parameter one, so these fractions are upper bounds for real checkpoints.",
         "",
         "## Raw output",
         "",
@@ -198,6 +203,16 @@ def markdown(args, machine: dict, loads: dict, phases: list[Phase], timings: lis
         "",
     ]
     return "\n".join(out)
+
+
+def command_line(args) -> str:
+    """This run's command; the text of --note options is shown in the Notes section instead."""
+    parts = ["python -m benchmarks.run", "--sizes", *map(str, args.sizes), "--steps", str(args.steps),
+             "--repeats", str(args.repeats), "--budget", f"{args.budget:g}", "--threads", str(args.threads)]
+    if args.write:
+        parts += ["--write", str(args.write)]
+    parts += ["--note ..."] * len(args.note)
+    return " ".join(parts)
 
 
 def fmt_load(load: tuple[float, float, float]) -> str:
@@ -214,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--write", type=Path, help="write a RESULTS.md (machine, table, raw output) here")
     parser.add_argument("--json", type=Path, help="write the raw numbers as JSON here")
+    parser.add_argument("--note", action="append", default=[], help="a remark for RESULTS.md (repeatable)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

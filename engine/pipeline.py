@@ -67,7 +67,7 @@ class SamplingPass:
     image_cond: np.ndarray | None = None
     latent_mask: LatentMask | None = None
     img2img: bool = False  # starts from an init latent at sigmas[0] (img2img, hires) rather than pure noise
-    hires_steps: int | None = None  # the hires pass's total steps: its prompt schedules count from the first pass
+    hires_steps: int | None = None  # hires pass: its total steps (prompt schedules count on from pass 1)
 
 
 class Pipeline:

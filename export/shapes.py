@@ -46,7 +46,6 @@ def training_record(weights_dir: Path = WEIGHTS_DIR) -> dict:
 
 def build_shapes_pipeline(weights_dir: Path = WEIGHTS_DIR, config_dir: Path = CONFIG_DIR):
     """The trained `StableDiffusionPipeline` (fp32, CPU)."""
-    import torch
     from diffusers import PNDMScheduler, StableDiffusionPipeline
     from safetensors.torch import load_file
     from transformers import CLIPTokenizer
@@ -62,15 +61,14 @@ def build_shapes_pipeline(weights_dir: Path = WEIGHTS_DIR, config_dir: Path = CO
     with tempfile.TemporaryDirectory() as tmp:
         write_tokenizer_files(Path(tmp))
         tokenizer = CLIPTokenizer.from_pretrained(tmp)
-    with torch.no_grad():
-        return StableDiffusionPipeline(
-            **parts,
-            tokenizer=tokenizer,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+    return StableDiffusionPipeline(
+        **parts,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def save_shapes_pipeline(out: Path, weights_dir: Path = WEIGHTS_DIR) -> Path:

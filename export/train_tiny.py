@@ -1,4 +1,6 @@
-"""Train the shapes model on 2 CPU cores: VAE first, then the UNet on its latents; the text encoder stays frozen.
+"""Train the shapes model on CPU: VAE, then the UNet on its latents, then more decoder training with the encoder
+frozen; the text encoder stays at its seeded random init. One torch thread: on a busy shared machine two
+threads were several times slower per step (they wait on each other at every op).
 
     python -m export.train_tiny --out export/weights/shapes-sd
 
@@ -41,6 +43,9 @@ class TrainConfig:
     unet_batch: int = 64
     unet_lr: float = 1e-3
     unet_minutes: float = 30.0
+    decoder_steps: int = 3000
+    decoder_lr: float = 5e-4
+    decoder_minutes: float = 25.0
     warmup: int = 100
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
@@ -205,6 +210,49 @@ def train_unet(unet, pool, cfg: TrainConfig, save) -> dict:
             "unet_minutes": (time.monotonic() - start) / 60}
 
 
+def finetune_decoder(vae, cfg: TrainConfig, out_record: dict) -> None:
+    """More decoder training at the native size with the encoder frozen, so the UNet's latents stay valid.
+
+    Starts from the fp16-rounded VAE (what was stored with the UNet), so it can also run as its own stage.
+    """
+    import torch
+
+    from export.synthetic_shapes import sample_batch
+
+    _round_to_fp16(vae)
+    vae.requires_grad_(False)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+    rng = random.Random(cfg.seed + 2)
+    vae.train()
+    start = time.monotonic()
+    bar = _progress(cfg.decoder_steps, "decoder")
+    step = 0
+    for step in range(1, cfg.decoder_steps + 1):
+        pixels, _ = sample_batch(rng, cfg.vae_batch, cfg.size, caption_dropout=0.0)
+        x = torch.from_numpy(pixels)
+        with torch.no_grad():
+            latents = vae.encode(x).latent_dist.mode()
+        mse = torch.nn.functional.mse_loss(vae.decode(latents).sample, x)
+        opt.zero_grad(set_to_none=True)
+        mse.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        bar.update(1)
+        bar.set_postfix(mse=f"{mse.item():.4f}")
+        if step % 50 == 0:
+            log.info("decoder step %d mse %.5f", step, mse.item())
+        if (time.monotonic() - start) / 60 > cfg.decoder_minutes:
+            log.info("decoder time budget reached at step %d", step)
+            break
+    bar.close()
+    vae.eval().requires_grad_(False)
+    out_record.update(decoder_steps_done=step, decoder_final_mse=float(mse.item()),
+                      decoder_minutes=(time.monotonic() - start) / 60)
+
+
 def train(cfg: TrainConfig, out: Path) -> dict:
     import tempfile
 
@@ -237,14 +285,35 @@ def train(cfg: TrainConfig, out: Path) -> dict:
         record.update(progress, total_minutes=(time.monotonic() - began) / 60)
         # Time budgets make the step counts machine-dependent; these arguments replay exactly this run.
         replay = {**asdict(cfg), "vae_steps": record["vae_steps_done"], "unet_steps": record["unet_steps_done"],
-                  "vae_minutes": 1e9, "unet_minutes": 1e9}
+                  "decoder_steps": record.get("decoder_steps_done", cfg.decoder_steps),
+                  "vae_minutes": 1e9, "unet_minutes": 1e9, "decoder_minutes": 1e9}
         record["reproduce"] = "python -m export.train_tiny " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in replay.items())
         _save({"text_encoder": text_encoder, "unet": ema_unet, "vae": vae}, out, record)
 
-    save_progress = train_unet(unet, pool, cfg, save)
-    save(save_progress.pop("ema"), save_progress)
+    progress = train_unet(unet, pool, cfg, save)
+    ema = progress.pop("ema")
+    save(ema, progress)
+    finetune_decoder(vae, cfg, record)
+    save(ema, {})
     log.info("done: %s", json.dumps({k: v for k, v in record.items() if k != "config"}))
+    return record
+
+
+def decoder_stage(cfg: TrainConfig, source: Path, out: Path) -> dict:
+    """The decoder stage alone, on a finished or checkpointed run (it only needs the stored VAE)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    vae = new_components(CONFIG_DIR)["vae"]
+    vae.load_state_dict({k: v.float() for k, v in load_file(source / "vae.safetensors").items()})
+    record: dict = {}
+    finetune_decoder(vae, cfg, record)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(torch.float16).contiguous() for k, v in vae.state_dict().items()}, out / "vae.safetensors")
+    (out / "decoder.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -252,12 +321,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.train_tiny", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    parser.add_argument("--decoder-only-from", type=Path, default=None,
+                        help="run only the decoder stage on the VAE stored in this folder; writes vae.safetensors "
+                             "and decoder.json to --out")
     for name, value in asdict(TrainConfig()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = vars(parser.parse_args(argv))
-    out = args.pop("out")
+    out, source = args.pop("out"), args.pop("decoder_only_from")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train(TrainConfig(**args), out)
+    if source is None:
+        train(TrainConfig(**args), out)
+    else:
+        decoder_stage(TrainConfig(**args), source, out)
     return 0
 
 

@@ -54,6 +54,7 @@ def serve(args: argparse.Namespace) -> int:
         cors_allow_origins=args.cors_allow_origins, cors_allow_origins_regex=args.cors_allow_origins_regex,
         api_auth=args.api_auth, api_log=args.api_log, host=args.host, port=args.port, listen=args.listen,
         upscalers_dir=Path(args.upscalers_dir) if args.upscalers_dir else models_dir / "upscalers",
+        extra={"styles_file": args.styles_file or ["styles.csv"]},
     )
     if args.api_auth:
         from service.auth import parse_credentials
@@ -110,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cors-allow-origins-regex", default=None)
     s.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER:PASS...]",
                    help="HTTP Basic auth on the API (A1111's --api-auth)")
+    s.add_argument("--styles-file", action="append", default=None, metavar="PATH",
+                   help="styles CSV (repeatable, wildcards allowed; default ./styles.csv)")
     s.add_argument("--api-log", action="store_true", help="log every /sdapi request (A1111's --api-log)")
     s.add_argument("--upscalers-dir", default=None,
                    help="folder of ONNX upscaler models for extras (default: <models-dir>/upscalers)")

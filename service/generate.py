@@ -20,6 +20,7 @@ from service.options import InvalidOption
 from service.results import build_response
 from service.sdapi_models import Img2ImgRequest, Txt2ImgRequest
 from service.state import NoModelLoaded, ServerState, placeholder_sigmas
+from service.styles import styles_of
 from service.translate import plan_img2img, plan_txt2img
 
 Listener = Callable[[Job], None]
@@ -90,14 +91,15 @@ def submit_txt2img(state: ServerState, req: Txt2ImgRequest,
     options = job_options(state, req.override_settings)
     entry = checkpoint(state, options)
     sigmas = loaded_sigmas(state, entry)
-    plan = plan_txt2img(req, options, sigmas, state.upscalers)  # a bad request is refused before it queues
+    # A bad request is refused here, before it queues.
+    plan = plan_txt2img(req, options, sigmas, state.upscalers, styles_of(state))
     timestamp = time.strftime("%Y%m%d%H%M%S")
 
     def run(job: Job) -> GenerationResult:
         nonlocal plan
         pipeline = state.pipeline_for(entry)  # on the worker: model switches happen in queue order
         if sigmas is placeholder_sigmas:
-            plan = plan_txt2img(req, options, pipeline.sigmas, state.upscalers)
+            plan = plan_txt2img(req, options, pipeline.sigmas, state.upscalers, styles_of(state))
         job.progress.job_count = plan.n_iter * (2 if plan.hires else 1)  # hires: A1111 counts both passes
         result = pipeline.txt2img(plan, on_step=progress_hook(job), should_stop=job.should_stop)
         if req.override_settings_restore_afterwards is False:
@@ -125,14 +127,14 @@ def submit_img2img(state: ServerState, req: Img2ImgRequest,
     sigmas = loaded_sigmas(state, entry)
     loaded = state.models.loaded
     edit = loaded is not None and loaded[0] == entry and _is_edit_model(loaded[1])
-    plan = plan_img2img(req, options, sigmas, edit)
+    plan = plan_img2img(req, options, sigmas, edit, styles_of(state))
     timestamp = time.strftime("%Y%m%d%H%M%S")
 
     def run(job: Job) -> GenerationResult:
         nonlocal plan
         pipeline = state.pipeline_for(entry)
         if sigmas is placeholder_sigmas:
-            plan = plan_img2img(req, options, pipeline.sigmas, _is_edit_model(pipeline))
+            plan = plan_img2img(req, options, pipeline.sigmas, _is_edit_model(pipeline), styles_of(state))
         job.progress.job_count = plan.n_iter
         result = pipeline.img2img(plan, on_step=progress_hook(job), should_stop=job.should_stop)
         if req.override_settings_restore_afterwards is False:

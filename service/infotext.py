@@ -245,6 +245,7 @@ def generation_parameters(plan, index: int, model_name: str | None, model_hash: 
     if plan.randn_source != "GPU":
         params["RNG"] = plan.randn_source
     params.update(denoising_parameters(plan, index, request or {}, result))
+    params.update(sampling_parameters(plan, index))
     if options.get("add_version_to_infotext", True):
         params["Version"] = VERSION
     return params
@@ -285,4 +286,42 @@ def denoising_parameters(plan, index: int, request: Mapping[str, Any], result=No
                 params["Masked content"] = mask.masked_content
         if i2i.initial_noise_multiplier != 1.0:
             params["Noise multiplier"] = float(i2i.initial_noise_multiplier)
+    return params
+
+
+def sampling_parameters(plan, index: int) -> dict[str, Any]:
+    """Sampler, schedule and prompt-language entries A1111 adds when they differ from their defaults (§7.1)."""
+    import inspect
+
+    from engine.samplers import SAMPLERS, TIMESTEPS
+
+    sampler = SAMPLERS[plan.sampler]
+    settings = plan.sampler_settings
+    params: dict[str, Any] = {}
+    if "eta" in inspect.signature(sampler.function).parameters:
+        if sampler.kind == TIMESTEPS:
+            eta = plan.eta if plan.eta is not None else settings.eta_ddim
+            params["Eta DDIM"] = float(eta) if eta != 0.0 else None
+        else:
+            eta = plan.eta if plan.eta is not None else settings.eta_ancestral
+            params["Eta"] = float(eta) if eta != 1.0 else None
+    for key, label, neutral in (("s_churn", "Sigma churn", 0.0), ("s_tmin", "Sigma tmin", 0.0),
+                                ("s_tmax", "Sigma tmax", float("inf")), ("s_noise", "Sigma noise", 1.0)):
+        value = getattr(plan, key)
+        if key in sampler.extra_params and value != neutral:
+            params[label] = float(value)
+    if settings.always_discard_next_to_last_sigma and not sampler.discard_next_to_last_sigma:
+        params["Discard penultimate sigma"] = True
+    schedule = settings.schedule
+    params["Schedule min sigma"] = schedule.sigma_min or None
+    params["Schedule max sigma"] = schedule.sigma_max or None
+    params["Schedule rho"] = schedule.rho or None
+    if plan.scheduler == "beta" and (schedule.beta_alpha, schedule.beta_beta) != (0.6, 0.6):
+        params["Beta schedule alpha"] = schedule.beta_alpha
+        params["Beta schedule beta"] = schedule.beta_beta
+    if plan.use_old_scheduling:
+        params["Old prompt editing timelines"] = True
+    texts = (plan.prompts[index], plan.negative_prompts[index])
+    if plan.emphasis != "Original" and any("(" in t or "[" in t for t in texts):
+        params["Emphasis"] = plan.emphasis
     return params

@@ -173,7 +173,12 @@ class JobQueue:
                 job.state = JobState.CANCELLED
                 self._jobs.pop(job.id, None)
                 job.future.set_exception(JobCancelled(job.id))
-                return
+                cancelled = True
+            else:
+                cancelled = False
+        if cancelled:
+            job.notify()  # e.g. an SSE stream waiting for this job ends now
+            return
         if job.state == JobState.RUNNING:
             job.interrupt()
 

@@ -59,7 +59,8 @@ class ModelRegistry:
         found: dict[Path, ModelEntry] = {}
         candidates = list(self.extra)
         if self.models_dir and self.models_dir.is_dir():
-            candidates += sorted(p for p in self.models_dir.iterdir() if p.is_dir())
+            # Hidden folders are exports in progress (written to `.<name>.tmp-*`, then renamed): never list them.
+            candidates += sorted(p for p in self.models_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
         for path in candidates:
             if is_bundle(path):
                 try:

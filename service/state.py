@@ -105,6 +105,6 @@ class ServerState:
         self.queue.close()
 
 
-def placeholder_sigmas(sampler: str, scheduler: str, steps: int) -> np.ndarray:
+def placeholder_sigmas(sampler: str, scheduler: str, steps: int, settings=None) -> np.ndarray:
     """Stand-in schedule for checking a request before its model is loaded (the job plans again after)."""
     return np.linspace(14.6146, 0.0, steps + 1, dtype=np.float32)

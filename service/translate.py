@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from engine import image_ops
 from engine.img2img import denoising_schedule, hires_size
 from engine.plan import MASKED_CONTENT, GenerationPlan, HiresPlan, Img2ImgPlan, MaskPlan
+from engine.prompt_parser import batch_extra_networks, strip_comments
 from engine.samplers import SAMPLERS
 from service.errors import InvalidRequest
 from service.image_io import ImageInputError, decode_image, limits_from_options
@@ -64,9 +65,22 @@ def seeds_for(req: GenerationRequest, count: int) -> tuple[tuple[int, ...], tupl
     return seeds, subseeds
 
 
-def plan_txt2img(req: Txt2ImgRequest, options: Mapping[str, Any], sigmas_for, upscalers=None) -> GenerationPlan:
-    """Validate and resolve a txt2img request. `sigmas_for(sampler, scheduler, steps)` comes from the model;
-    `upscalers` (an engine.upscalers.UpscalerRegistry) adds model upscalers to what `hr_upscaler` may name."""
+def prompt_texts(prompt: str | None, negative: str | None, style_names: list[str] | None, options: Mapping[str, Any],
+                 styles=None) -> tuple[str, str]:
+    """The prompts as encoded and written to the infotext: styles applied (§6.3), then `#` comments stripped."""
+    prompt, negative = prompt or "", negative or ""
+    if styles is not None:
+        prompt, negative = styles.apply(prompt, negative, style_names)
+    if options.get("enable_prompt_comments", True):
+        prompt, negative = strip_comments(prompt), strip_comments(negative)
+    return prompt, negative
+
+
+def plan_txt2img(req: Txt2ImgRequest, options: Mapping[str, Any], sigmas_for, upscalers=None,
+                 styles=None) -> GenerationPlan:
+    """Validate and resolve a txt2img request. `sigmas_for(sampler, scheduler, steps, settings)` comes from the
+    model; `upscalers` (an engine.upscalers.UpscalerRegistry) adds model upscalers to what `hr_upscaler` may name;
+    `styles` (a service.styles.StyleDatabase) resolves the request's `styles`."""
     if req.enable_hr and (req.firstphase_width or req.firstphase_height):
         # Legacy hires fields: width/height are the final size, firstphase_* the first pass (a1111-api.md §3.2).
         final_w, final_h = req.width or 512, req.height or 512
@@ -74,13 +88,14 @@ def plan_txt2img(req: Txt2ImgRequest, options: Mapping[str, Any], sigmas_for, up
         if not req.hr_resize_x and not req.hr_resize_y:
             updates |= {"hr_resize_x": final_w, "hr_resize_y": final_h}
         req = req.model_copy(update=updates)
-    plan = _plan(req, options, sigmas_for)
+    plan = _plan(req, options, sigmas_for, styles=styles)
     if req.enable_hr:
-        plan = replace(plan, hires=_hires(req, plan, options, sigmas_for, upscalers))
+        plan = replace(plan, hires=_hires(req, plan, options, sigmas_for, upscalers, styles))
     return plan
 
 
-def _plan(req: GenerationRequest, options: Mapping[str, Any], sigmas_for, steps_schedule=None) -> GenerationPlan:
+def _plan(req: GenerationRequest, options: Mapping[str, Any], sigmas_for, steps_schedule=None,
+          styles=None) -> GenerationPlan:
     """The fields txt2img and img2img share; `steps_schedule(sampler, scheduler, steps)` overrides the sigmas."""
     width = _positive_multiple_of_8("width", req.width, 512)
     height = _positive_multiple_of_8("height", req.height, 512)
@@ -96,8 +111,9 @@ def _plan(req: GenerationRequest, options: Mapping[str, Any], sigmas_for, steps_
     sampler, scheduler = resolve_sampler(req.sampler_name or req.sampler_index, req.scheduler)
     count = batch_size * n_iter
     seeds, subseeds = seeds_for(req, count)
-    prompt = req.prompt or ""
-    negative = req.negative_prompt or ""
+    prompt, negative = prompt_texts(req.prompt, req.negative_prompt, req.styles, options, styles)
+    settings = sampler_settings(options, req.s_min_uncond)
+    schedule = steps_schedule or (lambda sampler, scheduler, steps: sigmas_for(sampler, scheduler, steps, settings))
     return GenerationPlan(
         prompts=(prompt,) * count,
         negative_prompts=(negative,) * count,
@@ -112,7 +128,7 @@ def _plan(req: GenerationRequest, options: Mapping[str, Any], sigmas_for, steps_
         cfg_scale=cfg_scale,
         sampler=sampler,
         scheduler=scheduler,
-        sigmas=tuple(float(s) for s in (steps_schedule or sigmas_for)(sampler, scheduler, steps)),
+        sigmas=tuple(float(s) for s in schedule(sampler, scheduler, steps)),
         batch_size=batch_size,
         n_iter=n_iter,
         clip_skip=clip_skip,
@@ -123,7 +139,11 @@ def _plan(req: GenerationRequest, options: Mapping[str, Any], sigmas_for, steps_
         s_noise=_option_or_request(options, "s_noise", req.s_noise, 1.0),
         randn_source=str(options.get("randn_source", "GPU")),
         eta_noise_seed_delta=int(options.get("eta_noise_seed_delta", 0) or 0),
-        sampler_settings=sampler_settings(options, req.s_min_uncond),
+        sampler_settings=settings,
+        emphasis=str(options.get("emphasis", "Original")),
+        comma_padding_backtrack=int(options.get("comma_padding_backtrack", 20)),
+        use_old_scheduling=bool(options.get("use_old_scheduling", False)),
+        extra_networks=batch_extra_networks([prompt]),
     )
 
 
@@ -143,7 +163,7 @@ def _strength(value: float | None, default: float) -> float:
 
 
 def _hires(req: Txt2ImgRequest, plan: GenerationPlan, options: Mapping[str, Any], sigmas_for,
-           upscalers=None) -> HiresPlan:
+           upscalers=None, styles=None) -> HiresPlan:
     """Hires fix (a1111-sampling.md §9). A1111 crashes without denoising_strength: we take the UI's 0.7."""
     strength = _strength(req.denoising_strength, 0.7)
     scale = _finite("hr_scale", req.hr_scale, 2.0)
@@ -170,14 +190,17 @@ def _hires(req: Txt2ImgRequest, plan: GenerationPlan, options: Mapping[str, Any]
         scheduler = resolve_sampler(sampler, req.hr_scheduler)[1]
     steps = _at_least("hr_second_pass_steps", req.hr_second_pass_steps, 0, 0, 1000) or plan.steps
     # The second pass is given its step count explicitly, so A1111's fixed-steps formula always applies.
-    sigmas = denoising_schedule(lambda n: sigmas_for(sampler, scheduler, n), steps, strength, fix_steps=True)
+    settings = plan.sampler_settings
+    sigmas = denoising_schedule(lambda n: sigmas_for(sampler, scheduler, n, settings), steps, strength,
+                                fix_steps=True)
     count = len(plan.prompts)
+    hr_prompt, hr_negative = prompt_texts(req.hr_prompt, req.hr_negative_prompt, req.styles, options, styles)
     return HiresPlan(
         width=size.width, height=size.height, truncate_x=size.truncate_x, truncate_y=size.truncate_y,
         upscaler=upscaler, image_upscaler=model, sampler=sampler, scheduler=scheduler, steps=steps, sigmas=sigmas,
         denoising_strength=strength,
-        prompts=(req.hr_prompt,) * count if req.hr_prompt else plan.prompts,
-        negative_prompts=(req.hr_negative_prompt,) * count if req.hr_negative_prompt else plan.negative_prompts,
+        prompts=(hr_prompt,) * count if req.hr_prompt else plan.prompts,
+        negative_prompts=(hr_negative,) * count if req.hr_negative_prompt else plan.negative_prompts,
     )
 
 
@@ -192,7 +215,7 @@ MAX_MASK_BLUR = 64  # A1111's UI slider maximum; the blur costs O(kernel) per pi
 
 
 def plan_img2img(req: Img2ImgRequest, options: Mapping[str, Any], sigmas_for,
-                 edit_model: bool = False) -> GenerationPlan:
+                 edit_model: bool = False, styles=None) -> GenerationPlan:
     """Validate and resolve an img2img request: decode images, check the mask, count steps for the strength."""
     if req.init_images is None:
         raise HTTPException(status_code=404, detail="Init image not found")
@@ -229,10 +252,13 @@ def plan_img2img(req: Img2ImgRequest, options: Mapping[str, Any], sigmas_for,
         raise InvalidRequest("init_images", "resize_mode 3 (latent upscale) needs init images of one size")
     fix_steps = bool(options.get("img2img_fix_steps", False))
 
-    def schedule(sampler: str, scheduler: str, steps: int) -> list[float]:
-        return list(denoising_schedule(lambda n: sigmas_for(sampler, scheduler, n), steps, strength, fix_steps))
+    settings = sampler_settings(options, req.s_min_uncond)
 
-    plan = _plan(req, options, sigmas_for, schedule)
+    def schedule(sampler: str, scheduler: str, steps: int) -> list[float]:
+        return list(denoising_schedule(lambda n: sigmas_for(sampler, scheduler, n, settings), steps, strength,
+                                       fix_steps))
+
+    plan = _plan(req, options, sigmas_for, schedule, styles=styles)
     if mask is not None and not mask.only_masked and resize_mode == image_ops.LATENT_UPSCALE:
         if any(image.size != (plan.width, plan.height) for image in images):
             raise InvalidRequest("resize_mode", "3 (latent upscale) with a whole-picture mask needs init images "

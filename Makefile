@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP_RUNTIME := $(VENV)/.stamp-runtime
 STAMP_DEV := $(VENV)/.stamp-dev
-DEMO_BUNDLE ?= models/sdedge-tiny
+DEMO_BUNDLE ?= models/sdedge-shapes
 PORT ?= 7860
 
 .PHONY: serve test bench lint export demo proto clean fuzz
@@ -24,9 +24,10 @@ $(STAMP_RUNTIME): pyproject.toml $(VENV)/bin/python
 	$(PIP) install -q -e .
 	touch $@
 
-# The demo bundle is exported (needs the export extra) the first time; serving it needs only the runtime.
-$(DEMO_BUNDLE)/manifest.json: $(STAMP_DEV)
-	$(PY) -m export demo --out $(DEMO_BUNDLE)
+# The default model: the shapes model trained in the repo (export/weights/shapes-sd), exported through the
+# normal exporter the first time (needs the export extra); serving it needs only the runtime.
+$(DEMO_BUNDLE)/manifest.json: $(STAMP_DEV) export/weights/shapes-sd/unet.safetensors
+	$(PY) -m export shapes --out $(DEMO_BUNDLE)
 
 demo: $(DEMO_BUNDLE)/manifest.json
 
@@ -58,4 +59,4 @@ fuzz: $(STAMP_DEV)
 	SDEDGE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_fuzz_sdapi.py $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) models/sdedge-tiny .pytest_cache
+	rm -rf $(VENV) models/sdedge-shapes .pytest_cache

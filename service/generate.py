@@ -85,69 +85,66 @@ def enqueue(state: ServerState, job: Job, listener: Listener | None = None) -> J
         raise QueueBusy(str(exc)) from None
 
 
-def submit_txt2img(state: ServerState, req: Txt2ImgRequest,
-                   listener: Listener | None = None) -> tuple[Job, Finish]:
-    """Validate, plan and queue a txt2img request; `finish(result, as_bytes=False)` builds the sdapi response."""
+def _submit(state: ServerState, req: Txt2ImgRequest | Img2ImgRequest, kind: str, make_plan: Callable,
+            run_pipeline: Callable, parameters: dict[str, Any], listener: Listener | None) -> tuple[Job, Finish]:
+    """The shared path: plan at request time (a bad request is refused before it queues), plan again on the
+    worker if the model was not loaded yet, run, and build the response with `finish(result, as_bytes)`."""
     options = job_options(state, req.override_settings)
     entry = checkpoint(state, options)
     sigmas = loaded_sigmas(state, entry)
-    # A bad request is refused here, before it queues.
-    plan = plan_txt2img(req, options, sigmas, state.upscalers, styles_of(state))
+    loaded = state.models.loaded
+    plan = make_plan(options, sigmas, loaded[1] if loaded is not None and loaded[0] == entry else None)
     timestamp = time.strftime("%Y%m%d%H%M%S")
 
     def run(job: Job) -> GenerationResult:
         nonlocal plan
         pipeline = state.pipeline_for(entry)  # on the worker: model switches happen in queue order
         if sigmas is placeholder_sigmas:
-            plan = plan_txt2img(req, options, pipeline.sigmas, state.upscalers, styles_of(state))
-        job.progress.job_count = plan.n_iter * (2 if plan.hires else 1)  # hires: A1111 counts both passes
-        result = pipeline.txt2img(plan, on_step=progress_hook(job), should_stop=job.should_stop)
+            plan = make_plan(options, pipeline.sigmas, pipeline)
+        result = run_pipeline(pipeline, plan, job)
         if req.override_settings_restore_afterwards is False:
             state.keep_overrides(req.override_settings, entry)
         return result
 
-    job = enqueue(state, Job(kind="txt2img", run=run, id=req.force_task_id or new_task_id("txt2img")), listener)
+    job = enqueue(state, Job(kind=kind, run=run, id=req.force_task_id or new_task_id(kind)), listener)
 
     def finish(result: GenerationResult, as_bytes: bool = False) -> dict[str, Any]:
-        return build_response(plan, result, entry, options, req.model_dump(), bool(req.send_images), timestamp,
+        return build_response(plan, result, entry, options, parameters, bool(req.send_images), timestamp,
                               req.styles, as_bytes=as_bytes)
 
     return job, finish
 
 
+def submit_txt2img(state: ServerState, req: Txt2ImgRequest,
+                   listener: Listener | None = None) -> tuple[Job, Finish]:
+    """Validate, plan and queue a txt2img request; `finish(result, as_bytes=False)` builds the sdapi response."""
+
+    def make_plan(options, sigmas, pipeline):
+        return plan_txt2img(req, options, sigmas, state.upscalers, styles_of(state))
+
+    def run_pipeline(pipeline, plan, job: Job) -> GenerationResult:
+        job.progress.job_count = plan.n_iter * (2 if plan.hires else 1)  # hires: A1111 counts both passes
+        return pipeline.txt2img(plan, on_step=progress_hook(job), should_stop=job.should_stop)
+
+    return _submit(state, req, "txt2img", make_plan, run_pipeline, req.model_dump(), listener)
+
+
 def _is_edit_model(pipeline) -> bool:
-    return pipeline.manifest.unet_in_channels == 8
+    return pipeline is not None and pipeline.manifest.unet_in_channels == 8
 
 
 def submit_img2img(state: ServerState, req: Img2ImgRequest,
                    listener: Listener | None = None) -> tuple[Job, Finish]:
     """Validate (images decoded, mask checked), plan and queue an img2img request, like `submit_txt2img`."""
-    options = job_options(state, req.override_settings)
-    entry = checkpoint(state, options)
-    sigmas = loaded_sigmas(state, entry)
-    loaded = state.models.loaded
-    edit = loaded is not None and loaded[0] == entry and _is_edit_model(loaded[1])
-    plan = plan_img2img(req, options, sigmas, edit, styles_of(state))
-    timestamp = time.strftime("%Y%m%d%H%M%S")
 
-    def run(job: Job) -> GenerationResult:
-        nonlocal plan
-        pipeline = state.pipeline_for(entry)
-        if sigmas is placeholder_sigmas:
-            plan = plan_img2img(req, options, pipeline.sigmas, _is_edit_model(pipeline), styles_of(state))
+    def make_plan(options, sigmas, pipeline):
+        return plan_img2img(req, options, sigmas, _is_edit_model(pipeline), styles_of(state))
+
+    def run_pipeline(pipeline, plan, job: Job) -> GenerationResult:
         job.progress.job_count = plan.n_iter
-        result = pipeline.img2img(plan, on_step=progress_hook(job), should_stop=job.should_stop)
-        if req.override_settings_restore_afterwards is False:
-            state.keep_overrides(req.override_settings, entry)
-        return result
+        return pipeline.img2img(plan, on_step=progress_hook(job), should_stop=job.should_stop)
 
-    job = enqueue(state, Job(kind="img2img", run=run, id=req.force_task_id or new_task_id("img2img")), listener)
-
-    def finish(result: GenerationResult, as_bytes: bool = False) -> dict[str, Any]:
-        parameters = req.model_dump()
-        if not req.include_init_images:
-            parameters.update(init_images=None, mask=None)
-        return build_response(plan, result, entry, options, parameters, bool(req.send_images), timestamp,
-                              req.styles, as_bytes=as_bytes)
-
-    return job, finish
+    parameters = req.model_dump()
+    if not req.include_init_images:
+        parameters.update(init_images=None, mask=None)
+    return _submit(state, req, "img2img", make_plan, run_pipeline, parameters, listener)

@@ -4,13 +4,13 @@ the benchmark process imports torch only when it measures the torch pipelines.""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from export.build_cache import build_once, export_code_key
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "bench"
@@ -26,30 +26,13 @@ class BenchModels:
         return all((p / ".complete").exists() for p in (self.diffusers, self.bundle, self.optimum))
 
 
-def _cache_key() -> str:
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "export").rglob("*")):
-        if path.is_file() and path.suffix in {".py", ".json"}:
-            digest.update(path.relative_to(ROOT).as_posix().encode())
-            digest.update(path.read_bytes())
-    digest.update((ROOT / "engine" / "bundle.py").read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def bench_models() -> BenchModels:
-    base = CACHE / _cache_key()
+    base = CACHE / export_code_key()
     return BenchModels(base / "diffusers", base / "bundle", base / "optimum")
 
 
 def _build(target: Path, builder) -> None:
-    if (target / ".complete").exists():
-        return
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    builder(tmp)
-    (tmp / ".complete").write_text("ok")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    build_once(target, builder)
 
 
 def _optimum_export(source: Path, out: Path) -> None:

@@ -8,40 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from export.build_cache import build_once, export_code_key
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "test-bundles"
 
 
-def _cache_key() -> str:
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "export").rglob("*")):
-        if path.is_file() and path.suffix in {".py", ".json"}:
-            digest.update(path.relative_to(ROOT).as_posix().encode())
-            digest.update(path.read_bytes())
-    digest.update((ROOT / "engine" / "bundle.py").read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def _build(kind: str, builder) -> Path:
-    target = CACHE / _cache_key() / kind
-    if not (target / ".complete").exists():
-        tmp = target.with_name(f"{kind}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        builder(tmp)
-        (tmp / ".complete").write_text("ok")
-        shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_once(CACHE / export_code_key() / kind, builder)
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,18 @@ def denoising_schedule(
     return tuple(sigmas[total - t_enc - 1 :])
 
 
+def brownian_span(
+    sigmas_for: Callable[[int], Sequence[float]], steps: int, strength: float, fix_steps: bool
+) -> tuple[float, float] | None:
+    """[min positive σ, max σ] of the whole schedule `denoising_schedule` cuts its tail from: A1111's Brownian
+    trees span it, not the walked tail (§6.6, quirk §11.14). None when nothing is denoised."""
+    total, _ = img2img_steps(steps, strength, fix_steps)
+    if total == 0:
+        return None
+    sigmas = np.asarray(sigmas_for(total), dtype=np.float32)
+    return float(sigmas[sigmas > 0].min()), float(sigmas.max())
+
+
 @dataclass(frozen=True)
 class HiresSize:
     """Hires fix's upscale target and the latent rows/columns to crop afterwards (§9)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -68,6 +68,7 @@ class SamplingPass:
     latent_mask: LatentMask | None = None
     img2img: bool = False  # starts from an init latent at sigmas[0] (img2img, hires) rather than pure noise
     hires_steps: int | None = None  # hires pass: its total steps (prompt schedules count on from pass 1)
+    brownian_span: tuple[float, float] | None = None  # σ range of the Brownian trees when not that of `sigmas`
 
 
 class Pipeline:
@@ -189,7 +190,7 @@ class Pipeline:
                 x,
                 walk,
                 callback=callback,
-                noise_sampler=noise_sampler_for(run.sampler, x.shape, run.sigmas, rng),
+                noise_sampler=noise_sampler_for(run.sampler, x.shape, run.brownian_span or run.sigmas, rng),
                 **sampler_options(plan, sampler, run.img2img, schedule),
             )
             return latents, False
@@ -268,7 +269,7 @@ class Pipeline:
         sigmas = np.asarray(hr.sigmas, dtype=np.float32)
         run = SamplingPass(hr.sampler, sigmas, hr.prompts[images], hr.negative_prompts[images], job_no,
                            plan.n_iter * 2, image_cond=image_cond, img2img=True,
-                           hires_steps=SAMPLERS[hr.sampler].total_steps(hr.steps))
+                           hires_steps=SAMPLERS[hr.sampler].total_steps(hr.steps), brownian_span=hr.brownian_span)
         return self._sample(plan, run, self._start(run, noise, x0), rng, on_step, should_stop)
 
     def img2img(
@@ -321,7 +322,8 @@ class Pipeline:
             noise = rng.first() if initial_noise is None else initial_noise[images]
             noise = noise * spec.initial_noise_multiplier
             run = SamplingPass(plan.sampler, sigmas, plan.prompts[images], plan.negative_prompts[images], n,
-                               plan.n_iter, image_cond=image_cond, latent_mask=latent_mask, img2img=True)
+                               plan.n_iter, image_cond=image_cond, latent_mask=latent_mask, img2img=True,
+                               brownian_span=spec.brownian_span)
             x = self._start(run, noise, init_latent)
             latents, interrupted = self._sample(plan, run, x, rng, on_step, should_stop)
             if latent_mask is not None:
@@ -343,8 +345,8 @@ def ends_all_batches(should_stop: Callable[[], bool] | None) -> bool:
     return should_stop is None or should_stop()
 
 
-def noise_sampler_for(sampler: str, x_shape: tuple[int, ...], sigmas: np.ndarray, rng: ImageRNG) -> NoiseSampler:
-    """The SDE samplers draw from per-image Brownian trees over the schedule's σ range (§6.6); every other
+def noise_sampler_for(sampler: str, x_shape: tuple[int, ...], sigmas: Sequence[float], rng: ImageRNG) -> NoiseSampler:
+    """The SDE samplers draw from per-image Brownian trees over the σ range of `sigmas` (§6.6); every other
     sampler takes the next draw of the images' generators."""
     if SAMPLERS[sampler].options.get("brownian_noise"):
         return brownian_noise_sampler(x_shape, sigmas, rng.seeds, rng.source, rng.gpu_threads)

@@ -42,6 +42,7 @@ class Img2ImgPlan:
     image_cfg_scale: float | None = None
     background_color: str = "#ffffff"
     overlay: bool = True
+    brownian_span: tuple[float, float] | None = None  # the full schedule's σ range (img2img.brownian_span)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class HiresPlan:
     truncate_x: int = 0
     truncate_y: int = 0
     image_upscaler: object | None = None  # a model upscaler (`.upscale(image, scale)`) when `upscaler` names one
+    brownian_span: tuple[float, float] | None = None  # the full schedule's σ range (img2img.brownian_span)
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,7 @@ class JobQueue:
         self._jobs: dict[str, Job] = {}
         self._current: Job | None = None
         self._recent: OrderedDict[str, Job] = OrderedDict()
+        self._watchers: dict[str, list[Callable[[Job], None]]] = {}  # listeners of task ids not submitted yet
         self._last: Job | None = None
         self.started: deque[tuple[int, str]] = deque(maxlen=1024)  # (arrival sequence, id) in start order
         self._cond = threading.Condition()
@@ -162,8 +163,38 @@ class JobQueue:
             job.enqueued_at = time.time()
             self._pending.append(job)
             self._jobs[job.id] = job
+            watchers = self._watchers.pop(job.id, [])
+            job.listeners.extend(watchers)
             self._cond.notify()
+        for watcher in watchers:  # a subscriber that came first sees the job queued, then every change
+            watcher(job)
         return job
+
+    def watch(self, job_id: str, listener: Callable[[Job], None]) -> Job | None:
+        """Follow a task by id: the listener joins the job's listeners now if it is waiting or running, or when
+        it is submitted. Returns the job when it is known already (finished ones as their summary, which never
+        changes again); None means the listener waits for the submission until `unwatch`."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.listeners.append(listener)
+                return job
+            finished = self._recent.get(job_id)
+            if finished is not None:
+                return finished
+            self._watchers.setdefault(job_id, []).append(listener)
+            return None
+
+    def unwatch(self, job_id: str, listener: Callable[[Job], None]) -> None:
+        with self._cond:
+            waiting = self._watchers.get(job_id, [])
+            if listener in waiting:
+                waiting.remove(listener)
+                if not waiting:
+                    del self._watchers[job_id]
+            job = self._jobs.get(job_id)
+            if job is not None and listener in job.listeners:
+                job.listeners.remove(listener)
 
     def cancel(self, job: Job) -> None:
         """A queued job is removed; a running one is interrupted at its next step."""

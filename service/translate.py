@@ -11,7 +11,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 
 from engine import image_ops
-from engine.img2img import denoising_schedule, hires_size
+from engine.img2img import brownian_span, denoising_schedule, hires_size
 from engine.plan import MASKED_CONTENT, GenerationPlan, HiresPlan, Img2ImgPlan, MaskPlan
 from engine.prompt_parser import batch_extra_networks, strip_comments
 from engine.samplers import SAMPLERS
@@ -191,14 +191,16 @@ def _hires(req: Txt2ImgRequest, plan: GenerationPlan, options: Mapping[str, Any]
     steps = _at_least("hr_second_pass_steps", req.hr_second_pass_steps, 0, 0, 1000) or plan.steps
     # The second pass is given its step count explicitly, so A1111's fixed-steps formula always applies.
     settings = plan.sampler_settings
-    sigmas = denoising_schedule(lambda n: sigmas_for(sampler, scheduler, n, settings), steps, strength,
-                                fix_steps=True)
+    def full(n: int) -> list[float]:
+        return sigmas_for(sampler, scheduler, n, settings)
+
+    sigmas = denoising_schedule(full, steps, strength, fix_steps=True)
     count = len(plan.prompts)
     hr_prompt, hr_negative = prompt_texts(req.hr_prompt, req.hr_negative_prompt, req.styles, options, styles)
     return HiresPlan(
         width=size.width, height=size.height, truncate_x=size.truncate_x, truncate_y=size.truncate_y,
         upscaler=upscaler, image_upscaler=model, sampler=sampler, scheduler=scheduler, steps=steps, sigmas=sigmas,
-        denoising_strength=strength,
+        denoising_strength=strength, brownian_span=brownian_span(full, steps, strength, fix_steps=True),
         prompts=(hr_prompt,) * count if req.hr_prompt else plan.prompts,
         negative_prompts=(hr_negative,) * count if req.hr_negative_prompt else plan.negative_prompts,
     )
@@ -276,6 +278,8 @@ def plan_img2img(req: Img2ImgRequest, options: Mapping[str, Any], sigmas_for,
                          if edit_model and req.image_cfg_scale is not None else None),
         background_color=str(options.get("img2img_background_color", "#ffffff")),
         overlay=bool(options.get("overlay_inpaint", True)),
+        brownian_span=brownian_span(lambda n: sigmas_for(plan.sampler, plan.scheduler, n, settings),
+                                    plan.steps, strength, fix_steps),
     )
     # One init image serves the whole batch; several set the batch size (A1111's seeds stay as counted before).
     return replace(plan, img2img=img2img, batch_size=batch_size if len(images) == 1 else len(images))

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from export.build_cache import build_once, export_code_key
@@ -104,3 +105,20 @@ def torch_pipeline(demo_diffusers_dir: Path):
     return StableDiffusionPipeline.from_pretrained(
         demo_diffusers_dir, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
     )
+
+
+@pytest.fixture
+def brownian_spans(monkeypatch) -> list[tuple[float, float]]:
+    """The [min positive σ, max σ] each Brownian noise sampler the pipeline builds is given, in order."""
+    import engine.pipeline as pipeline_module
+
+    spans: list[tuple[float, float]] = []
+    real = pipeline_module.brownian_noise_sampler
+
+    def recording(x_shape, sigmas, *args, **kwargs):
+        s = np.asarray(sigmas, dtype=np.float32)
+        spans.append((float(s[s > 0].min()), float(s.max())))
+        return real(x_shape, sigmas, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "brownian_noise_sampler", recording)
+    return spans

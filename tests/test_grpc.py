@@ -298,7 +298,7 @@ def test_deadline_while_queued_removes_the_job_and_the_queue_moves_on(local):
 def test_deadline_while_running_interrupts_at_the_next_step(local):
     state, stub, _ = local
     call = stub.Txt2Img.future(pb.Txt2ImgRequest(prompt="long", force_task_id="task(grpc-long)", steps=1000,
-                                                 width=64, height=64), timeout=0.8)
+                                                 width=64, height=64), timeout=2.0)
     assert wait_until(lambda: state.queue.get("task(grpc-long)") is not None)
     job = state.queue.get("task(grpc-long)")
     assert call.exception(timeout=10).code() == grpc.StatusCode.DEADLINE_EXCEEDED

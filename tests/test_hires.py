@@ -202,3 +202,19 @@ def test_hires_with_a_model_upscaler(demo_bundle, tmp_path):
         assert image_of(r).size == (96, 96)
         assert "Hires upscaler: Tiny-2x" in json.loads(r.json()["info"])["infotexts"][0]
     state.close()
+
+
+def test_hires_brownian_trees_span_the_second_pass_full_schedule(demo_pipeline, brownian_spans):
+    # a1111-sampling.md §6.6 and quirk §11.14: the hires pass (fixed steps) builds int(steps / strength) sigmas
+    # and walks their tail; its trees span the whole of them.
+    from service.options import DEFAULTS
+    from service.sdapi_models import Txt2ImgRequest
+    from service.translate import plan_txt2img
+
+    req = Txt2ImgRequest(prompt="a", seed=2, steps=4, width=64, height=64, sampler_name="DPM++ SDE",
+                         enable_hr=True, hr_scale=1.5, denoising_strength=0.5)
+    plan = plan_txt2img(req, DEFAULTS, demo_pipeline.sigmas)
+    demo_pipeline.txt2img(plan)
+    first = demo_pipeline.sigmas("DPM++ SDE", "karras", 4).astype(np.float32)
+    second = demo_pipeline.sigmas("DPM++ SDE", "karras", 8).astype(np.float32)  # int(4 / 0.5)
+    assert brownian_spans == [(float(s[s > 0].min()), float(s.max())) for s in (first, second)]

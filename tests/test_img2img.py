@@ -288,3 +288,20 @@ def test_upscaler_listings(api):
     modes = [m["name"] for m in api.get("/sdapi/v1/latent-upscale-modes").json()]
     assert modes == ["Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
                      "Latent (nearest)", "Latent (nearest-exact)"]
+
+
+@pytest.mark.parametrize("strength, fix_steps, total", [(0.5, False, 6), (0.5, True, 12), (0.3, False, 6)])
+def test_sde_brownian_trees_span_the_full_schedule(demo_pipeline, brownian_spans, strength, fix_steps, total):
+    # a1111-sampling.md §6.6 and quirk §11.14: img2img's trees span the schedule its walked tail is cut from.
+    from service.options import DEFAULTS
+    from service.sdapi_models import Img2ImgRequest
+    from service.translate import plan_img2img
+
+    req = Img2ImgRequest(init_images=[b64(noise_image(64, 64))], denoising_strength=strength, steps=6, seed=1,
+                         sampler_name="DPM++ 2M SDE", width=64, height=64)
+    plan = plan_img2img(req, {**DEFAULTS, "img2img_fix_steps": fix_steps}, demo_pipeline.sigmas)
+    demo_pipeline.img2img(plan)
+    full = demo_pipeline.sigmas("DPM++ 2M SDE", "exponential", total).astype(np.float32)
+    assert len(full) == total + 1
+    assert brownian_spans == [(float(full[full > 0].min()), float(full.max()))]
+    assert brownian_spans[0][1] > plan.sigmas[0]  # the tail starts below the trees' top

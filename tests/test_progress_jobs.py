@@ -4,6 +4,7 @@ job/pipeline contract for interrupt and skip: an interrupt drops the remaining b
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -97,6 +98,40 @@ def test_progress_lifecycle():
         assert [job_id for _, job_id in queue.started] == ["task(a)", "task(b)"]
     finally:
         gate.release()
+        queue.close()
+
+
+def test_watching_a_task_before_it_is_submitted():
+    queue = JobQueue(max_pending=4)
+    seen: list[tuple[str, str]] = []
+    try:
+        def listener(job: Job) -> None:
+            seen.append((job.id, job.state.value))
+
+        assert queue.watch("task(w)", listener) is None
+        queue.unwatch("task(gone)", listener)  # unknown ids are fine
+        assert queue.watch("task(u)", listener) is None
+        queue.unwatch("task(u)", listener)
+        gate = Gate()
+
+        def run(job: Job):
+            gate.hold()
+            return "ok"
+
+        queue.submit(Job(kind="txt2img", run=lambda j: None, id="task(u)"))
+        job = queue.submit(Job(kind="txt2img", run=run, id="task(w)"))
+        assert gate.at.wait(10)
+        gate.release()
+        assert job.future.result(10) == "ok"
+        deadline = time.time() + 10
+        while ("task(w)", "done") not in seen and time.time() < deadline:  # told just after the result is set
+            time.sleep(0.01)
+        # Queued first (at submission), then running, then done; the unwatched task told nothing.
+        assert [state for task, state in seen if task == "task(w)"] == ["queued", "running", "done"]
+        assert not [task for task, _ in seen if task == "task(u)"]
+        finished = queue.watch("task(w)", listener)
+        assert finished is not None and finished.state.value == "done" and finished.listeners == []
+    finally:
         queue.close()
 
 

@@ -223,37 +223,64 @@ def test_queued_job_shows_its_place_and_leaves_when_its_client_goes(server):
     assert "task(gone)" not in started
 
 
+def read_events(response) -> list[tuple[str, dict]]:
+    events: list[tuple[str, dict]] = []
+    name = None
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[6:])))
+            if name == "end":
+                break
+    return events
+
+
 def test_sse_stream_of_a_task(api, server):
     api.set_options({"show_progress_every_n_steps": 1})
     try:
-        stream = Background(requests.get, f"{server}/sdedge/v1/tasks/task(sse)/events", params={"wait": 30},
-                            stream=True, timeout=120)
-        time.sleep(0.2)  # subscribing before the task exists is allowed
-        r = requests.post(f"{server}/sdapi/v1/txt2img", timeout=60,
-                          json={"prompt": "sse", "seed": 2, "steps": 4, "width": 64, "height": 64,
-                                "force_task_id": "task(sse)"})
-        assert r.status_code == 200
-        response = stream.result()
+        # A long job holds the worker so the streamed task is certainly still queued when the stream opens.
+        blocker = Background(requests.post, f"{server}/sdapi/v1/txt2img", timeout=300,
+                             json={"prompt": "b", "steps": 1000, "width": 64, "height": 64,
+                                   "force_task_id": "task(sse-blocker)"})
+        running_task(server, "task(sse-blocker)")
+        job = Background(requests.post, f"{server}/sdapi/v1/txt2img", timeout=60,
+                         json={"prompt": "sse", "seed": 2, "steps": 4, "width": 64, "height": 64,
+                               "force_task_id": "task(sse)"})
+        wait_until(lambda: "task(sse)" in requests.get(f"{server}/internal/pending-tasks", timeout=10).json()["tasks"])
+        response = requests.get(f"{server}/sdedge/v1/tasks/task(sse)/events", params={"wait": 30}, stream=True,
+                                timeout=120)
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
-        events = []
-        name = None
-        for line in response.iter_lines(decode_unicode=True):
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[6:])))
-                if name == "end":
-                    break
+        requests.post(f"{server}/sdapi/v1/interrupt", timeout=10)
+        events = read_events(response)
+        assert blocker.result().status_code == 200 and job.result().status_code == 200
     finally:
         api.set_options({"show_progress_every_n_steps": 10})
     kinds = [k for k, _ in events]
     assert kinds[-1] == "end" and events[-1][1]["state"] == "done"
+    states = [e["state"] for k, e in events if k == "progress"]
+    assert states[0] == "queued" and states[-1] == "done" and "running" in states
     steps = [e["sampling_step"] for k, e in events if k == "progress" and e["state"] == "running"]
-    assert steps == sorted(steps) and steps[-1] == 4
+    assert steps == sorted(steps) and set(range(1, 5)) <= set(steps)  # no step is lost to a slow reader
     previews = [e for k, e in events if k == "preview"]
     assert previews and all(p["image"].startswith("data:image/png;base64,") for p in previews)
     missing = requests.get(f"{server}/sdedge/v1/tasks/task(none)/events", params={"wait": 0}, timeout=10)
     assert missing.status_code == 404
+
+
+def test_sse_subscriber_may_come_before_the_task(server):
+    stream = Background(requests.get, f"{server}/sdedge/v1/tasks/task(sse-early)/events", params={"wait": 30},
+                        stream=True, timeout=120)
+    time.sleep(0.2)
+    r = requests.post(f"{server}/sdapi/v1/txt2img", timeout=60,
+                      json={"prompt": "early", **FAST, "force_task_id": "task(sse-early)"})
+    assert r.status_code == 200
+    response = stream.result()
+    assert response.status_code == 200
+    events = read_events(response)
+    # Whether the stream opened before the job was queued or after it ended, it ends with the job's end.
+    assert events[-1] == ("end", {"id": "task(sse-early)", "state": "done", "interrupted": False, "error": None})
+    assert [e["state"] for k, e in events if k == "progress"][-1] == "done"
 
 
 def test_png_info(api, server):

@@ -123,35 +123,60 @@ def _event(name: str, data: dict[str, Any]) -> str:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
 
-async def _find(state: ServerState, task_id: str, wait: float) -> Job | None:
-    """The task, waiting up to `wait` seconds for it to be submitted (a client may subscribe first)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    while True:
-        job = state.queue.get(task_id)
-        if job is not None or loop.time() >= deadline:
-            return job
-        await asyncio.sleep(0.05)
+class _Subscription:
+    """A task's snapshots as the worker makes them, queued for one SSE client: none is lost between two reads,
+    and a client that subscribes before the task is submitted sees it from its first state."""
+
+    def __init__(self, state: ServerState, task_id: str):
+        self.state = state
+        self.task_id = task_id
+        self.loop = asyncio.get_running_loop()
+        self.snapshots: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.job: Job | None = state.queue.watch(task_id, self._listener)
+
+    def _listener(self, job: Job) -> None:  # worker thread
+        self.job = job
+        snapshot = progress.task_snapshot(self.state.queue, job)
+        self.loop.call_soon_threadsafe(self.snapshots.put_nowait, snapshot)
+
+    async def submitted(self, wait: float) -> bool:
+        if self.job is not None:
+            return True
+        try:
+            first = await asyncio.wait_for(self.snapshots.get(), timeout=wait)
+        except asyncio.TimeoutError:
+            self.close()
+            if self.job is not None:  # submitted between the timeout and close: follow it after all
+                self.job = self.state.queue.watch(self.task_id, self._listener)
+            return self.job is not None
+        self.snapshots.put_nowait(first)  # stays the stream's first event
+        return True
+
+    def close(self) -> None:
+        self.state.queue.unwatch(self.task_id, self._listener)
 
 
-async def _task_events(state: ServerState, job: Job, request: Request, previews: bool) -> AsyncIterator[str]:
-    loop = asyncio.get_running_loop()
-    changed = asyncio.Event()
-
-    def listener(_job: Job) -> None:
-        loop.call_soon_threadsafe(changed.set)
-
-    job.listeners.append(listener)
+async def _task_events(sub: _Subscription, request: Request, previews: bool) -> AsyncIterator[str]:
+    state, job = sub.state, sub.job
+    assert job is not None
     try:
         last: dict | None = None
         preview_id = 0
+        if sub.snapshots.empty():
+            sub.snapshots.put_nowait(progress.task_snapshot(state.queue, job))
         while True:
-            changed.clear()
-            snapshot = progress.task_snapshot(state.queue, job)
+            try:
+                snapshot = await asyncio.wait_for(sub.snapshots.get(), timeout=KEEPALIVE_SECONDS)
+            except asyncio.TimeoutError:
+                yield ": keep-alive\n\n"
+                if await request.is_disconnected():
+                    return
+                continue
             if snapshot != last:
                 yield _event("progress", snapshot)
                 last = snapshot
-            if previews and job.state == JobState.RUNNING:
+            running = snapshot["state"] == JobState.RUNNING.value
+            if previews and running and job.state == JobState.RUNNING:
                 options = state.options.snapshot()
                 progress.refresh_preview(job, options, architecture(state))
                 image = job.preview.image
@@ -160,19 +185,12 @@ async def _task_events(state: ServerState, job: Job, request: Request, previews:
                     fmt = str(options.get("live_previews_image_format", "png"))
                     yield _event("preview", {"id": job.id, "preview_id": preview_id, "job_no": job.preview.job_no,
                                              "step": job.preview.step, "image": progress.data_url(image, fmt)})
-            if job.state in FINAL:
+            if snapshot["state"] in {s.value for s in FINAL}:
                 yield _event("end", {"id": job.id, "state": job.state.value, "interrupted": job.interrupted,
                                      "error": job.error})
                 return
-            try:
-                await asyncio.wait_for(changed.wait(), timeout=KEEPALIVE_SECONDS)
-            except asyncio.TimeoutError:
-                yield ": keep-alive\n\n"
-            if await request.is_disconnected():
-                return
     finally:
-        if listener in job.listeners:
-            job.listeners.remove(listener)
+        sub.close()
 
 
 @router.get("/sdedge/v1/tasks/{task_id}/events")
@@ -180,9 +198,8 @@ async def task_events(task_id: str, request: Request, previews: bool = True,
                       wait: float = Query(10.0, ge=0.0, le=60.0)):
     """Server-sent events of one task: `progress` on every change, `preview` every
     `show_progress_every_n_steps` steps, and a final `end` (docs/api.md)."""
-    state = _state(request)
-    job = await _find(state, task_id, wait)
-    if job is None:
+    sub = _Subscription(_state(request), task_id)
+    if not await sub.submitted(wait):
         raise HTTPException(status_code=404, detail=f"task {task_id!r} not found")
-    return StreamingResponse(_task_events(state, job, request, previews), media_type="text/event-stream",
+    return StreamingResponse(_task_events(sub, request, previews), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -53,10 +53,12 @@ export: $(STAMP_DEV)
 proto: $(STAMP_DEV)
 	$(PY) proto/generate.py
 
-# schemathesis against every /sdapi route with many more cases than `make test` runs (no 5xx allowed).
+# schemathesis against every /sdapi route with many more cases than `make test` runs (no 5xx allowed), and the
+# prompt-parser and tokenizer properties with fresh random examples (`make test` replays fixed ones).
 FUZZ_EXAMPLES ?= 200
 fuzz: $(STAMP_DEV)
-	SDEDGE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_fuzz_sdapi.py $(PYTEST_ARGS)
+	SDEDGE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) SDEDGE_HYPOTHESIS=explore $(PY) -m pytest -q tests/test_fuzz_sdapi.py \
+		tests/test_prompt_parser.py tests/test_tokenizer.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) models/sdedge-shapes .pytest_cache

@@ -78,7 +78,8 @@ class CFGDenoiser:
     `image_cond` goes beside x into inpainting/edit UNets; `latent_mask` blends the clean init latent into every
     prediction (k-diffusion samplers); `image_cfg_scale` ≠ 1 runs instruct-pix2pix's three-way guidance.
     `eps(x, t)` is the same guidance over ε for the timestep samplers (DDIM, PLMS, UniPC); `s_min_uncond` > 0
-    skips the unconditional half below that σ on odd steps (NGMS, §3.5).
+    skips the unconditional half below that σ on odd steps (NGMS, §3.5), and `skip_early_cond` > 0 while
+    step / `total_steps` ≤ it (`total_steps`: the calls A1111 expects, doubled for second-order samplers).
     """
 
     def __init__(
@@ -94,7 +95,11 @@ class CFGDenoiser:
         image_cfg_scale: float | None = None,
         s_min_uncond: float = 0.0,
         s_min_uncond_all: bool = False,
+        skip_early_cond: float = 0.0,
+        total_steps: int | None = None,
     ):
+        if skip_early_cond and not total_steps:
+            raise ValueError("skip_early_cond needs the denoiser's total_steps")
         self.unet = unet
         self.schedule = schedule
         self.conditioning = conditioning
@@ -106,6 +111,8 @@ class CFGDenoiser:
         self.image_cfg_scale = image_cfg_scale
         self.s_min_uncond = s_min_uncond
         self.s_min_uncond_all = s_min_uncond_all
+        self.skip_early_cond = skip_early_cond
+        self.total_steps = total_steps
         # DDIM CFG++ scales the guidance and reads the unconditional prediction (A1111's attributes of that name).
         self.cfg_scale_multiplier = 1.0
         self.need_last_uncond = False
@@ -171,6 +178,8 @@ class CFGDenoiser:
             denoised = self._edit_guided(x, sigma, cond, predict)
         else:
             skip_uncond = (
+                self.skip_early_cond != 0 and self.step / self.total_steps <= self.skip_early_cond
+            ) or (
                 self.s_min_uncond > 0 and bool(self.step % 2 or self.s_min_uncond_all) and sigma < self.s_min_uncond
             )
             denoised = self._guided(x, sigma, cond, predict, skip_uncond)

@@ -11,13 +11,16 @@ from engine.backend import ExecutionBackend
 from engine.bundle import Manifest
 
 
-def decode_latents(backend: ExecutionBackend, manifest: Manifest, latents: np.ndarray) -> np.ndarray:
-    """Latents [B, 4, h, w] → images in [0, 1], [B, 3, H, W] float32. One VAE call per image bounds memory."""
+def decode_latents(backend: ExecutionBackend, manifest: Manifest, latents: np.ndarray,
+                   clamp: bool = True) -> np.ndarray:
+    """Latents [B, 4, h, w] → images in [0, 1], [B, 3, H, W] float32. One VAE call per image bounds memory.
+
+    `clamp=False` keeps the decoder's overshoot, as A1111's `decode_first_stage` hands it on (§9 step 1)."""
     out = []
     for latent in latents:
         sample = (latent[None] / manifest.vae_scaling_factor).astype(np.float32)
-        decoded = backend.run("vae_decoder", {"latent_sample": sample})["sample"]
-        out.append(np.clip((decoded.astype(np.float32) + 1.0) / 2.0, 0.0, 1.0))
+        decoded = (backend.run("vae_decoder", {"latent_sample": sample})["sample"].astype(np.float32) + 1.0) / 2.0
+        out.append(np.clip(decoded, 0.0, 1.0) if clamp else decoded)
     return np.concatenate(out)
 
 

@@ -96,12 +96,14 @@ class PreparedInit:
     `images`: one [3, H, W] array in [0, 1] per init image (its own size with resize mode 3).
     `mask`: the processed mask at width×height (source of the latent mask and inpainting conditioning), or None.
     `overlays`: per init image, the original with alpha 255 − mask, composited over the results.
+    `mask_for_overlay`: A1111's `p.mask_for_overlay` (blurred; doubled for "whole picture"), or None.
     """
 
     images: tuple[np.ndarray, ...]
     mask: Image.Image | None = None
     overlays: tuple[Image.Image, ...] = ()
     paste_to: Box | None = None
+    mask_for_overlay: Image.Image | None = None
 
 
 def prepare_init(plan: Img2ImgPlan, width: int, height: int) -> PreparedInit:
@@ -138,7 +140,27 @@ def prepare_init(plan: Img2ImgPlan, width: int, height: int) -> PreparedInit:
         if mask is not None and spec.masked_content != "original":
             image = image_ops.fill(image, mask)
         images.append(image_ops.to_array([image])[0])
-    return PreparedInit(tuple(images), mask, tuple(overlays) if plan.overlay else (), paste_to)
+    return PreparedInit(tuple(images), mask, tuple(overlays) if plan.overlay else (), paste_to, mask_for_overlay)
+
+
+def denoised_image(image: Image.Image, overlay: Image.Image | None, paste_to: Box | None) -> Image.Image:
+    """A1111's `original_denoised_image`: a result before the overlay goes on; for "only masked" fitted into its
+    box on a transparent canvas of the original's size (as `apply_overlay` does, which skips both without an
+    overlay)."""
+    if overlay is None or paste_to is None:
+        return image
+    x, y, w, h = paste_to
+    canvas = Image.new("RGBA", overlay.size)
+    canvas.paste(image_ops.resize_image(image_ops.CROP_AND_RESIZE, image, w, h), (x, y))
+    return canvas
+
+
+def mask_composite(denoised: Image.Image, mask_for_overlay: Image.Image) -> Image.Image:
+    """Option `return_mask_composite`'s image: the denoised result with the overlay mask as its alpha (A1111 1.10
+    composites premultiplied, so colours where the mask is 0 come out black)."""
+    alpha = image_ops.resize_image(image_ops.RESIZE_AND_FILL, mask_for_overlay, *denoised.size).convert("L")
+    premultiplied = denoised.convert("RGBA").convert("RGBa")
+    return Image.composite(premultiplied, Image.new("RGBa", denoised.size), alpha).convert("RGBA")
 
 
 def latent_nmask(mask: Image.Image, height: int, width: int, round: bool = True) -> np.ndarray:
@@ -153,7 +175,8 @@ def latent_nmask(mask: Image.Image, height: int, width: int, round: bool = True)
 def inpainting_conditioning(encode: Encode, images: np.ndarray, mask: Image.Image | None, latent_hw: tuple[int, int],
                             round: bool = True, mask_weight: float = 1.0) -> np.ndarray:
     """§8.7: [mask, latent of the masked image] per image for 9-channel UNets. `images` are the init batch in
-    [0, 1]; masked pixels become mid-grey (0 in [−1, 1]); no mask means everything is masked."""
+    [0, 1]; masked pixels go to mid-grey (0 in [−1, 1]) by `mask_weight` (option inpainting_mask_weight, 1 = all
+    the way); no mask means everything is masked."""
     source = 2.0 * images - 1.0
     if mask is None:
         cond_mask = np.ones((1, 1, *images.shape[2:]), dtype=np.float32)
@@ -161,7 +184,7 @@ def inpainting_conditioning(encode: Encode, images: np.ndarray, mask: Image.Imag
         cond_mask = (np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
         if round:
             cond_mask = np.round(cond_mask)
-    masked = source + mask_weight * (source * (1.0 - cond_mask) - source)
+    masked = source + mask_weight * (source * (1.0 - cond_mask) - source)  # torch.lerp
     latents = encode((masked + 1.0) / 2.0)
     if latents.shape[2:] != tuple(latent_hw):  # resize mode 3: the image is encoded at its own size
         latents = image_ops.resize_latents(latents, *latent_hw, mode="bilinear")

@@ -19,7 +19,9 @@ from engine.denoiser import CFGDenoiser, Interrupted, LatentMask, UNet
 from engine.images import decode_latents, encode_images, to_pil, vae_posterior
 from engine.img2img import (
     crop_latents,
+    denoised_image,
     encoder_noise,
+    img2img_steps,
     inpainting_conditioning,
     is_edit_model,
     latent_nmask,
@@ -28,7 +30,14 @@ from engine.img2img import (
 from engine.plan import GenerationPlan
 from engine.rng import ImageRNG
 from engine.samplers import SAMPLERS, TIMESTEPS, SamplerSettings, SamplerSpec
-from engine.schedules import ModelSchedule, get_sigmas, lcm_schedule, scaled_linear_alphas_cumprod
+from engine.schedules import (
+    ZERO_TERMINAL_SNR,
+    ModelSchedule,
+    get_sigmas,
+    lcm_schedule,
+    rescale_zero_terminal_snr,
+    scaled_linear_alphas_cumprod,
+)
 from engine.timestep_samplers import grid_sigmas, timestep_pass
 from engine.tokenizer import ClipTokenizer
 
@@ -52,6 +61,10 @@ class GenerationResult:
     is_using_inpainting_conditioning: bool = False
     masked: bool = False  # img2img inpainted (a usable mask)
     paste_to: tuple[int, int, int, int] | None = None  # "only masked": the crop box (x, y, w, h) pasted back
+    # Inpainting: A1111's `mask_for_overlay` and, per image, the result before the overlay (`denoised_image`),
+    # from which options return_mask / return_mask_composite make their images.
+    mask_for_overlay: Image.Image | None = None
+    denoised: list[Image.Image] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -79,9 +92,10 @@ class Pipeline:
         self.manifest = bundle.manifest
         self.backend = backend
         ns = self.manifest.noise_schedule
-        self.schedule = ModelSchedule(
-            scaled_linear_alphas_cumprod(ns.beta_start, ns.beta_end, ns.num_train_timesteps)
-        )
+        alphas_cumprod = scaled_linear_alphas_cumprod(ns.beta_start, ns.beta_end, ns.num_train_timesteps)
+        self.schedule = ModelSchedule(alphas_cumprod)
+        # Option sd_noise_schedule picks one per job; both are built once so their σ tables are computed once.
+        self.schedules = {ZERO_TERMINAL_SNR: ModelSchedule(rescale_zero_terminal_snr(alphas_cumprod))}
         self.tokenizer = ClipTokenizer(
             bundle.tokenizer_dir, self.manifest.bos_token_id, self.manifest.eos_token_id
         )
@@ -93,9 +107,15 @@ class Pipeline:
         bundle = load_bundle(path)
         return cls(bundle, OrtBackend(bundle, providers))
 
-    def schedule_for(self, sampler: str) -> ModelSchedule:
+    def model_schedule(self, settings: SamplerSettings | None = None) -> ModelSchedule:
+        """The model's ᾱ schedule, rescaled to zero terminal SNR when option sd_noise_schedule asks (§2.1);
+        any other value is the default, as in A1111."""
+        return self.schedules.get(settings.noise_schedule, self.schedule) if settings else self.schedule
+
+    def schedule_for(self, sampler: str, settings: SamplerSettings | None = None) -> ModelSchedule:
         """LCM runs on its own 50-timestep schedule (a1111-sampling.md §5.21); every other sampler on the model's."""
-        return lcm_schedule(self.schedule) if sampler == "LCM" else self.schedule
+        schedule = self.model_schedule(settings)
+        return lcm_schedule(schedule) if sampler == "LCM" else schedule
 
     def sigmas(
         self, sampler: str, scheduler: str, steps: int, settings: SamplerSettings | None = None
@@ -109,26 +129,42 @@ class Pipeline:
         settings = settings or SamplerSettings()
         discard = spec.discard_next_to_last_sigma or settings.always_discard_next_to_last_sigma
         if spec.kind == TIMESTEPS:
-            return grid_sigmas(self.schedule, steps, steps + 1 if discard else steps)
+            return grid_sigmas(self.model_schedule(settings), steps, steps + 1 if discard else steps)
         options = replace(settings.schedule, sdxl=self.manifest.architecture == "sdxl")
         return get_sigmas(
-            self.schedule_for(sampler), steps, scheduler, spec.default_scheduler,
+            self.schedule_for(sampler, settings), steps, scheduler, spec.default_scheduler,
             discard_next_to_last_sigma=discard, options=options,
         )
 
-    def _start(self, run: SamplingPass, noise: np.ndarray, init: np.ndarray | None = None) -> np.ndarray:
-        """The sampler's first x (§1.5, §8.3): k-diffusion samplers take init + σ₀·noise; timestep samplers take
-        the noise unscaled in txt2img and √ᾱ·init + √(1 − ᾱ)·noise at the noised timestep in img2img."""
+    def _start(
+        self, plan: GenerationPlan, run: SamplingPass, noise: np.ndarray, init: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The sampler's first x (§1.5, §8.3): k-diffusion samplers take σ₀·noise in txt2img (√(1 + σ₀²)·noise
+        with sgm_noise_multiplier) and init + σ₀·noise in img2img; timestep samplers take the noise unscaled in
+        txt2img and √ᾱ·init + √(1 − ᾱ)·noise at the noised timestep in img2img. img2img and the hires pass add
+        img2img_extra_noise·noise (·√ᾱ for timestep samplers)."""
+        settings = plan.sampler_settings
+        extra = max(settings.img2img_extra_noise, 0.0)  # A1111 ignores values ≤ 0
         if SAMPLERS[run.sampler].kind != TIMESTEPS:
-            x = noise * run.sigmas[0] if init is None else init + noise * run.sigmas[0]
+            sigma = run.sigmas[0]
+            if init is None:
+                scale = np.sqrt(1.0 + sigma**2) if settings.sgm_noise_multiplier else sigma
+                return (noise * scale).astype(np.float32)
+            x = init + noise * sigma
+            if extra:
+                x = x + noise * extra
             return x.astype(np.float32)
         if init is None:
             return noise.astype(np.float32)
-        t = timestep_pass(self.schedule, run.sigmas, img2img=True).noise_timestep
+        schedule = self.model_schedule(settings)
+        t = timestep_pass(schedule, run.sigmas, img2img=True).noise_timestep
         if t is None:
             return init.astype(np.float32)
-        a = self.schedule.alphas_cumprod[t]
-        return (init * np.sqrt(a) + noise * np.sqrt(1 - a)).astype(np.float32)
+        a = schedule.alphas_cumprod[t]
+        x = init * np.sqrt(a) + noise * np.sqrt(1 - a)
+        if extra:
+            x = x + noise * extra * np.sqrt(a)
+        return x.astype(np.float32)
 
     def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
         f = self.manifest.vae_scale_factor
@@ -159,8 +195,8 @@ class Pipeline:
     ) -> tuple[np.ndarray, bool]:
         """Sample from `x` (already noised to sigmas[0]); on interrupt, the last denoised prediction."""
         sampler = SAMPLERS[run.sampler]
-        schedule = self.schedule_for(run.sampler)
         settings = plan.sampler_settings
+        schedule = self.schedule_for(run.sampler, settings)
         # Prompt schedules span the first pass's total steps, also for img2img's shortened walk (§7.2, §8.3).
         conditioning = scheduled_conditioning(
             self.prompt_encoder, run.prompts, run.negative_prompts, plan.total_steps, run.hires_steps,
@@ -171,12 +207,13 @@ class Pipeline:
             self.unet, schedule, conditioning, plan.cfg_scale, self.manifest.prediction_type, should_stop,
             image_cond=run.image_cond, latent_mask=run.latent_mask, image_cfg_scale=image_cfg_scale,
             s_min_uncond=settings.s_min_uncond, s_min_uncond_all=settings.s_min_uncond_all,
+            skip_early_cond=settings.skip_early_cond, total_steps=sampler.total_steps(launch_steps(plan, run)),
         )
         last = {"x": x}
         # k-diffusion samplers walk sigmas; timestep samplers walk DDIM's grid (read back from the sigmas).
         walk = run.sigmas
         if sampler.kind == TIMESTEPS:
-            walk = timestep_pass(self.schedule, run.sigmas, run.img2img).timesteps
+            walk = timestep_pass(self.model_schedule(settings), run.sigmas, run.img2img).timesteps
         steps = len(walk) if run.sampler == "UniPC" else len(walk) - 1  # UniPC updates at every grid point
 
         def callback(state: dict) -> None:
@@ -227,7 +264,7 @@ class Pipeline:
                 plan.sampler, sigmas, plan.prompts[images], plan.negative_prompts[images], n * passes,
                 plan.n_iter * passes, image_cond=self._txt2img_image_cond(len(noise), shape, posterior_noise),
             )
-            latents, interrupted = self._sample(plan, run, self._start(run, noise), rng, on_step, should_stop)
+            latents, interrupted = self._sample(plan, run, self._start(plan, run, noise), rng, on_step, should_stop)
             if plan.hires and not interrupted:
                 latents, interrupted = self._hires_pass(
                     plan, images, latents, posterior_noise, n * passes + 1, on_step, should_stop
@@ -248,7 +285,13 @@ class Pipeline:
         if hr.upscaler in image_ops.LATENT_UPSCALE_MODES:
             mode, antialias = image_ops.LATENT_UPSCALE_MODES[hr.upscaler]
             x0 = image_ops.resize_latents(latents, hr.height // f, hr.width // f, mode, antialias)
-            image_cond = self._txt2img_image_cond(len(x0), x0.shape[1:], posterior_noise)
+            if self.manifest.is_inpainting and plan.inpainting_mask_weight < 1.0:
+                # Only then A1111 decodes the upscaled latent (unclamped) for img2img's full-mask conditioning.
+                decoded = decode_latents(self.backend, self.manifest, x0, clamp=False)
+                image_cond = inpainting_conditioning(lambda im: self._encode(im, posterior_noise), decoded, None,
+                                                     x0.shape[2:], mask_weight=plan.inpainting_mask_weight)
+            else:
+                image_cond = self._txt2img_image_cond(len(x0), x0.shape[1:], posterior_noise)
         else:
             upscaler = hr.image_upscaler or hr.upscaler
             upscaled = [image_ops.resize_image(image_ops.JUST_RESIZE, im, hr.width, hr.height, upscaler)
@@ -259,7 +302,8 @@ class Pipeline:
             if self.manifest.is_inpainting:
                 # A1111 hands the [0, 1] batch where img2img hands [−1, 1] (quirk §11.17): masked image = 2p − 1.
                 image_cond = inpainting_conditioning(
-                    lambda im: self._encode(im, posterior_noise), (pixels + 1.0) / 2.0, None, x0.shape[2:]
+                    lambda im: self._encode(im, posterior_noise), (pixels + 1.0) / 2.0, None, x0.shape[2:],
+                    mask_weight=plan.inpainting_mask_weight,
                 )
         x0 = crop_latents(x0, hr.truncate_x, hr.truncate_y)
         if image_cond is not None:
@@ -270,7 +314,7 @@ class Pipeline:
         run = SamplingPass(hr.sampler, sigmas, hr.prompts[images], hr.negative_prompts[images], job_no,
                            plan.n_iter * 2, image_cond=image_cond, img2img=True,
                            hires_steps=SAMPLERS[hr.sampler].total_steps(hr.steps), brownian_span=hr.brownian_span)
-        return self._sample(plan, run, self._start(run, noise, x0), rng, on_step, should_stop)
+        return self._sample(plan, run, self._start(plan, run, noise, x0), rng, on_step, should_stop)
 
     def img2img(
         self,
@@ -293,7 +337,7 @@ class Pipeline:
         if self.manifest.is_inpainting:
             image_cond = np.concatenate([
                 inpainting_conditioning(self._encode, image[None], init.mask, shape[1:],
-                                        mask_spec.round if mask_spec else True)
+                                        mask_spec.round if mask_spec else True, plan.inpainting_mask_weight)
                 for image in init.images
             ])
         elif is_edit_model(self.manifest.unet_in_channels):
@@ -314,7 +358,8 @@ class Pipeline:
             init_latent = init_latent.astype(np.float32)
             latent_mask = LatentMask(init_latent, nmask)
         result = GenerationResult(images=[], is_using_inpainting_conditioning=self.manifest.is_inpainting,
-                                  masked=init.mask is not None, paste_to=init.paste_to)
+                                  masked=init.mask is not None, paste_to=init.paste_to,
+                                  mask_for_overlay=init.mask_for_overlay)
         sigmas = np.asarray(plan.sigmas, dtype=np.float32)
         for n in range(plan.n_iter):
             images = plan.batch(n)
@@ -324,13 +369,15 @@ class Pipeline:
             run = SamplingPass(plan.sampler, sigmas, plan.prompts[images], plan.negative_prompts[images], n,
                                plan.n_iter, image_cond=image_cond, latent_mask=latent_mask, img2img=True,
                                brownian_span=spec.brownian_span)
-            x = self._start(run, noise, init_latent)
+            x = self._start(plan, run, noise, init_latent)
             latents, interrupted = self._sample(plan, run, x, rng, on_step, should_stop)
             if latent_mask is not None:
                 latents = latent_mask.blend(latents)
             result.latents.extend(latents)
             for i, image in enumerate(self._decode(latents)):
                 overlay = init.overlays[min(i, len(init.overlays) - 1)] if init.overlays else None
+                if init.mask_for_overlay is not None:
+                    result.denoised.append(denoised_image(image, overlay, init.paste_to))
                 result.images.append(image_ops.apply_overlay(image, overlay, init.paste_to))
             if interrupted:
                 result.interrupted = True
@@ -343,6 +390,17 @@ def ends_all_batches(should_stop: Callable[[], bool] | None) -> bool:
     """Asked once more after `should_stop` ended a batch early: still true (an interrupt) drops the remaining
     batches; false (a skip, used up by ending its batch) goes on with the next one (a1111-api.md §8.2)."""
     return should_stop is None or should_stop()
+
+
+def launch_steps(plan: GenerationPlan, run: SamplingPass) -> int:
+    """The step count A1111's sampler gives its CFG denoiser (`launch_sampling`, before second-order doubling):
+    the request's steps in txt2img, t_enc + 1 in img2img and in the hires pass (§8.3)."""
+    if run.hires_steps is not None:
+        return plan.hires.steps  # always fixed steps: t_enc + 1 = steps
+    if run.img2img:
+        spec = plan.img2img
+        return img2img_steps(plan.steps, spec.denoising_strength, spec.fix_steps)[1] + 1
+    return plan.steps
 
 
 def noise_sampler_for(sampler: str, x_shape: tuple[int, ...], sigmas: Sequence[float], rng: ImageRNG) -> NoiseSampler:

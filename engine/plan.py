@@ -43,6 +43,7 @@ class Img2ImgPlan:
     background_color: str = "#ffffff"
     overlay: bool = True
     brownian_span: tuple[float, float] | None = None  # the full schedule's σ range (img2img.brownian_span)
+    fix_steps: bool = False  # option img2img_fix_steps, with which `sigmas` was cut (img2img.img2img_steps)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ class GenerationPlan:
     gpu_rng_threads: int | None = None
     img2img: Img2ImgPlan | None = None
     hires: HiresPlan | None = None
+    # Option inpainting_mask_weight: 9-channel UNets see lerp(image, masked image, weight) (§8.7, §9 step 1).
+    inpainting_mask_weight: float = 1.0
     sampler_settings: SamplerSettings = SamplerSettings()
     # Prompt language (a1111-sampling.md §7): options `emphasis`, `comma_padding_backtrack`, `use_old_scheduling`;
     # the extra-network tags of the batch's first prompt (engine.prompt_parser.batch_extra_networks), not applied.

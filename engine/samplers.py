@@ -651,6 +651,10 @@ class SamplerSettings:
     uni_pc_order: int = 3
     uni_pc_lower_order_final: bool = True
     schedule: ScheduleOptions = ScheduleOptions()
+    skip_early_cond: float = 0.0  # cfg 1 (no uncond) while denoiser step / total steps ≤ this (§3.5)
+    img2img_extra_noise: float = 0.0  # img2img and hires start: x += noise·e (§8.3)
+    sgm_noise_multiplier: bool = False  # txt2img, k-diffusion: start at noise·√(1 + σ₀²), not noise·σ₀ (§1.5)
+    noise_schedule: str = "Default"  # sd_noise_schedule; "Zero Terminal SNR" rescales ᾱ (§2.1)
 
 
 _CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")

@@ -21,6 +21,23 @@ def scaled_linear_alphas_cumprod(
     return np.cumprod(1.0 - betas).astype(np.float32)
 
 
+ZERO_TERMINAL_SNR = "Zero Terminal SNR"
+NOISE_SCHEDULES = ("Default", ZERO_TERMINAL_SNR)  # option sd_noise_schedule
+# A1111 pins ᾱ_999 just above zero so that σ_max = √((1 − ᾱ)/ᾱ) stays finite (≈ 4519).
+ZTSNR_LAST_ALPHA_CUMPROD = 4.8973451890853435e-08
+
+
+def rescale_zero_terminal_snr(alphas_cumprod: np.ndarray) -> np.ndarray:
+    """Lin et al. 2024 on ᾱ (A1111's `rescale_zero_terminal_snr_abar`, float32, §2.1): shift √ᾱ so its last
+    value is 0 and scale so its first is unchanged."""
+    s = np.sqrt(np.asarray(alphas_cumprod, dtype=np.float32))
+    first, last = s[0], s[-1]
+    s = (s - last) * (first / (first - last))
+    ac = s**2
+    ac[-1] = ZTSNR_LAST_ALPHA_CUMPROD
+    return ac.astype(np.float32)
+
+
 def append_zero(sigmas: np.ndarray) -> np.ndarray:
     return np.concatenate([sigmas, np.zeros(1, dtype=sigmas.dtype)])
 

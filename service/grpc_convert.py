@@ -80,11 +80,12 @@ def images(response: Mapping[str, Any], info: Mapping[str, Any]) -> list[pb.Imag
     first = int(info.get("index_of_first_image", 0) or 0)
     seeds, subseeds = info.get("all_seeds") or [], info.get("all_subseeds") or []
     infotexts = info.get("infotexts") or []
+    data_list = response.get("images") or []
+    sources = response.get("image_sources") or [i - first for i in range(len(data_list))]
     out = []
-    for i, data in enumerate(response.get("images") or []):
+    for i, (data, k) in enumerate(zip(data_list, sources, strict=True)):
         image = pb.Image(data=data, mime_type=mime_type(data), index=i)
-        k = i - first
-        if 0 <= k < len(infotexts):
+        if k is not None and 0 <= k < len(infotexts):
             image.infotext = infotexts[k]
             image.seed = seeds[k] if k < len(seeds) else 0
             image.subseed = subseeds[k] if k < len(subseeds) else 0

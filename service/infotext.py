@@ -235,7 +235,7 @@ def generation_parameters(plan, index: int, model_name: str | None, model_hash: 
     denoising = plan.img2img or plan.hires
     params["Denoising strength"] = float(denoising.denoising_strength) if denoising else None
     if result is not None and result.is_using_inpainting_conditioning:
-        params["Conditional mask weight"] = 1.0  # option inpainting_mask_weight, fixed at its default
+        params["Conditional mask weight"] = float(plan.inpainting_mask_weight)
     if plan.clip_skip > 1:
         params["Clip skip"] = plan.clip_skip
     # A1111 `is_sampler_using_eta_noise_seed_delta`: an unset eta is the sampler's, i.e. option eta_ancestral.
@@ -286,6 +286,9 @@ def denoising_parameters(plan, index: int, request: Mapping[str, Any], result=No
                 params["Masked content"] = mask.masked_content
         if i2i.initial_noise_multiplier != 1.0:
             params["Noise multiplier"] = float(i2i.initial_noise_multiplier)
+    extra_noise = plan.sampler_settings.img2img_extra_noise
+    if (i2i is not None or hr is not None) and extra_noise > 0:
+        params["Extra noise"] = float(extra_noise)
     return params
 
 
@@ -319,8 +322,15 @@ def sampling_parameters(plan, index: int) -> dict[str, Any]:
     if plan.scheduler == "beta" and (schedule.beta_alpha, schedule.beta_beta) != (0.6, 0.6):
         params["Beta schedule alpha"] = schedule.beta_alpha
         params["Beta schedule beta"] = schedule.beta_beta
+    # The first pass of txt2img only, and only k-diffusion samplers scale the initial noise (§1.5).
+    if settings.sgm_noise_multiplier and plan.img2img is None and sampler.kind != TIMESTEPS:
+        params["SGM noise multiplier"] = True
+    # A1111 writes it when a step skipped the uncond; step 0 does whenever the option is positive.
+    params["Skip Early CFG"] = float(settings.skip_early_cond) if settings.skip_early_cond > 0 else None
     if plan.use_old_scheduling:
         params["Old prompt editing timelines"] = True
+    if settings.noise_schedule == "Zero Terminal SNR":
+        params["Noise Schedule"] = settings.noise_schedule
     texts = (plan.prompts[index], plan.negative_prompts[index])
     if plan.emphasis != "Original" and any("(" in t or "[" in t for t in texts):
         params["Emphasis"] = plan.emphasis

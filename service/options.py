@@ -45,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     "beta_dist_alpha": 0.6,
     "beta_dist_beta": 0.6,
     "use_old_karras_scheduler_sigmas": False,
+    "skip_early_cond": 0.0,
+    "img2img_extra_noise": 0.0,
+    "sgm_noise_multiplier": False,
+    "sd_noise_schedule": "Default",
     "uni_pc_variant": "bh1",
     "uni_pc_skip_type": "time_uniform",
     "uni_pc_order": 3,
@@ -52,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "enable_prompt_comments": True,
     "img2img_fix_steps": False,
     "initial_noise_multiplier": 1.0,
+    "inpainting_mask_weight": 1.0,
     "img2img_background_color": "#ffffff",
     "overlay_inpaint": True,
     "return_grid": True,
@@ -99,6 +104,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "live_previews_image_format": ("png", "jpeg", "webp"),
     "live_preview_content": ("Combined", "Prompt", "Negative prompt"),
     "infotext_styles": ("Apply if any", "Apply", "Discard", "Ignore"),
+    "sd_noise_schedule": ("Default", "Zero Terminal SNR"),
 }
 
 RANGES: dict[str, tuple[float, float]] = {
@@ -106,6 +112,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "jpeg_quality": (1, 100),
     "show_progress_every_n_steps": (-1, 1000),
     "n_rows": (-1, 16),
+    "inpainting_mask_weight": (0.0, 1.0),
 }
 
 

@@ -7,6 +7,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from PIL import Image
+
+from engine.img2img import mask_composite
 from engine.pipeline import GenerationResult
 from engine.plan import GenerationPlan
 from service.encode import encode_image, to_base64
@@ -22,15 +25,23 @@ def build_response(plan: GenerationPlan, result: GenerationResult, entry: ModelE
     infotexts = []
     images = []
     fmt = str(options.get("samples_format", "png"))
+
+    sources: list[int | None] = []  # the generation each returned image is; None for mask images
+
+    def add(image: Image.Image, infotext: str | None, source: int | None) -> None:
+        data = encode_image(image, fmt, infotext, int(options.get("jpeg_quality", 80)),
+                            bool(options.get("webp_lossless", False)))
+        images.append(data if as_bytes else to_base64(data))
+        sources.append(source)
+
     for i, image in enumerate(result.images):
         params = generation_parameters(plan, i, entry.name, entry.short_hash, options, parameters, result)
         infotext = create_infotext(plan.prompts[i], plan.negative_prompts[i], params)
         infotexts.append(infotext)
         if send_images:
-            embedded = infotext if options.get("enable_pnginfo", True) else None
-            data = encode_image(image, fmt, embedded, int(options.get("jpeg_quality", 80)),
-                                bool(options.get("webp_lossless", False)))
-            images.append(data if as_bytes else to_base64(data))
+            add(image, infotext if options.get("enable_pnginfo", True) else None, i)
+            for extra in mask_images(result, i, options):
+                add(extra, None, None)
     info = {
         "prompt": plan.prompts[0],
         "all_prompts": list(plan.prompts),
@@ -66,7 +77,24 @@ def build_response(plan: GenerationPlan, result: GenerationResult, entry: ModelE
         "is_using_inpainting_conditioning": bool(getattr(result, "is_using_inpainting_conditioning", False)),
         "version": VERSION,
     }
-    return {"images": images, "parameters": parameters, "info": json.dumps(info, default=lambda _: None)}
+    response = {"images": images, "parameters": parameters, "info": json.dumps(info, default=lambda _: None)}
+    if as_bytes:  # gRPC types each image; REST's sdapi shape has no place for this
+        response["image_sources"] = sources
+    return response
+
+
+def mask_images(result: GenerationResult, index: int, options: Mapping[str, Any]) -> list[Image.Image]:
+    """What A1111 appends after inpainted image `index` (a1111-api.md §5.1): the mask if option `return_mask`,
+    the masked composite if `return_mask_composite`. They carry no infotext and take no `infotexts` entry."""
+    mask = result.mask_for_overlay
+    if mask is None:
+        return []
+    extras = []
+    if options.get("return_mask", False):
+        extras.append(mask.convert("RGB"))
+    if options.get("return_mask_composite", False):
+        extras.append(mask_composite(result.denoised[index], mask))
+    return extras
 
 
 def extra_generation_params(plan: GenerationPlan, parameters: Mapping[str, Any], result) -> dict[str, Any]:

@@ -74,6 +74,10 @@ def sampler_settings(options: Mapping[str, Any], s_min_uncond: float | None = No
             beta_beta=get("beta_dist_beta", schedule.beta_beta),
             old_karras_sigmas=get("use_old_karras_scheduler_sigmas", False, bool),
         ),
+        skip_early_cond=get("skip_early_cond", defaults.skip_early_cond),
+        img2img_extra_noise=get("img2img_extra_noise", defaults.img2img_extra_noise),
+        sgm_noise_multiplier=get("sgm_noise_multiplier", defaults.sgm_noise_multiplier, bool),
+        noise_schedule=get("sd_noise_schedule", defaults.noise_schedule, str),
     )
 
 

@@ -138,6 +138,7 @@ def _plan(req: GenerationRequest, options: Mapping[str, Any], sigmas_for, steps_
         s_tmax=_option_or_request(options, "s_tmax", req.s_tmax, 0.0) or float("inf"),
         s_noise=_option_or_request(options, "s_noise", req.s_noise, 1.0),
         randn_source=str(options.get("randn_source", "GPU")),
+        inpainting_mask_weight=float(options.get("inpainting_mask_weight", 1.0)),
         eta_noise_seed_delta=int(options.get("eta_noise_seed_delta", 0) or 0),
         sampler_settings=settings,
         emphasis=str(options.get("emphasis", "Original")),
@@ -280,6 +281,7 @@ def plan_img2img(req: Img2ImgRequest, options: Mapping[str, Any], sigmas_for,
         overlay=bool(options.get("overlay_inpaint", True)),
         brownian_span=brownian_span(lambda n: sigmas_for(plan.sampler, plan.scheduler, n, settings),
                                     plan.steps, strength, fix_steps),
+        fix_steps=fix_steps,
     )
     # One init image serves the whole batch; several set the batch size (A1111's seeds stay as counted before).
     return replace(plan, img2img=img2img, batch_size=batch_size if len(images) == 1 else len(images))

@@ -26,6 +26,7 @@ from PIL import Image
 
 from engine.samplers import SAMPLERS
 from engine.schedules import SCHEDULERS
+from service import grpc_convert
 from service.client import SdEdgeClient
 from service.generated import sdedge_pb2 as pb
 from service.generated import sdedge_pb2_grpc as pb_grpc
@@ -156,6 +157,16 @@ def test_structs_and_image_bytes_convert_to_the_sdapi_json_forms():
     assert req.override_settings == {"CLIP_stop_at_last_layers": 2, "samples_format": "png", "s_noise": 0.5}
     assert type(req.override_settings["CLIP_stop_at_last_layers"]) is int
     assert req.script_args == [1, "x"]
+
+
+def test_mask_images_get_no_seed_or_infotext_and_do_not_shift_the_others():
+    # return_mask / return_mask_composite put extra images after each generated one (a1111-api.md §5.1).
+    response = {"images": [b"\x89PNG-0", b"\x89PNG-m0", b"\x89PNG-1", b"\x89PNG-m1"],
+                "image_sources": [0, None, 1, None]}
+    info = {"all_seeds": [5, 6], "all_subseeds": [7, 8], "infotexts": ["zero", "one"], "index_of_first_image": 0}
+    images = grpc_convert.images(response, info)
+    assert [(im.index, im.seed, im.subseed, im.infotext) for im in images] == [
+        (0, 5, 7, "zero"), (1, 0, 0, ""), (2, 6, 8, "one"), (3, 0, 0, "")]
 
 
 # -- generation over the wire -------------------------------------------------------------------------------------

@@ -22,10 +22,7 @@ from engine.image_ops import (
     overlay_image,
     resize_image,
 )
-
-
-def noise_image(w: int, h: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+from tests.images import noise_image
 
 
 def arr(image: Image.Image) -> np.ndarray:

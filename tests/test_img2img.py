@@ -18,12 +18,9 @@ from engine import image_ops
 from engine.images import encode_images
 from engine.img2img import denoising_schedule, encoder_noise, img2img_steps
 from engine.plan import GenerationPlan, Img2ImgPlan
+from tests.images import b64, noise_image
 
 CFG = 7.0
-
-
-def noise_image(w: int, h: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
 def img2img_plan(pipeline, images, strength=0.5, steps=6, seeds=(1,), fix_steps=False, width=64, height=64,
@@ -214,12 +211,6 @@ def api(demo_bundle, tmp_path_factory):
     with TestClient(create_app(state)) as client:
         yield client
     state.close()
-
-
-def b64(image: Image.Image, fmt: str = "PNG") -> str:
-    buf = io.BytesIO()
-    image.save(buf, fmt)
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def png_bytes_claiming(width: int, height: int) -> bytes:

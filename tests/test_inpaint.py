@@ -16,18 +16,9 @@ from engine import image_ops
 from engine.images import encode_images
 from engine.img2img import denoising_schedule, inpainting_conditioning
 from engine.plan import GenerationPlan, Img2ImgPlan, MaskPlan
+from tests.images import b64, box_mask, noise_image
 
 W = H = 64
-
-
-def noise_image(w: int, h: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
-def box_mask(size, box) -> Image.Image:
-    mask = Image.new("L", size)
-    mask.paste(255, box)
-    return mask
 
 
 def inpaint_plan(pipeline, image, mask_spec, strength=0.75, steps=4, seeds=(1,)) -> GenerationPlan:
@@ -128,24 +119,6 @@ def test_latent_fill_modes_replace_the_masked_latent(demo_pipeline):
 # ---- 9-channel inpainting models -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def inpaint_pipeline(demo_inpaint_bundle):
-    from engine.pipeline import Pipeline
-
-    return Pipeline.from_path(demo_inpaint_bundle, "cpu")
-
-
-@pytest.fixture(scope="module")
-def inpaint_torch(demo_inpaint_diffusers_dir):
-    import torch
-    from diffusers import StableDiffusionInpaintPipeline
-
-    torch.set_num_threads(2)
-    return StableDiffusionInpaintPipeline.from_pretrained(
-        demo_inpaint_diffusers_dir, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
-    )
-
-
 def test_inpainting_bundle_has_a_nine_channel_unet(demo_inpaint_bundle, inpaint_pipeline):
     manifest = json.loads((demo_inpaint_bundle / "manifest.json").read_text())
     assert manifest["unet_in_channels"] == 9 and inpaint_pipeline.manifest.is_inpainting
@@ -198,12 +171,6 @@ def test_inpainting_model_inpaints_and_generates(inpaint_pipeline):
 
 
 # ---- the REST endpoint ------------------------------------------------------------------------------------
-
-
-def b64(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def test_inpaint_request_and_infotext(demo_bundle, tmp_path):

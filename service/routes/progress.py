@@ -144,6 +144,9 @@ class _Subscription:
             return True
         try:
             first = await asyncio.wait_for(self.snapshots.get(), timeout=wait)
+        except asyncio.CancelledError:
+            self.close()
+            raise
         except asyncio.TimeoutError:
             self.close()
             if self.job is not None:  # submitted between the timeout and close: follow it after all

@@ -248,9 +248,14 @@ class Pipeline:
         on_step: Callable[[StepEvent], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         initial_noise: np.ndarray | None = None,
+        hires_pipeline: Pipeline | None = None,
     ) -> GenerationResult:
         """Run every batch iteration of the plan (and its hires pass). `initial_noise` (one row per image)
-        replaces the seeded noise."""
+        replaces the seeded noise. `hires_pipeline` runs the hires pass (hr_checkpoint_name): as in A1111, the
+        first pass is decoded by this model's VAE, then encoding, sampling and the final decode are its own."""
+        if plan.hires is not None and plan.hires.checkpoint is not None and hires_pipeline is None:
+            raise ValueError(f"the hires pass runs on {plan.hires.checkpoint}: pass its pipeline as hires_pipeline")
+        second = hires_pipeline or self
         result = GenerationResult(images=[], is_using_inpainting_conditioning=self.manifest.is_inpainting)
         sigmas = np.asarray(plan.sigmas, dtype=np.float32)
         shape = self.latent_shape(plan.width, plan.height)
@@ -265,12 +270,14 @@ class Pipeline:
                 plan.n_iter * passes, image_cond=self._txt2img_image_cond(len(noise), shape, posterior_noise),
             )
             latents, interrupted = self._sample(plan, run, self._start(plan, run, noise), rng, on_step, should_stop)
+            decoder = self
             if plan.hires and not interrupted:
-                latents, interrupted = self._hires_pass(
-                    plan, images, latents, posterior_noise, n * passes + 1, on_step, should_stop
+                latents, interrupted = second._hires_pass(
+                    plan, images, latents, posterior_noise, n * passes + 1, on_step, should_stop, first_pass=self
                 )
+                decoder = second
             result.latents.extend(latents)
-            result.images.extend(self._decode(latents))
+            result.images.extend(decoder._decode(latents))
             if interrupted:
                 result.interrupted = True
                 if ends_all_batches(should_stop):
@@ -278,8 +285,10 @@ class Pipeline:
         return result
 
     def _hires_pass(self, plan: GenerationPlan, images: slice, latents: np.ndarray, posterior_noise,
-                    job_no: int, on_step, should_stop) -> tuple[np.ndarray, bool]:
-        """§9: upscale the first pass (in latent space, or decode → upscaler → encode), crop, then img2img."""
+                    job_no: int, on_step, should_stop, first_pass: Pipeline | None = None) -> tuple[np.ndarray, bool]:
+        """§9: upscale the first pass (in latent space, or decode → upscaler → encode), crop, then img2img.
+        Runs on the hires model; `first_pass` (default: the same) is the model whose VAE decodes the first pass
+        for an image upscaler, which A1111 does before it switches checkpoints."""
         hr = plan.hires
         f = self.manifest.vae_scale_factor
         if hr.upscaler in image_ops.LATENT_UPSCALE_MODES:
@@ -295,7 +304,7 @@ class Pipeline:
         else:
             upscaler = hr.image_upscaler or hr.upscaler
             upscaled = [image_ops.resize_image(image_ops.JUST_RESIZE, im, hr.width, hr.height, upscaler)
-                        for im in self._decode(latents)]
+                        for im in (first_pass or self)._decode(latents)]
             pixels = image_ops.to_array(upscaled)
             x0 = self._encode(pixels, posterior_noise)
             image_cond = None

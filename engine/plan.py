@@ -64,6 +64,9 @@ class HiresPlan:
     truncate_y: int = 0
     image_upscaler: object | None = None  # a model upscaler (`.upscale(image, scale)`) when `upscaler` names one
     brownian_span: tuple[float, float] | None = None  # the full schedule's σ range (img2img.brownian_span)
+    # hr_checkpoint_name: the short title of another checkpoint that runs this pass (its pipeline is handed to
+    # `Pipeline.txt2img` as `hires_pipeline`, and `sigmas` are that model's); None runs it on the first model.
+    checkpoint: str | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from engine.pipeline import GenerationResult, StepEvent
 from service.errors import InvalidRequest
+from service.infotext_request import Request, apply_infotext
 from service.jobs import Job, QueueFull, new_task_id
 from service.models import ModelEntry
 from service.options import InvalidOption
@@ -21,7 +22,7 @@ from service.results import build_response
 from service.sdapi_models import Img2ImgRequest, Txt2ImgRequest
 from service.state import NoModelLoaded, ServerState, placeholder_sigmas
 from service.styles import styles_of
-from service.translate import plan_img2img, plan_txt2img
+from service.translate import hires_checkpoint, plan_img2img, plan_txt2img
 
 Listener = Callable[[Job], None]
 Finish = Callable[..., dict[str, Any]]
@@ -86,22 +87,31 @@ def enqueue(state: ServerState, job: Job, listener: Listener | None = None) -> J
 
 
 def _submit(state: ServerState, req: Txt2ImgRequest | Img2ImgRequest, kind: str, make_plan: Callable,
-            run_pipeline: Callable, parameters: dict[str, Any], listener: Listener | None) -> tuple[Job, Finish]:
+            run_pipeline: Callable, parameters: dict[str, Any], listener: Listener | None,
+            hires_for: Callable[[ModelEntry], ModelEntry | None] | None = None) -> tuple[Job, Finish]:
     """The shared path: plan at request time (a bad request is refused before it queues), plan again on the
-    worker if the model was not loaded yet, run, and build the response with `finish(result, as_bytes)`."""
+    worker if the model was not loaded yet, run, and build the response with `finish(result, as_bytes)`.
+    `hires_for(entry)` names another checkpoint for the hires pass (txt2img's hr_checkpoint_name)."""
     options = job_options(state, req.override_settings)
     entry = checkpoint(state, options)
+    hires = hires_for(entry) if hires_for is not None else None
     sigmas = loaded_sigmas(state, entry)
     loaded = state.models.loaded
-    plan = make_plan(options, sigmas, loaded[1] if loaded is not None and loaded[0] == entry else None)
+    plan = make_plan(options, sigmas, loaded[1] if loaded is not None and loaded[0] == entry else None,
+                     hires, loaded_sigmas(state, hires) if hires is not None else None)
     timestamp = time.strftime("%Y%m%d%H%M%S")
 
     def run(job: Job) -> GenerationResult:
         nonlocal plan
-        pipeline = state.pipeline_for(entry)  # on the worker: model switches happen in queue order
-        if sigmas is placeholder_sigmas:
-            plan = make_plan(options, pipeline.sigmas, pipeline)
-        result = run_pipeline(pipeline, plan, job)
+        # On the worker: model switches happen in queue order.
+        if hires is None:
+            pipeline, hires_pipeline = state.pipeline_for(entry), None
+        else:
+            pipeline, hires_pipeline = state.hires_pipelines_for(entry, hires)
+        if sigmas is placeholder_sigmas or hires_pipeline is not None:
+            plan = make_plan(options, pipeline.sigmas, pipeline, hires,
+                             hires_pipeline.sigmas if hires_pipeline is not None else None)
+        result = run_pipeline(pipeline, plan, job, hires_pipeline)
         if req.override_settings_restore_afterwards is False:
             state.keep_overrides(req.override_settings, entry)
         return result
@@ -115,18 +125,29 @@ def _submit(state: ServerState, req: Txt2ImgRequest | Img2ImgRequest, kind: str,
     return job, finish
 
 
+def with_infotext(state: ServerState, req: Request) -> Request:
+    """The request with its pasted `infotext` applied (§6.7), so plan and `parameters` echo both see it."""
+    return apply_infotext(req, state.options.snapshot(), styles_of(state).extract_styles,
+                          lambda name: getattr(state.models.find(name), "title", None))
+
+
 def submit_txt2img(state: ServerState, req: Txt2ImgRequest,
                    listener: Listener | None = None) -> tuple[Job, Finish]:
     """Validate, plan and queue a txt2img request; `finish(result, as_bytes=False)` builds the sdapi response."""
+    req = with_infotext(state, req)
 
-    def make_plan(options, sigmas, pipeline):
-        return plan_txt2img(req, options, sigmas, state.upscalers, styles_of(state))
+    def make_plan(options, sigmas, pipeline, hires=None, hires_sigmas=None):
+        return plan_txt2img(req, options, sigmas, state.upscalers, styles_of(state), hires, hires_sigmas)
 
-    def run_pipeline(pipeline, plan, job: Job) -> GenerationResult:
+    def run_pipeline(pipeline, plan, job: Job, hires_pipeline=None) -> GenerationResult:
         job.progress.job_count = plan.n_iter * (2 if plan.hires else 1)  # hires: A1111 counts both passes
-        return pipeline.txt2img(plan, on_step=progress_hook(job), should_stop=job.should_stop)
+        return pipeline.txt2img(plan, on_step=progress_hook(job), should_stop=job.should_stop,
+                                hires_pipeline=hires_pipeline)
 
-    return _submit(state, req, "txt2img", make_plan, run_pipeline, req.model_dump(), listener)
+    def hires_for(entry: ModelEntry) -> ModelEntry | None:
+        return hires_checkpoint(req, state.models, entry)
+
+    return _submit(state, req, "txt2img", make_plan, run_pipeline, req.model_dump(), listener, hires_for)
 
 
 def _is_edit_model(pipeline) -> bool:
@@ -136,11 +157,12 @@ def _is_edit_model(pipeline) -> bool:
 def submit_img2img(state: ServerState, req: Img2ImgRequest,
                    listener: Listener | None = None) -> tuple[Job, Finish]:
     """Validate (images decoded, mask checked), plan and queue an img2img request, like `submit_txt2img`."""
+    req = with_infotext(state, req)
 
-    def make_plan(options, sigmas, pipeline):
+    def make_plan(options, sigmas, pipeline, hires=None, hires_sigmas=None):
         return plan_img2img(req, options, sigmas, _is_edit_model(pipeline), styles_of(state))
 
-    def run_pipeline(pipeline, plan, job: Job) -> GenerationResult:
+    def run_pipeline(pipeline, plan, job: Job, hires_pipeline=None) -> GenerationResult:
         job.progress.job_count = plan.n_iter
         return pipeline.img2img(plan, on_step=progress_hook(job), should_stop=job.should_stop)
 

@@ -258,6 +258,7 @@ def denoising_parameters(plan, index: int, request: Mapping[str, Any], result=No
     params: dict[str, Any] = {}
     hr = plan.hires
     if hr is not None:
+        params["Hires checkpoint"] = hr.checkpoint  # short title `name [hash]`; None (omitted) for the same model
         if hr.sampler != plan.sampler:
             params["Hires sampler"] = hr.sampler
         params["Hires prompt"] = hr.prompts[index] if hr.prompts[index] != plan.prompts[index] else None

@@ -20,6 +20,9 @@ class ModelEntry:
     name: str
     path: Path
     sha256: str | None
+    # What decides whether two checkpoints can share one latent (hr_checkpoint_name): (architecture, latent
+    # channels, VAE scale factor) from the manifest.
+    latent_space: tuple[str, int, int] = ("sd1", 4, 8)
 
     @property
     def short_hash(self) -> str | None:
@@ -38,8 +41,9 @@ class ModelEntry:
 
 
 def entry_for(bundle: Bundle) -> ModelEntry:
-    return ModelEntry(name=bundle.manifest.name or bundle.path.name, path=bundle.path.resolve(),
-                      sha256=bundle.manifest.source_sha256)
+    m = bundle.manifest
+    return ModelEntry(name=m.name or bundle.path.name, path=bundle.path.resolve(), sha256=m.source_sha256,
+                      latent_space=(m.architecture, m.latent_channels, m.vae_scale_factor))
 
 
 class ModelRegistry:
@@ -90,6 +94,18 @@ class ModelRegistry:
                 log.info("loading %s from %s", entry.title, entry.path)
                 self._loaded = (entry, Pipeline.from_path(entry.path, self.providers))
             return self._loaded[1]
+
+    def load_beside(self, entry: ModelEntry, second: ModelEntry) -> tuple[Pipeline, Pipeline]:
+        """`entry` as the loaded model plus `second` for one job only (a hires checkpoint): the caller drops
+        `second` with the job, so `entry` stays the one resident model. A `second` that was the loaded model is
+        reused, not loaded again; at most two models are held while `entry` loads."""
+        with self._lock:
+            reuse = self._loaded[1] if self._loaded is not None and self._loaded[0] == second else None
+        pipeline = self.load(entry)
+        if reuse is None:
+            log.info("loading %s from %s for one job", second.title, second.path)
+            reuse = Pipeline.from_path(second.path, self.providers)
+        return pipeline, reuse
 
     def unload(self) -> None:
         with self._lock:

@@ -81,6 +81,12 @@ class ServerState:
         """The loaded pipeline of `entry`, loading it first. Call it on the worker, so loads queue with jobs."""
         return self.models.load(entry)
 
+    def hires_pipelines_for(self, entry: ModelEntry, hires: ModelEntry):
+        """`entry`'s pipeline and, for this job only, `hires`'s (hr_checkpoint_name). Like A1111, which loads
+        the request's checkpoint back after the hires pass, `entry` stays loaded for the next request. On the
+        worker, like `pipeline_for`."""
+        return self.models.load_beside(entry, hires)
+
     def keep_overrides(self, overrides: Mapping[str, Any] | None, entry: ModelEntry) -> None:
         """`override_settings_restore_afterwards: false`: the job's overrides become the server's options."""
         changes = {k: v for k, v in (overrides or {}).items() if k in self.options.defaults and v is not None}

@@ -17,6 +17,7 @@ from engine.prompt_parser import batch_extra_networks, strip_comments
 from engine.samplers import SAMPLERS
 from service.errors import InvalidRequest
 from service.image_io import ImageInputError, decode_image, limits_from_options
+from service.models import ModelEntry, ModelRegistry
 from service.sampler_names import resolve_sampler, sampler_settings
 from service.sdapi_models import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 
@@ -77,10 +78,11 @@ def prompt_texts(prompt: str | None, negative: str | None, style_names: list[str
 
 
 def plan_txt2img(req: Txt2ImgRequest, options: Mapping[str, Any], sigmas_for, upscalers=None,
-                 styles=None) -> GenerationPlan:
+                 styles=None, hires_model: ModelEntry | None = None, hires_sigmas_for=None) -> GenerationPlan:
     """Validate and resolve a txt2img request. `sigmas_for(sampler, scheduler, steps, settings)` comes from the
     model; `upscalers` (an engine.upscalers.UpscalerRegistry) adds model upscalers to what `hr_upscaler` may name;
-    `styles` (a service.styles.StyleDatabase) resolves the request's `styles`."""
+    `styles` (a service.styles.StyleDatabase) resolves the request's `styles`. `hires_model` is the other
+    checkpoint of the hires pass (`hires_checkpoint`), whose `hires_sigmas_for` gives that pass its schedule."""
     if req.enable_hr and (req.firstphase_width or req.firstphase_height):
         # Legacy hires fields: width/height are the final size, firstphase_* the first pass (a1111-api.md §3.2).
         final_w, final_h = req.width or 512, req.height or 512
@@ -90,8 +92,39 @@ def plan_txt2img(req: Txt2ImgRequest, options: Mapping[str, Any], sigmas_for, up
         req = req.model_copy(update=updates)
     plan = _plan(req, options, sigmas_for, styles=styles)
     if req.enable_hr:
-        plan = replace(plan, hires=_hires(req, plan, options, sigmas_for, upscalers, styles))
+        hires = _hires(req, plan, options, hires_sigmas_for or sigmas_for, upscalers, styles)
+        if hires_model is not None:
+            hires = replace(hires, checkpoint=hires_model.title)
+        plan = replace(plan, hires=hires)
     return plan
+
+
+SAME_CHECKPOINT = "Use same checkpoint"
+
+
+def hires_checkpoint(req: Txt2ImgRequest, models: ModelRegistry, current: ModelEntry) -> ModelEntry | None:
+    """`hr_checkpoint_name` (a1111-api.md §3.2): the checkpoint of the hires pass when it is not the job's own.
+
+    Read only with `enable_hr`, as A1111 does. Null, "" and "Use same checkpoint" mean the same model, and so does
+    a name of the job's checkpoint (the dev branch's rule, §14: no switch, no `Hires checkpoint`). Names resolve
+    as `sd_model_checkpoint` does (title, name, folder, hash). Unknown: a 422 where A1111 fails with a 500; a
+    checkpoint whose latents the first pass's cannot continue (another architecture, latent channel count or
+    VAE factor): a 422.
+    """
+    name = req.hr_checkpoint_name
+    if not req.enable_hr or name in (None, "", SAME_CHECKPOINT):
+        return None
+    entry = models.find(name)
+    if entry is None:
+        raise InvalidRequest("hr_checkpoint_name", f"Could not find checkpoint with name {name}")
+    if entry == current:
+        return None
+    if entry.latent_space != current.latent_space:
+        (arch, channels, factor), (arch0, channels0, factor0) = entry.latent_space, current.latent_space
+        raise InvalidRequest("hr_checkpoint_name", f"{entry.title} ({arch}, {channels}-channel latents at 1/{factor}) "
+                                                   f"cannot continue the first pass of {current.title} ({arch0}, "
+                                                   f"{channels0}-channel latents at 1/{factor0})")
+    return entry
 
 
 def _plan(req: GenerationRequest, options: Mapping[str, Any], sigmas_for, steps_schedule=None,

@@ -149,3 +149,39 @@ def inpaint_torch(demo_inpaint_diffusers_dir):
     return StableDiffusionInpaintPipeline.from_pretrained(
         demo_inpaint_diffusers_dir, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
     )
+
+
+@pytest.fixture(scope="module")
+def grpc_in_process(demo_bundle, tmp_path_factory):
+    """(state, stub, channel) of an in-process gRPC server on the demo model, so tests can hold the queue's
+    worker with a job of their own."""
+    import grpc
+
+    from service.generated import sdedge_pb2_grpc as pb_grpc
+    from service.grpc_server import GrpcConfig, GrpcServer
+    from service.state import ServerConfig, ServerState
+
+    state = ServerState(ServerConfig(model=demo_bundle, models_dir=tmp_path_factory.mktemp("models")))
+    state.load_default()
+    server = GrpcServer(state, GrpcConfig(port=0))
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield state, pb_grpc.SdEdgeStub(channel), channel
+    channel.close()
+    server.stop(grace=None)
+    state.close()
+
+
+@pytest.fixture(scope="module")
+def api(demo_bundle, tmp_path_factory):
+    """The sdapi app on the demo bundle through FastAPI's TestClient; a fresh server state per test module."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.state import ServerConfig, ServerState
+
+    tmp = tmp_path_factory.mktemp("api")
+    state = ServerState(ServerConfig(model=demo_bundle, models_dir=tmp / "models", options_file=tmp / "o.json"))
+    with TestClient(create_app(state)) as client:
+        yield client
+    state.close()

@@ -43,41 +43,57 @@ def second_bundle(demo_bundle: Path, models_dir: Path) -> Path:
 
 
 @contextmanager
-def running_server(demo_bundle: Path, workdir: Path, *args: str, second_model: bool = True) -> Iterator[str]:
-    """Yields the base URL; the server's output is in `workdir/server.log`."""
+def running_server(demo_bundle: Path, workdir: Path, *args: str, second_model: bool = True,
+                   grpc: bool = False) -> Iterator[str]:
+    """Yields the base URL (with `grpc`, the pair (URL, gRPC target)); the server's output is in
+    `workdir/server.log`."""
     models = workdir / "models"
     models.mkdir(parents=True, exist_ok=True)
     if second_model and not (models / SECOND).exists():
         second_bundle(demo_bundle, models)
-    port = free_port()
-    log = open(workdir / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--model", str(demo_bundle), "--port", str(port),
-         "--models-dir", str(models), "--options-file", str(workdir / "config.json"), "--grpc-port", "0", *args],
-        cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {(workdir / 'server.log').read_text()[-3000:]}")
+    for _attempt in range(3):
+        port, grpc_port = free_port(), (free_port() if grpc else 0)
+        log = open(workdir / "server.log", "w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--model", str(demo_bundle), "--port", str(port),
+             "--models-dir", str(models), "--options-file", str(workdir / "config.json"),
+             "--grpc-port", str(grpc_port), *args],
+            cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=log, stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            if _ready(proc, url, workdir / "server.log"):
+                yield (url, f"127.0.0.1:{grpc_port}") if grpc else url
+                return
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+    raise RuntimeError(f"server did not start: {(workdir / 'server.log').read_text()[-3000:]}")
+
+
+def _ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 120.0) -> bool:
+    """True once this process has bound its port (its own log says so) and answers; False when it exited
+    because a port was taken meanwhile (the caller retries on new ports)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            text = log.read_text()
+            if any(sign in text.lower() for sign in ("address already in use", "cannot bind grpc")):
+                return False
+            raise RuntimeError(f"server exited: {text[-3000:]}")
+        # Another process that happens to hold the port could answer the ping; the log line is ours alone.
+        if f"Uvicorn running on {url}" in log.read_text():
             try:
                 if requests.get(f"{url}/internal/ping", timeout=2).status_code == 200:
-                    break
+                    return True
             except requests.ConnectionError:
                 pass
-            if time.time() > deadline:
-                raise RuntimeError("server did not start in 120 s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        time.sleep(0.2)
+    raise RuntimeError(f"server did not start in {timeout:.0f} s: {log.read_text()[-3000:]}")
 
 
 def decode(b64: str) -> Image.Image:

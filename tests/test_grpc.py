@@ -8,7 +8,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -36,15 +35,10 @@ from service.infotext import parse_infotext
 from service.jobs import Job, JobCancelled, JobState
 from service.sdapi_models import Img2ImgRequest, Txt2ImgRequest
 from service.state import ServerConfig, ServerState
+from tests.sdapi_server import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"width": 64, "height": 64, "steps": 3}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(condition, timeout: float = 5.0) -> bool:
@@ -62,50 +56,14 @@ def wait_until(condition, timeout: float = 5.0) -> bool:
 @pytest.fixture(scope="module")
 def served(demo_bundle, tmp_path_factory):
     """`sdedge serve` in a subprocess: REST and gRPC from one process, as deployed."""
-    port, grpc_port = free_port(), free_port()
-    workdir = tmp_path_factory.mktemp("grpc-server")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--model", str(demo_bundle), "--port", str(port),
-         "--grpc-port", str(grpc_port), "--models-dir", str(workdir / "models"),
-         "--options-file", str(workdir / "config.json")],
-        cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url, target = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
-    deadline = time.time() + 120
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read()}")
-        try:
-            requests.get(f"{url}/sdapi/v1/options", timeout=1)
-            break
-        except requests.ConnectionError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.3)
-    yield url, target
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_server(demo_bundle, tmp_path_factory.mktemp("grpc-server"), second_model=False, grpc=True) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")
 def stub(served):
     with grpc.insecure_channel(served[1]) as channel:
         yield pb_grpc.SdEdgeStub(channel)
-
-
-@pytest.fixture(scope="module")
-def local(demo_bundle, tmp_path_factory):
-    """An in-process server, so tests can hold the queue's worker with a job of their own."""
-    state = ServerState(ServerConfig(model=demo_bundle, models_dir=tmp_path_factory.mktemp("models")))
-    state.load_default()
-    server = GrpcServer(state, GrpcConfig(port=0))
-    port = server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield state, pb_grpc.SdEdgeStub(channel), channel
-    channel.close()
-    server.stop(grace=None)
-    state.close()
 
 
 def hold_worker(state: ServerState, **progress) -> tuple[Job, threading.Event]:
@@ -286,8 +244,8 @@ def test_img2img_without_init_images_is_a1111s_not_found(stub):
 # -- queue, deadlines, cancellation -------------------------------------------------------------------------------
 
 
-def test_deadline_while_queued_removes_the_job_and_the_queue_moves_on(local):
-    state, stub, _ = local
+def test_deadline_while_queued_removes_the_job_and_the_queue_moves_on(grpc_in_process):
+    state, stub, _ = grpc_in_process
     holder, release = hold_worker(state)
     try:
         call = stub.Txt2Img.future(pb.Txt2ImgRequest(prompt="late", force_task_id="task(grpc-late)", **SMALL),
@@ -306,8 +264,8 @@ def test_deadline_while_queued_removes_the_job_and_the_queue_moves_on(local):
     assert job.progress.sampling_step == 0  # the cancelled job never ran
 
 
-def test_deadline_while_running_interrupts_at_the_next_step(local):
-    state, stub, _ = local
+def test_deadline_while_running_interrupts_at_the_next_step(grpc_in_process):
+    state, stub, _ = grpc_in_process
     call = stub.Txt2Img.future(pb.Txt2ImgRequest(prompt="long", force_task_id="task(grpc-long)", steps=1000,
                                                  width=64, height=64), timeout=2.0)
     assert wait_until(lambda: state.queue.get("task(grpc-long)") is not None)
@@ -318,8 +276,8 @@ def test_deadline_while_running_interrupts_at_the_next_step(local):
     assert 0 < job.progress.sampling_step < 1000
 
 
-def test_client_cancelling_the_stream_removes_its_queued_job(local):
-    state, stub, _ = local
+def test_client_cancelling_the_stream_removes_its_queued_job(grpc_in_process):
+    state, stub, _ = grpc_in_process
     holder, release = hold_worker(state)
     try:
         stream = stub.Generate(pb.GenerateRequest(txt2img=pb.Txt2ImgRequest(prompt="bye", **SMALL)), timeout=30)
@@ -333,8 +291,8 @@ def test_client_cancelling_the_stream_removes_its_queued_job(local):
         release.set()
 
 
-def test_full_queue_is_resource_exhausted(local, monkeypatch):
-    state, stub, _ = local
+def test_full_queue_is_resource_exhausted(grpc_in_process, monkeypatch):
+    state, stub, _ = grpc_in_process
     monkeypatch.setattr(state.queue, "max_pending", 1)
     holder, release = hold_worker(state)
     waiting = state.queue.submit(Job(kind="wait", run=lambda job: None))
@@ -347,8 +305,8 @@ def test_full_queue_is_resource_exhausted(local, monkeypatch):
     assert waiting.future.result(timeout=10) is None
 
 
-def test_progress_interrupt_skip(local):
-    state, stub, _ = local
+def test_progress_interrupt_skip(grpc_in_process):
+    state, stub, _ = grpc_in_process
     holder, release = hold_worker(state, job_no=1, job_count=2, sampling_step=5, sampling_steps=10)
     queued = state.queue.submit(Job(kind="wait", run=lambda job: None))
     try:

@@ -108,20 +108,6 @@ def test_hires_on_the_inpainting_model(demo_inpaint_bundle):
 # ---- the REST endpoint ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def api(demo_bundle, tmp_path_factory):
-    from fastapi.testclient import TestClient
-
-    from service.app import create_app
-    from service.state import ServerConfig, ServerState
-
-    tmp = tmp_path_factory.mktemp("hires-api")
-    state = ServerState(ServerConfig(model=demo_bundle, models_dir=tmp / "models", options_file=tmp / "o.json"))
-    with TestClient(create_app(state)) as client:
-        yield client
-    state.close()
-
-
 def post(api, **fields):
     body = {"prompt": "a red circle", "steps": 2, "width": 64, "height": 64, "seed": 3, "enable_hr": True,
             "denoising_strength": 0.5, **fields}

@@ -199,20 +199,6 @@ def test_latent_upscale_resize_mode_interpolates_the_latent(demo_pipeline):
 # ---- the REST endpoint ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def api(demo_bundle, tmp_path_factory):
-    from fastapi.testclient import TestClient
-
-    from service.app import create_app
-    from service.state import ServerConfig, ServerState
-
-    tmp = tmp_path_factory.mktemp("img2img-api")
-    state = ServerState(ServerConfig(model=demo_bundle, models_dir=tmp / "models", options_file=tmp / "o.json"))
-    with TestClient(create_app(state)) as client:
-        yield client
-    state.close()
-
-
 def png_bytes_claiming(width: int, height: int) -> bytes:
     """A valid PNG header for a huge image with almost no data: a decompression bomb's first bytes."""
     def chunk(kind: bytes, data: bytes) -> bytes:

@@ -15,6 +15,7 @@ from service.options import DEFAULTS
 from service.sdapi_models import Txt2ImgRequest
 from service.state import placeholder_sigmas
 from service.translate import plan_txt2img
+from tests.infotext_examples import EXAMPLE_2
 
 EXAMPLE_1 = (
     "a photo of a cat\n"
@@ -23,15 +24,6 @@ EXAMPLE_1 = (
     "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Version: v1.10.1"
 )
 
-EXAMPLE_2 = (
-    "1girl, <lora:add_detail:0.8>\n"
-    "Negative prompt: easynegative\n"
-    "Steps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 1000, Size: 512x768, "
-    "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, VAE hash: 735e4c3a44, "
-    "VAE: vae-ft-mse-840000-ema-pruned.safetensors, Variation seed: 2000, Variation seed strength: 0.3, "
-    "Denoising strength: 0.45, Clip skip: 2, Hires upscale: 2.0, Hires steps: 10, Hires upscaler: R-ESRGAN 4x+, "
-    'Lora hashes: "add_detail: 7c6bad76eb54", TI hashes: "easynegative: c74b4e810b03", Version: v1.10.1'
-)
 
 # §7.3 step 7, in A1111's order.
 DEFAULTS_AFTER_PROMPT = [

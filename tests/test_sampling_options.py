@@ -361,20 +361,6 @@ def test_sampler_settings_read_the_options():
     assert sampler_settings(DEFAULTS) == SamplerSettings()
 
 
-@pytest.fixture(scope="module")
-def api(demo_bundle, tmp_path_factory):
-    from fastapi.testclient import TestClient
-
-    from service.app import create_app
-    from service.state import ServerConfig, ServerState
-
-    tmp = tmp_path_factory.mktemp("sampling-options-api")
-    state = ServerState(ServerConfig(model=demo_bundle, models_dir=tmp / "models", options_file=tmp / "o.json"))
-    with TestClient(create_app(state)) as client:
-        yield client
-    state.close()
-
-
 OVERRIDES = {"skip_early_cond": 0.25, "sgm_noise_multiplier": True, "sd_noise_schedule": "Zero Terminal SNR",
              "img2img_extra_noise": 0.1}
 

@@ -6,51 +6,19 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
 
 from service.infotext import parse_infotext
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.sdapi_server import running_server
 
 
 @pytest.fixture(scope="module")
 def server(demo_bundle, tmp_path_factory):
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("server")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--model", str(demo_bundle), "--port", str(port),
-         "--models-dir", str(workdir / "models"), "--options-file", str(workdir / "config.json")],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read()}")
-        try:
-            requests.get(f"{url}/sdapi/v1/options", timeout=1)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_server(demo_bundle, tmp_path_factory.mktemp("server"), second_model=False) as url:
+        yield url
 
 
 def decode(b64: str) -> Image.Image:

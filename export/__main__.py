@@ -1,4 +1,4 @@
-"""`python -m export demo|shapes|convert`: build bundles from the command line."""
+"""`python -m export demo|shapes|shapes-inpaint|convert`: build bundles from the command line."""
 
 from __future__ import annotations
 
@@ -15,7 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", type=Path, required=True)
     shapes = sub.add_parser("shapes", help="export the trained shapes model (export/weights/shapes-sd)")
     shapes.add_argument("--out", type=Path, required=True)
-    convert = sub.add_parser("convert", help="export a diffusers SD 1.x folder to a bundle")
+    shapes_inpaint = sub.add_parser("shapes-inpaint",
+                                    help="export the trained inpainting variant (export/weights/shapes-sd-inpaint)")
+    shapes_inpaint.add_argument("--out", type=Path, required=True)
+    convert = sub.add_parser("convert", help="export a diffusers SD 1.x folder or an A1111 .safetensors/.ckpt "
+                             "SD 1.x checkpoint to a bundle")
     convert.add_argument("source", type=Path)
     convert.add_argument("--out", type=Path, required=True)
     convert.add_argument("--name", default=None)
@@ -36,6 +40,19 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             folder = save_shapes_pipeline(Path(tmp) / "sdedge-shapes")
             export_diffusers_folder(folder, args.out, name="sdedge-shapes")
+    elif args.command == "shapes-inpaint":
+        from export.shapes import save_shapes_inpaint_pipeline
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = save_shapes_inpaint_pipeline(Path(tmp) / "sdedge-shapes-inpaint")
+            export_diffusers_folder(folder, args.out, name="sdedge-shapes-inpaint")
+    elif args.source.is_file():
+        from export.single_file import SingleFileError, export_single_file
+
+        try:
+            export_single_file(args.source, args.out, name=args.name)
+        except SingleFileError as exc:
+            raise SystemExit(f"{args.source}: {exc}") from exc
     else:
         export_diffusers_folder(args.source, args.out, name=args.name)
     logging.info("bundle written to %s", args.out)

@@ -14,6 +14,9 @@ from export.clip_vocab import write_tokenizer_files
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "shapes-sd"
 WEIGHTS_DIR = Path(__file__).parent / "weights" / "shapes-sd"
+# The inpainting variant (export/train_inpaint.py) stores only its 9-channel UNet; VAE and text encoder are shared.
+INPAINT_CONFIG_DIR = Path(__file__).parent / "configs" / "shapes-sd-inpaint"
+INPAINT_WEIGHTS_DIR = Path(__file__).parent / "weights" / "shapes-sd-inpaint"
 NATIVE_SIZE = 64
 COMPONENTS = ("text_encoder", "unet", "vae")
 
@@ -74,4 +77,20 @@ def build_shapes_pipeline(weights_dir: Path = WEIGHTS_DIR, config_dir: Path = CO
 def save_shapes_pipeline(out: Path, weights_dir: Path = WEIGHTS_DIR) -> Path:
     """Save the trained pipeline as a diffusers folder (the input format of the exporter)."""
     build_shapes_pipeline(weights_dir).save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def save_shapes_inpaint_pipeline(out: Path, weights_dir: Path = INPAINT_WEIGHTS_DIR) -> Path:
+    """The inpainting variant as a diffusers folder: the shapes pipeline with the 9-channel UNet swapped in."""
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    base = build_shapes_pipeline()
+    unet = UNet2DConditionModel(**load_config("unet", INPAINT_CONFIG_DIR))
+    unet.load_state_dict({k: v.float() for k, v in load_file(weights_dir / "unet.safetensors").items()})
+    pipe = StableDiffusionInpaintPipeline(
+        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet.eval(),
+        scheduler=base.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
     return out

@@ -83,6 +83,21 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, mininterval=5.0, dynamic_ncols=True)
 
 
+def unet_step(loss, opt, unet, ema, step: int, ema_decay: float) -> None:
+    """One optimiser step with gradients clipped to norm 1, then the EMA copy moves towards the weights (decay
+    warmed up as (1 + step) / (10 + step) so early steps are not frozen in)."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    opt.step()
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), unet.parameters(), strict=True):
+            e.lerp_(p, 1 - decay)
+
+
 def train_vae(vae, cfg: TrainConfig, rng: random.Random, out_record: dict) -> float:
     """Reconstruction (MSE) of the posterior mode + a small KL term; returns the scaling factor 1/std(latents).
 
@@ -184,14 +199,7 @@ def train_unet(unet, pool, cfg: TrainConfig, save) -> dict:
         pred = unet(noisy, t, contexts[idx].float()).sample
         weight = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]  # min-SNR-γ for ε-prediction
         loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), unet.parameters(), strict=True):
-                e.lerp_(p, 1 - decay)
+        unet_step(loss, opt, unet, ema, step, cfg.ema_decay)
         losses.append(loss.item())
         bar.update(1)
         if step % 50 == 0:

@@ -37,7 +37,31 @@ def prepare_model(path: Path, models_dir: Path) -> Path:
             raise SystemExit(f"{path} is a diffusers folder; exporting it needs the export extra: {exc}") from exc
         log.info("exporting %s to %s", path, out)
         return export_diffusers_folder(path, out)
-    raise SystemExit(f"{path}: not an sdedge bundle or a diffusers folder")
+    if path.is_file():
+        return _prepare_single_file(path, models_dir)
+    raise SystemExit(f"{path}: not an sdedge bundle, a diffusers folder or a .safetensors/.ckpt checkpoint")
+
+
+def _prepare_single_file(path: Path, models_dir: Path) -> Path:
+    """An A1111 checkpoint file is exported to `models_dir/<stem>`, reused while its sha256 is the same."""
+    from engine.bundle import hash_files, is_bundle, load_bundle
+
+    out = models_dir / path.stem
+    if is_bundle(out) and load_bundle(out).manifest.source_sha256 == hash_files([path]):
+        return out
+    try:
+        from export import single_file
+    except ImportError as exc:
+        raise SystemExit(f"{path} is a checkpoint file; exporting it needs the export extra: {exc}") from exc
+    if not single_file.is_single_file(path):
+        raise SystemExit(f"{path}: not a checkpoint file ({', '.join(sorted(single_file.SUFFIXES))})")
+    log.info("exporting %s to %s", path, out)
+    try:
+        return single_file.export_single_file(path, out)
+    except single_file.SingleFileError as exc:
+        raise SystemExit(f"{path}: {exc}") from exc
+    except ImportError as exc:  # torch/diffusers are imported only when a file is converted
+        raise SystemExit(f"{path} is a checkpoint file; exporting it needs the export extra: {exc}") from exc
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -99,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdedge", description="Stable Diffusion server speaking the A1111 API")
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve the sdapi over HTTP")
-    s.add_argument("--model", help="an sdedge bundle, or a diffusers folder (exported first)")
+    s.add_argument("--model", help="an sdedge bundle, or a diffusers folder or A1111 .safetensors/.ckpt "
+                   "SD 1.x checkpoint (exported into --models-dir first)")
     s.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR), help="folder of bundles (default: models)")
     s.add_argument("--port", type=int, default=7860)
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")

@@ -77,6 +77,23 @@ def shapes_bundle() -> Path:
 
 
 @pytest.fixture(scope="session")
+def shapes_inpaint_bundle(tmp_path_factory) -> Path:
+    """The trained inpainting variant (export/weights/shapes-sd-inpaint) exported to a bundle; keyed by its UNet."""
+    from export.onnx_export import export_diffusers_folder
+    from export.shapes import INPAINT_WEIGHTS_DIR, save_shapes_inpaint_pipeline
+
+    # SDEDGE_SHAPES_INPAINT_WEIGHTS points at another weights folder (a checkpoint of a running training).
+    source = Path(os.environ.get("SDEDGE_SHAPES_INPAINT_WEIGHTS", INPAINT_WEIGHTS_DIR))
+    weights = hashlib.sha256((source / "unet.safetensors").read_bytes())
+
+    def build(out: Path) -> None:
+        folder = save_shapes_inpaint_pipeline(tmp_path_factory.mktemp("shapes-inpaint") / "diffusers", source)
+        export_diffusers_folder(folder, out, name="sdedge-shapes-inpaint")
+
+    return _build(f"shapes-inpaint-{weights.hexdigest()[:12]}", build)
+
+
+@pytest.fixture(scope="session")
 def demo_inpaint_diffusers_dir() -> Path:
     """The demo architecture with a 9-channel (inpainting) UNet, as a diffusers folder."""
     from export.demo import save_demo_inpaint_pipeline

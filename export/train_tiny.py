@@ -83,15 +83,22 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, mininterval=5.0, dynamic_ncols=True)
 
 
-def unet_step(loss, opt, unet, ema, step: int, ema_decay: float) -> None:
-    """One optimiser step with gradients clipped to norm 1, then the EMA copy moves towards the weights (decay
-    warmed up as (1 + step) / (10 + step) so early steps are not frozen in)."""
+def optimizer_step(loss, opt, params) -> None:
+    """Backpropagate `loss` and take one optimiser step with the gradients of `params` clipped to norm 1."""
     import torch
 
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
+
+
+def unet_step(loss, opt, unet, ema, step: int, ema_decay: float) -> None:
+    """One optimiser step, then the EMA copy moves towards the weights (decay warmed up as
+    (1 + step) / (10 + step) so early steps are not frozen in)."""
+    import torch
+
+    optimizer_step(loss, opt, unet.parameters())
     decay = min(ema_decay, (1 + step) / (10 + step))
     with torch.no_grad():
         for e, p in zip(ema.parameters(), unet.parameters(), strict=True):
@@ -124,10 +131,7 @@ def train_vae(vae, cfg: TrainConfig, rng: random.Random, out_record: dict) -> fl
         recon = vae.decode(posterior.mode()).sample
         mse = torch.nn.functional.mse_loss(recon, x)
         loss = mse + cfg.vae_kl_weight * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        optimizer_step(loss, opt, vae.parameters())
         bar.update(1)
         bar.set_postfix(mse=f"{mse.item():.4f}")
         if step % 50 == 0:
@@ -244,10 +248,7 @@ def finetune_decoder(vae, cfg: TrainConfig, out_record: dict) -> None:
         with torch.no_grad():
             latents = vae.encode(x).latent_dist.mode()
         mse = torch.nn.functional.mse_loss(vae.decode(latents).sample, x)
-        opt.zero_grad(set_to_none=True)
-        mse.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(mse, opt, params)
         bar.update(1)
         bar.set_postfix(mse=f"{mse.item():.4f}")
         if step % 50 == 0:

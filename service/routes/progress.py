@@ -18,6 +18,7 @@ from service.state import ServerState
 router = APIRouter()
 
 FINAL = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+FINAL_STATES = {state.value for state in FINAL}  # as snapshots carry them
 KEEPALIVE_SECONDS = 15.0
 
 
@@ -188,7 +189,7 @@ async def _task_events(sub: _Subscription, request: Request, previews: bool) -> 
                     fmt = str(options.get("live_previews_image_format", "png"))
                     yield _event("preview", {"id": job.id, "preview_id": preview_id, "job_no": job.preview.job_no,
                                              "step": job.preview.step, "image": progress.data_url(image, fmt)})
-            if snapshot["state"] in {s.value for s in FINAL}:
+            if snapshot["state"] in FINAL_STATES:
                 yield _event("end", {"id": job.id, "state": job.state.value, "interrupted": job.interrupted,
                                      "error": job.error})
                 return

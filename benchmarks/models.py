@@ -21,14 +21,15 @@ class BenchModels:
     diffusers: Path
     bundle: Path
     optimum: Path
+    shapes: Path  # the default model (trained shapes), for the memory table
 
     def complete(self) -> bool:
-        return all((p / ".complete").exists() for p in (self.diffusers, self.bundle, self.optimum))
+        return all((p / ".complete").exists() for p in (self.diffusers, self.bundle, self.optimum, self.shapes))
 
 
 def bench_models() -> BenchModels:
     base = CACHE / export_code_key()
-    return BenchModels(base / "diffusers", base / "bundle", base / "optimum")
+    return BenchModels(base / "diffusers", base / "bundle", base / "optimum", base / "shapes")
 
 
 def _build(target: Path, builder) -> None:
@@ -52,6 +53,10 @@ def build(models: BenchModels) -> None:
     _build(models.diffusers, save_demo_pipeline)
     _build(models.bundle, lambda out: export_diffusers_folder(models.diffusers, out, name="sdedge-tiny"))
     _build(models.optimum, lambda out: _optimum_export(models.diffusers, out))
+    from export.onnx_export import export_pipeline
+    from export.shapes import build_shapes_pipeline
+
+    _build(models.shapes, lambda out: export_pipeline(build_shapes_pipeline(), out, name="sdedge-shapes"))
 
 
 def ensure_models() -> BenchModels:

@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, help="write a RESULTS.md (machine, table, raw output) here")
     parser.add_argument("--json", type=Path, help="write the raw numbers as JSON here")
     parser.add_argument("--note", action="append", default=[], help="a remark for RESULTS.md (repeatable)")
+    parser.add_argument("--memory-sizes", type=int, nargs="*", default=[256, 512, 768, 1024, 2048],
+                        help="sizes of the peak-RSS table on the shapes model (none: skip it)")
+    parser.add_argument("--memory-steps", type=int, default=2)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -267,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         phases.append(phase)
         timings += phase_timings
 
+    if args.memory_sizes:
+        from benchmarks.memory import run as memory_run
+
+        say()
+        memory_run(models.shapes, args.memory_sizes, args.memory_steps, big_steps=1, say=say)
     loads["end"] = load_average()
     say(f"load average at end: {fmt_load(loads['end'])}")
     say()

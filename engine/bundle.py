@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import logging
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+from engine.special_tokens import SpecialTokenIds, TokenizerFilesError, read_special_token_ids
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "sdedge-bundle"
-BUNDLE_FORMAT_VERSION = 1
+# 2: the prompt's token ids live in a `tokenizer` section and are read from the tokenizer files (issue 20);
+# version 1 had them top-level, copied by the exporter from the text encoder's config.
+BUNDLE_FORMAT_VERSION = 2
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 
 
@@ -39,9 +46,11 @@ class Manifest:
     text_max_length: int = 77
     text_hidden_size: int = 768
     text_num_layers: int = 12
-    bos_token_id: int = 49406
-    eos_token_id: int = 49407
-    pad_token_id: int = 49407
+    # The ids the prompt path builds chunks with (BOS, EOS and padding), from the bundle's tokenizer files.
+    tokenizer: SpecialTokenIds = field(default_factory=SpecialTokenIds)
+    # What the text encoder graph's `pooler_output` gathers, baked in at export by transformers from the config's
+    # eos_token_id (2 → argmax of the ids, else the first EOS). Informational: nothing in the engine reads it.
+    text_pooled_output: str | None = None
     noise_schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
     opset: int | None = None
     precision: str = "fp32"
@@ -58,6 +67,18 @@ class Manifest:
         return self.unet_in_channels == 9
 
     @property
+    def bos_token_id(self) -> int:
+        return self.tokenizer.bos_token_id
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
     def short_hash(self) -> str | None:
         """A1111's `Model hash`: the first 10 hex digits of the checkpoint's sha256."""
         return self.source_sha256[:10] if self.source_sha256 else None
@@ -68,7 +89,16 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict) -> Manifest:
         data = dict(data)
+        version = data.get("format_version", 1)
+        if version > BUNDLE_FORMAT_VERSION:
+            raise ValueError(f"bundle format version {version} is newer than this sdedge reads "
+                             f"({BUNDLE_FORMAT_VERSION}); update sdedge or re-export the model with this version")
         data["noise_schedule"] = NoiseScheduleConfig(**data.get("noise_schedule", {}))
+        if "tokenizer" in data:
+            data["tokenizer"] = SpecialTokenIds(**data["tokenizer"])
+        else:  # format 1: top-level ids, possibly the text encoder config's legacy 0/2/1 (checked on load)
+            legacy = {k: data[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in data}
+            data["tokenizer"] = SpecialTokenIds(**legacy)
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -105,7 +135,33 @@ def load_bundle(path: str | Path) -> Bundle:
         manifest = manifest_from_optimum_folder(path)
     else:
         raise FileNotFoundError(f"{path} is not an sdedge bundle (no {MANIFEST_NAME}, no optimum ONNX folder)")
-    return Bundle(path=path, manifest=manifest)
+    return Bundle(path=path, manifest=checked_token_ids(path, manifest))
+
+
+def checked_token_ids(path: Path, manifest: Manifest) -> Manifest:
+    """The manifest with the token ids of the bundle's tokenizer files, which are what A1111 and diffusers use.
+
+    Bundles exported before format 2 copied the text encoder config's ids, which for official SD 1.5 folders
+    are transformers' legacy 0/2/1: every prompt would be encoded with the wrong start and end tokens. The
+    ONNX graphs do not depend on these ids, so such a bundle is corrected here, with a warning, not refused.
+    """
+    folder = Path(path) / "tokenizer"
+    if not (folder / "vocab.json").is_file():
+        return manifest  # nothing to check against (and nothing to tokenize with)
+    try:
+        ids = read_special_token_ids(folder)
+    except (TokenizerFilesError, OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the start/end/padding tokens of the bundle's tokenizer: {exc}; "
+                         "re-export the model with `python -m export convert SOURCE --out BUNDLE`") from exc
+    if ids != manifest.tokenizer:
+        log.warning(
+            "%s: manifest token ids (bos %d, eos %d, pad %d) disagree with the bundle's tokenizer files "
+            "(bos %d, eos %d, pad %d); using the tokenizer's. The bundle was exported by an older sdedge from the "
+            "text encoder config's ids; re-export it (`python -m export convert SOURCE --out BUNDLE`) to fix "
+            "the manifest.", path, *asdict(manifest.tokenizer).values(), *asdict(ids).values(),
+        )
+        manifest = replace(manifest, tokenizer=ids)
+    return manifest
 
 
 def _read_json(path: Path) -> dict:
@@ -128,6 +184,10 @@ def manifest_from_optimum_folder(path: Path) -> Manifest:
         vae_scaling_factor=vae_cfg.get("scaling_factor", 0.18215),
         text_hidden_size=text_cfg.get("hidden_size", 768),
         text_num_layers=text_cfg.get("num_hidden_layers", 12),
+        text_max_length=text_cfg.get("max_position_embeddings", 77),
+        tokenizer=(read_special_token_ids(path / "tokenizer") if (path / "tokenizer" / "vocab.json").is_file()
+                   else SpecialTokenIds()),
+        text_pooled_output=pooled_output_rule(text_cfg.get("eos_token_id", 49407)),
         noise_schedule=NoiseScheduleConfig(
             beta_start=sched_cfg.get("beta_start", 0.00085),
             beta_end=sched_cfg.get("beta_end", 0.012),
@@ -137,6 +197,12 @@ def manifest_from_optimum_folder(path: Path) -> Manifest:
         source_sha256=hash_files(sorted((path / "unet").glob("*.onnx*"))),
         source_kind="optimum",
     )
+
+
+def pooled_output_rule(config_eos_token_id: int) -> str:
+    """transformers' CLIPTextTransformer rule for `pooler_output` (kept for configs from before its PR #24773):
+    eos_token_id 2 in the config → the token at argmax(input_ids), else the first `eos_token_id` token."""
+    return "argmax_input_ids" if config_eos_token_id == 2 else f"first_token_{config_eos_token_id}"
 
 
 def hash_files(files: list[Path]) -> str:

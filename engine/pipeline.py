@@ -14,6 +14,7 @@ from engine import image_ops
 from engine.backend import ExecutionBackend, OrtBackend
 from engine.brownian import NoiseSampler, brownian_noise_sampler
 from engine.bundle import Bundle, load_bundle
+from engine.color_correction import apply_color_correction, correction_target
 from engine.conditioning import PromptEncoder, scheduled_conditioning
 from engine.denoiser import CFGDenoiser, Interrupted, LatentMask, UNet
 from engine.images import decode_latents, encode_images, to_pil, vae_posterior
@@ -369,6 +370,9 @@ class Pipeline:
         result = GenerationResult(images=[], is_using_inpainting_conditioning=self.manifest.is_inpainting,
                                   masked=init.mask is not None, paste_to=init.paste_to,
                                   mask_for_overlay=init.mask_for_overlay)
+        # Colour-correction targets: the processed init images (after resize, crop and fill), as uint8 again.
+        targets = [correction_target(np.rint(np.moveaxis(image, 0, -1) * 255).astype(np.uint8))
+                   for image in init.images] if spec.color_correction else []
         sigmas = np.asarray(plan.sigmas, dtype=np.float32)
         for n in range(plan.n_iter):
             images = plan.batch(n)
@@ -384,6 +388,8 @@ class Pipeline:
                 latents = latent_mask.blend(latents)
             result.latents.extend(latents)
             for i, image in enumerate(self._decode(latents)):
+                if targets:  # A1111 corrects before the overlay, so `denoised` is the corrected result too
+                    image = apply_color_correction(targets[min(i, len(targets) - 1)], image)
                 overlay = init.overlays[min(i, len(init.overlays) - 1)] if init.overlays else None
                 if init.mask_for_overlay is not None:
                     result.denoised.append(denoised_image(image, overlay, init.paste_to))

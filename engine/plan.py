@@ -44,6 +44,8 @@ class Img2ImgPlan:
     overlay: bool = True
     brownian_span: tuple[float, float] | None = None  # the full schedule's σ range (img2img.brownian_span)
     fix_steps: bool = False  # option img2img_fix_steps, with which `sigmas` was cut (img2img.img2img_steps)
+    # Option img2img_color_correction: each result's colours matched to its processed init image (§8.8).
+    color_correction: bool = False
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
-import lark
-
-# The schedule grammar of a1111-sampling.md §7.1. Earley with lark's default ambiguity resolution picks the same
-# trees as A1111's lark 1.1.2 (checked by the spec's vectors and a differential fuzz, see tests).
+# The schedule grammar of a1111-sampling.md §7.1, as A1111 gives it to lark's Earley parser. `_Parser` below
+# implements it; tests check it against lark with this grammar (the spec's vectors and a differential fuzz).
 _GRAMMAR = r"""
 !start: (prompt | /[][():]/+)*
 prompt: (emphasized | scheduled | alternate | plain | WHITESPACE)*
@@ -29,7 +27,56 @@ plain: /([^\\\[\]():|]|\\.)+/
 %import common.SIGNED_NUMBER -> NUMBER
 """
 
-_schedule_parser = lark.Lark(_GRAMMAR, parser="earley", maybe_placeholders=True)
+# lark is the reference for the grammar only (tests compare against it): Earley's time grows with roughly the cube
+# of the number of bracket groups (80 `[a]` groups take seconds, 500 take minutes) and its tree building recurses
+# once per nesting level. The hand-written parser below gives the same schedules in linear time.
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:[eE][+-]?\d+)|(?:\d+\.(?:\d+)?|\.\d+)(?:[eE][+-]?\d+)?|\d+)")  # SIGNED_NUMBER
+_PLAIN = re.compile(r"(?:[^\\\[\]():|]|\\.)+")
+_WHITESPACE = re.compile(r"\s*")
+
+# Bounds on what a prompt may be (A1111 has none; see docs/compatibility.md "Limits"). Real prompts are a few KB
+# with emphasis nested a handful of levels; the bounds keep the worst case of every parser here within
+# milliseconds (all of them are linear in length × depth) and the recursion far from Python's limit.
+MAX_PROMPT_CHARS = 20_000
+MAX_PROMPT_DEPTH = 100
+
+
+class PromptTooComplex(ValueError):
+    """A prompt over MAX_PROMPT_CHARS characters or nested deeper than MAX_PROMPT_DEPTH brackets."""
+
+
+def nesting_depth(prompt: str) -> int:
+    """The deepest nesting of `(` or of `[` (each counted alone, unmatched closers ignored, escapes skipped).
+
+    One linear scan; it bounds the recursion of the schedule parser and the open-bracket stacks of the emphasis
+    parser, unclosed brackets included."""
+    deepest = round_depth = square_depth = 0
+    escaped = False
+    for ch in prompt:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == "(":
+            round_depth += 1
+            deepest = max(deepest, round_depth)
+        elif ch == "[":
+            square_depth += 1
+            deepest = max(deepest, square_depth)
+        elif ch == ")":
+            round_depth = max(round_depth - 1, 0)
+        elif ch == "]":
+            square_depth = max(square_depth - 1, 0)
+    return deepest
+
+
+def check_prompt(prompt: str, what: str = "prompt") -> None:
+    """Raise PromptTooComplex naming the limit a prompt exceeds; cheap (no parsing)."""
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise PromptTooComplex(f"{what} is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
+    depth = nesting_depth(prompt)
+    if depth > MAX_PROMPT_DEPTH:
+        raise PromptTooComplex(f"{what} nests brackets {depth} deep; the limit is {MAX_PROMPT_DEPTH}")
 
 
 class ScheduledText(NamedTuple):
@@ -49,45 +96,180 @@ class AttentionSegment(NamedTuple):
 BREAK_MARKER = AttentionSegment("BREAK", -1.0)
 
 
+@dataclass(frozen=True)
+class _Scheduled:
+    before: tuple
+    after: tuple
+    number: str
+
+
+@dataclass(frozen=True)
+class _Alternate:
+    options: tuple
+
+
+class _Fail(Exception):
+    pass
+
+
+class _Parser:
+    """The schedule grammar's parse as lark's Earley resolves it, in linear time.
+
+    Inside brackets the grammar is deterministic: a group's kind follows from the separators at its own level
+    (`|` alternate, `:` NUMBER `]` scheduled, else emphasized), and any group that does not parse makes its parent
+    fail. Only the top level is ambiguous (stray `[ ] ( ) :` are allowed there): Earley takes every group that
+    parses as that group, and a bracket that opens none as a literal. Results per position are memoised, so a
+    top-level retry after a failed group never parses the same group twice."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.groups: dict[int, tuple[list, int] | None] = {}
+        self.stray_after_group = False  # a stray `[ ] ( ) :` right after a top-level group
+
+    def items(self, i: int) -> tuple[list, int]:
+        """A `prompt`: plain text, whitespace and groups, up to the next `) ] : |` or the end."""
+        text, out = self.text, []
+        while i < len(text):
+            ch = text[i]
+            if ch in "([":
+                group = self.group(i)
+                if group is None:
+                    raise _Fail
+                out.extend(group[0])
+                i = group[1]
+            elif ch in ")]:|":
+                break
+            else:
+                m = _PLAIN.match(text, i)
+                if m is None:  # a backslash before a newline or at the end: no terminal matches
+                    raise _Fail
+                out.append(m.group(0))
+                i = m.end()
+        return out, i
+
+    def group(self, i: int) -> tuple[list, int] | None:
+        if i not in self.groups:
+            try:
+                self.groups[i] = self._group(i)
+            except _Fail:
+                self.groups[i] = None
+        return self.groups[i]
+
+    def _group(self, i: int) -> tuple[list, int]:
+        text = self.text
+        first, j = self.items(i + 1)
+        end = text[j] if j < len(text) else ""
+        if text[i] == "(":
+            if end == ":":
+                second, j = self.items(j + 1)
+                if j < len(text) and text[j] == ")":
+                    return ["(", *first, ":", *second, ")"], j + 1
+                raise _Fail
+            if end == ")":
+                return ["(", *first, ")"], j + 1
+            raise _Fail
+        if end == "]":
+            return ["[", *first, "]"], j + 1
+        if end == "|":
+            options = [tuple(first)]
+            while j < len(text) and text[j] == "|":
+                option, j = self.items(j + 1)
+                options.append(tuple(option))
+            if j < len(text) and text[j] == "]":
+                return [_Alternate(tuple(options))], j + 1
+            raise _Fail
+        if end == ":":
+            number = self.number(j + 1)
+            if number is not None:
+                return [_Scheduled((), tuple(first), number[0])], number[1]
+            second, j = self.items(j + 1)
+            if j < len(text) and text[j] == ":":
+                number = self.number(j + 1)
+                if number is not None:
+                    return [_Scheduled(tuple(first), tuple(second), number[0])], number[1]
+        raise _Fail
+
+    def number(self, i: int) -> tuple[str, int] | None:
+        """`[WHITESPACE] NUMBER [WHITESPACE] "]"` from i: the number and the index after the `]`."""
+        text = self.text
+        i = _WHITESPACE.match(text, i).end()
+        m = _NUMBER.match(text, i)
+        if m is None:
+            return None
+        j = _WHITESPACE.match(text, m.end()).end()
+        if j < len(text) and text[j] == "]":
+            return m.group(0), j + 1
+        return None
+
+    def parse(self) -> list | None:
+        """The top level: groups where they parse, stray brackets and colons as text; None if unparseable."""
+        text, out, i, group_end = self.text, [], 0, -1
+        try:
+            while i < len(text):
+                ch = text[i]
+                if ch in "([":
+                    group = self.group(i)
+                    if group is not None:
+                        out.extend(group[0])
+                        i = group_end = group[1]
+                        continue
+                if ch in "()[]:":
+                    out.append(ch)
+                    self.stray_after_group |= i == group_end
+                    i += 1
+                elif ch == "|":  # a `|` outside an alternation matches nothing
+                    return None
+                else:
+                    m = _PLAIN.match(text, i)
+                    if m is None:
+                        return None
+                    out.append(m.group(0))
+                    i = m.end()
+        except _Fail:
+            return None
+        return out
+
+
+# A top-level group directly followed by a stray `[ ] ( ) :` is the one shape where lark's Earley may keep the
+# group as text (e.g. `[a:0.5]]]`, `[a:0.5]::`, by an ambiguity resolution that has no simple rule). Such prompts
+# go to lark itself while they are small enough for its cost; larger ones keep the group (docs/compatibility.md).
+LARK_MAX_BRACKETS = 32
+_RE_BRACKETS = re.compile(r"[][()]")
+
+
+@lru_cache(maxsize=1)
+def _lark_parser():
+    import lark
+
+    return lark.Lark(_GRAMMAR, parser="earley", maybe_placeholders=True)
+
+
+def _from_lark(node) -> list:
+    """lark's tree as `_Parser` items (text, _Scheduled, _Alternate); depth ≤ LARK_MAX_BRACKETS."""
+    if node is None:
+        return []
+    if not hasattr(node, "data"):
+        return [str(node)]
+    if node.data == "scheduled":
+        before, after, _, number, _ = node.children
+        return [_Scheduled(tuple(_from_lark(before)), tuple(_from_lark(after)), str(number))]
+    if node.data == "alternate":
+        return [_Alternate(tuple(tuple(_from_lark(option)) for option in node.children))]
+    return [item for child in node.children for item in _from_lark(child)]
+
+
 @lru_cache(maxsize=256)
-def _parse(prompt: str) -> lark.Tree | None:
-    try:
-        return _schedule_parser.parse(prompt)
-    except (lark.exceptions.LarkError, RecursionError):
-        return None  # A1111: an unparseable prompt is used verbatim for every step
+def _parse(prompt: str) -> tuple | None:
+    parser = _Parser(prompt)
+    tree = parser.parse()
+    if parser.stray_after_group and len(_RE_BRACKETS.findall(prompt)) <= LARK_MAX_BRACKETS:
+        import lark
 
-
-_PLAIN_CHAR = r"(?:[^\\\[\]():|]|\\.)"
-# An innermost `(text)` / `(text:text)` group: it always parses as `emphasized`, is copied through unchanged at
-# every step, and holds nothing a schedule could use. Earley's cost grows steeply with the number of brackets,
-# so such groups are folded into one placeholder character each before parsing and put back afterwards.
-_RE_SIMPLE_GROUP = re.compile(rf"\\.|(\({_PLAIN_CHAR}*(?::{_PLAIN_CHAR}*)?\))")  # escapes consumed first
-_PLACEHOLDERS = range(0xE000, 0xF900)  # Unicode private use area
-
-
-def _fold_groups(prompt: str) -> tuple[str, dict[str, str]]:
-    if any(0xE000 <= ord(c) < 0xF900 for c in prompt):
-        return prompt, {}
-    folded: dict[str, str] = {}
-    while len(folded) < len(_PLACEHOLDERS):
-        def fold(m: re.Match) -> str:
-            if m.group(1) is None or len(folded) >= len(_PLACEHOLDERS):
-                return m.group(0)
-            key = chr(_PLACEHOLDERS[len(folded)])
-            folded[key] = m.group(0)
-            return key
-
-        reduced = _RE_SIMPLE_GROUP.sub(fold, prompt)
-        if reduced == prompt:
-            break
-        prompt = reduced
-    return prompt, folded
-
-
-def _unfold(text: str, folded: dict[str, str]) -> str:
-    for key in reversed(folded):  # later placeholders may contain earlier ones, never the reverse
-        text = text.replace(key, folded[key])
-    return text
+        try:
+            return tuple(_from_lark(_lark_parser().parse(prompt)))
+        except lark.exceptions.LarkError:
+            return None
+    return tuple(tree) if tree is not None else None
 
 
 def _when(number: str, steps: int, int_offset: int, float_offset: float, use_old_scheduling: bool) -> int:
@@ -104,31 +286,50 @@ def _when(number: str, steps: int, int_offset: int, float_offset: float, use_old
     return int(min(max(v, -1.0), float(steps)))
 
 
-def _collect(tree: lark.Tree) -> tuple[list[lark.Tree], bool]:
-    scheduled = list(tree.find_data("scheduled"))
-    has_alternate = next(tree.find_data("alternate"), None) is not None
-    return scheduled, has_alternate
+def _walk(items, found: list) -> None:
+    for item in items:
+        if isinstance(item, _Scheduled):
+            found.append(item)
+            _walk(item.before, found)
+            _walk(item.after, found)
+        elif isinstance(item, _Alternate):
+            found.append(item)
+            for option in item.options:
+                _walk(option, found)
 
 
-def _text_at(tree: lark.Tree, step: int, whens: dict[int, int]) -> str:
-    parts: list[str] = []
-    stack: list[lark.Tree | lark.Token | None] = [tree]
-    while stack:  # iterative: deeply nested prompts must not hit the recursion limit
-        node = stack.pop()
-        if node is None:
-            continue
-        if isinstance(node, lark.Token):
-            parts.append(str(node))
-            continue
-        if node.data == "scheduled":
-            before, after = node.children[0], node.children[1]
-            stack.append(before if step <= whens[id(node)] else after)
-        elif node.data == "alternate":
-            options = node.children
-            stack.append(options[(step - 1) % len(options)])
+def _text_at(items, step: int, whens: dict[int, int], parts: list[str]) -> None:
+    for item in items:  # recursion depth is bounded by MAX_PROMPT_DEPTH
+        if isinstance(item, str):
+            parts.append(item)
+        elif isinstance(item, _Scheduled):
+            _text_at(item.before if step <= whens[id(item)] else item.after, step, whens, parts)
         else:
-            stack.extend(reversed(node.children))
-    return "".join(parts)
+            _text_at(item.options[(step - 1) % len(item.options)], step, whens, parts)
+
+
+def _schedule_plan(prompt: str, steps: int, hires_steps: int | None, use_old_scheduling: bool):
+    """(tree, whens, sorted boundaries) of a prompt's schedule; tree None for text copied through as it is."""
+    if hires_steps is None or use_old_scheduling:
+        int_offset, float_offset, total = 0, 0.0, steps
+    else:
+        int_offset, float_offset, total = steps, 1.0, hires_steps
+    if "[" not in prompt:  # edits and alternations open with "["; anything else is copied through as it is
+        return None, {}, [total]
+    check_prompt(prompt)
+    tree = _parse(prompt)
+    if tree is None:
+        return None, {}, [total]
+    nodes: list = []
+    _walk(tree, nodes)
+    whens = {
+        id(node): _when(node.number, total, int_offset, float_offset, use_old_scheduling)
+        for node in nodes if isinstance(node, _Scheduled)
+    }
+    boundaries = {total} | {w for w in whens.values() if w >= 1}
+    if any(isinstance(node, _Alternate) for node in nodes):
+        boundaries |= set(range(1, total + 1))
+    return tree, whens, sorted(boundaries)
 
 
 def prompt_schedule(
@@ -138,26 +339,35 @@ def prompt_schedule(
 
     With `hires_steps` (new rules) integers count from the first pass's start and fractions run from 1.0 to 2.0
     over the hires pass; `use_old_scheduling` restores the pre-1.6 rules, where the hires pass reuses `steps`.
+    Raises PromptTooComplex for a prompt over the limits.
     """
-    if hires_steps is None or use_old_scheduling:
-        int_offset, float_offset, total = 0, 0.0, steps
-    else:
-        int_offset, float_offset, total = steps, 1.0, hires_steps
-    if "[" not in prompt:  # edits and alternations open with "["; anything else is copied through as it is
-        return [ScheduledText(total, prompt)]
-    reduced, folded = _fold_groups(prompt)
-    tree = _parse(reduced)
+    tree, whens, boundaries = _schedule_plan(prompt, steps, hires_steps, use_old_scheduling)
     if tree is None:
-        return [ScheduledText(total, prompt)]
-    scheduled, has_alternate = _collect(tree)
-    whens = {
-        id(node): _when(str(node.children[3]), total, int_offset, float_offset, use_old_scheduling)
-        for node in scheduled
-    }
-    boundaries = {total} | {w for w in whens.values() if w >= 1}
-    if has_alternate:
-        boundaries |= set(range(1, total + 1))
-    return [ScheduledText(b, _unfold(_text_at(tree, b, whens), folded)) for b in sorted(boundaries)]
+        return [ScheduledText(boundaries[0], prompt)]
+    schedule = []
+    for b in boundaries:
+        parts: list[str] = []
+        _text_at(tree, b, whens, parts)
+        schedule.append(ScheduledText(b, "".join(parts)))
+    return schedule
+
+
+# Every text of a prompt's schedule is encoded (A1111 encodes the whole schedule as one batch, repeats included),
+# so an alternation `[a|b]` in a long prompt at many steps multiplies the text encoder's work and the embeddings
+# held (~3 KB per token for SD 1.x: ~1 GB at this bound with ~3 characters a token). Bounded by characters: an
+# alternating 3,000-character prompt fits 150 steps of a second-order sampler (300 texts).
+MAX_SCHEDULE_CHARS = 1_000_000
+
+
+def check_schedule(prompt: str, steps: int, hires_steps: int | None = None, use_old_scheduling: bool = False,
+                   what: str = "prompt") -> None:
+    """Raise PromptTooComplex when the schedule's texts together would exceed MAX_SCHEDULE_CHARS (no texts are
+    built: the count of schedule entries times the prompt's length bounds them)."""
+    entries = len(_schedule_plan(prompt, steps, hires_steps, use_old_scheduling)[2])
+    if entries * len(prompt) > MAX_SCHEDULE_CHARS:
+        raise PromptTooComplex(f"{what} takes {entries} different forms over {hires_steps or steps} steps "
+                               f"(prompt editing or alternation) at {len(prompt)} characters each; the limit is "
+                               f"{MAX_SCHEDULE_CHARS} characters in all")
 
 
 def prompt_schedules(
@@ -179,13 +389,28 @@ _RE_ATTENTION = re.compile(
     """,
     re.X,
 )
-_RE_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+_RE_BREAK = re.compile(r"\bBREAK\b")
+
+
+def _split_break(text: str) -> list[str]:
+    r"""A1111's `re.split(r"\s*\bBREAK\b\s*", text)` in linear time: its leading `\s*` is tried at every
+    position of a whitespace run, which is quadratic in the run's length (20k spaces: 17 s)."""
+    if "BREAK" not in text:
+        return [text]
+    parts = _RE_BREAK.split(text)
+    return [p.lstrip() if i else p for i, p in enumerate(q.rstrip() if j < len(parts) - 1 else q
+                                                            for j, q in enumerate(parts))]
 _ROUND = 1.1
 _SQUARE = 1 / 1.1
 
 
 def parse_prompt_attention(text: str) -> list[AttentionSegment]:
-    """Split text into runs with emphasis weights: (a) ×1.1, [a] ÷1.1, (a:w) ×w, escapes, BREAK markers."""
+    """Split text into runs with emphasis weights: (a) ×1.1, [a] ÷1.1, (a:w) ×w, escapes, BREAK markers.
+
+    Raises PromptTooComplex for brackets nested deeper than MAX_PROMPT_DEPTH (the cost is length × depth)."""
+    depth = nesting_depth(text)
+    if depth > MAX_PROMPT_DEPTH:
+        raise PromptTooComplex(f"prompt nests brackets {depth} deep; the limit is {MAX_PROMPT_DEPTH}")
     res: list[list] = []
     round_open: list[int] = []
     square_open: list[int] = []
@@ -209,7 +434,7 @@ def parse_prompt_attention(text: str) -> list[AttentionSegment]:
         elif token == "]" and square_open:
             multiply_from(square_open.pop(), _SQUARE)
         else:
-            for i, part in enumerate(_RE_BREAK.split(token)):
+            for i, part in enumerate(_split_break(token)):
                 if i > 0:
                     res.append(list(BREAK_MARKER))
                 res.append([part, 1.0])
@@ -291,7 +516,10 @@ def extract_extra_networks(prompt: str) -> tuple[str, tuple[ExtraNetworkTag, ...
         tags.append(ExtraNetworkTag(m.group(1), tuple(m.group(2).split(":"))))
         return ""
 
-    return _RE_EXTRA_NETWORK.sub(found, prompt), tuple(tags)
+    # A match ends at a `>`: searching only up to the last one keeps a failed search from rescanning the rest
+    # of the prompt at every `<` (quadratic for `<a:<a:<a:…` without a `>`).
+    end = prompt.rfind(">") + 1
+    return _RE_EXTRA_NETWORK.sub(found, prompt[:end]) + prompt[end:], tuple(tags)
 
 
 def batch_extra_networks(prompts: Iterable[str]) -> tuple[ExtraNetworkTag, ...]:

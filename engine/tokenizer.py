@@ -9,6 +9,8 @@ import ftfy
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 
+from engine.special_tokens import read_special_token_ids
+
 # Python's \s (also \x1c-\x1f), as transformers' whitespace_clean uses it.
 _WHITESPACE = re.compile(r"\s+")
 
@@ -21,7 +23,8 @@ _CLIP_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 class ClipTokenizer:
     """Text → token ids without BOS/EOS (A1111 adds those per 75-token chunk)."""
 
-    def __init__(self, folder: str | Path, bos_token_id: int = 49406, eos_token_id: int = 49407):
+    def __init__(self, folder: str | Path, bos_token_id: int | None = None, eos_token_id: int | None = None):
+        """Special ids not given are read from the folder's tokenizer files (never from a text encoder config)."""
         folder = Path(folder)
         model = BPE.from_file(
             str(folder / "vocab.json"),
@@ -42,8 +45,9 @@ class ClipTokenizer:
         )
         tok.decoder = decoders.ByteLevel()
         self._tokenizer = tok
-        self.bos_token_id = bos_token_id
-        self.eos_token_id = eos_token_id
+        special = read_special_token_ids(folder) if bos_token_id is None or eos_token_id is None else None
+        self.bos_token_id = special.bos_token_id if bos_token_id is None else bos_token_id
+        self.eos_token_id = special.eos_token_id if eos_token_id is None else eos_token_id
         self.vocab = tok.get_vocab()
 
     @staticmethod

@@ -16,7 +16,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from engine.bundle import MANIFEST_NAME, Manifest, NoiseScheduleConfig, hash_files
+from engine.bundle import MANIFEST_NAME, Manifest, NoiseScheduleConfig, hash_files, pooled_output_rule
+from engine.special_tokens import SpecialTokenIds, read_special_token_ids
 
 OPSET = 17
 EXPORTER = "sdedge-export 0.1.0"
@@ -83,7 +84,11 @@ def _export(module, args: tuple, path: Path, inputs: dict[str, dict], outputs: d
             do_constant_folding=True,
             dynamo=False,
         )
-    return {"inputs": {k: v for k, v in inputs.items()}, "outputs": {k: v for k, v in outputs.items()}}
+    # Attention over query chunks above a score-memory budget (export/attention_chunking.py); recorded per component.
+    from export.attention_chunking import chunk_attention_file
+
+    return {"inputs": {k: v for k, v in inputs.items()}, "outputs": {k: v for k, v in outputs.items()},
+            "attention": chunk_attention_file(path)}
 
 
 def _axes(**named: int) -> dict:
@@ -111,7 +116,9 @@ def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None
     # the legacy processor's baddbmm adds ConstantOfShape/Mul/Add per attention and ran ~25% slower on ORT CPU
     # (benchmarks/RESULTS.md), so the processors are left as they are.
     text_cfg = text_encoder.config
-    max_len = pipe.tokenizer.model_max_length
+    # A1111 builds 77-token chunks (CLIP's position embeddings), whatever the tokenizer's model_max_length says
+    # (a folder whose tokenizer_config lacks it would report transformers' 1e30).
+    max_len = text_cfg.max_position_embeddings
     latent_ch = vae.config.latent_channels
     vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
     h, w = TRACE_LATENT_HW
@@ -121,8 +128,9 @@ def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)
     try:
-        ids = torch.full((TRACE_BATCH, max_len), text_cfg.eos_token_id, dtype=torch.int64)
-        ids[:, 0] = text_cfg.bos_token_id
+        special = _save_tokenizer(pipe.tokenizer, tmp / "tokenizer")
+        ids = torch.full((TRACE_BATCH, max_len), special.eos_token_id, dtype=torch.int64)
+        ids[:, 0] = special.bos_token_id
         io["text_encoder"] = _export(
             TextEncoderWrapper(text_encoder), (ids,), tmp / "text_encoder" / "model.onnx",
             {"input_ids": _axes(batch=0, sequence=1)},
@@ -151,7 +159,6 @@ def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None
             {"sample": _axes(batch=0, height=2, width=3)},
         )
         # optimum's folder layout, so the bundle also opens with optimum / diffusers tooling.
-        pipe.tokenizer.save_pretrained(tmp / "tokenizer")
         pipe.scheduler.save_pretrained(tmp / "scheduler")
         unet.save_config(tmp / "unet")
         vae.save_config(tmp / "vae_encoder")
@@ -169,9 +176,8 @@ def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None
             text_max_length=max_len,
             text_hidden_size=text_cfg.hidden_size,
             text_num_layers=text_cfg.num_hidden_layers,
-            bos_token_id=text_cfg.bos_token_id,
-            eos_token_id=text_cfg.eos_token_id,
-            pad_token_id=pipe.tokenizer.pad_token_id,
+            tokenizer=special,
+            text_pooled_output=pooled_output_rule(text_cfg.eos_token_id),
             noise_schedule=NoiseScheduleConfig(
                 beta_start=sched.beta_start, beta_end=sched.beta_end, beta_schedule=sched.beta_schedule,
                 num_train_timesteps=sched.num_train_timesteps,
@@ -188,6 +194,21 @@ def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _save_tokenizer(tokenizer, folder: Path) -> SpecialTokenIds:
+    """Write the tokenizer files and read the prompt's special ids back from them, as the engine will.
+
+    Never from the text encoder config: official SD 1.x folders say bos 0 / eos 2 / pad 1 there (transformers'
+    legacy values), while the tokenizer (and A1111, and diffusers) use 49406 / 49407 / 49407.
+    """
+    tokenizer.save_pretrained(folder)
+    special = read_special_token_ids(folder)
+    expected = SpecialTokenIds(tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    if special != expected:
+        raise ValueError(f"special tokens read back from the saved tokenizer {special} differ from the "
+                         f"tokenizer's own {expected}")
+    return special
 
 
 def _model_index() -> dict:

@@ -8,30 +8,38 @@ from fastapi.middleware.gzip import GZipMiddleware
 
 from service.api_log import TimingLogMiddleware
 from service.auth import BasicAuthMiddleware, parse_credentials
+from service.body_limit import BodyLimitMiddleware
 from service.errors import install_error_handlers
 from service.routes import (
     extras,
     generation,
+    gradio,
     listings,
     models,
     options,
     pnginfo,
     progress,
     samplers,
+    server_control,
     styles,
     upscalers,
 )
+from service.sdapi_models import RequestLimits, configure_limits
 from service.state import ServerState
 
 
 def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="sdedge", description="Stable Diffusion behind the AUTOMATIC1111 sdapi", version="0.1.0")
     app.state.sdedge = state
+    configure_limits(RequestLimits(max_side=state.config.max_side))
     install_error_handlers(app)
     if state.config.api_auth:  # innermost: CORS answers preflights and decorates the 401s
         app.add_middleware(BasicAuthMiddleware, credentials=parse_credentials(state.config.api_auth))
-    app.add_middleware(GZipMiddleware, minimum_size=1000)
     config = state.config
+    # Outside auth (an oversized body is refused before anything reads it), inside CORS and the API log (its
+    # 413/422 are decorated for browsers and logged like every answer).
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_size)
+    app.add_middleware(GZipMiddleware, minimum_size=1000)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=(config.cors_allow_origins or "").split(",") if config.cors_allow_origins else [],
@@ -52,4 +60,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(listings.router)
     app.include_router(samplers.router)
     app.include_router(styles.router)
+    app.include_router(gradio.router)
+    if config.api_server_stop:
+        app.include_router(server_control.router)
     return app

@@ -10,7 +10,7 @@ import secrets
 
 # A1111 leaves these open even with --api-auth: the Lora extension's routes, /internal/*, the API docs.
 EXEMPT_PATHS = frozenset({"/sdapi/v1/loras", "/sdapi/v1/refresh-loras", "/docs", "/docs/oauth2-redirect",
-                          "/redoc", "/openapi.json"})
+                          "/redoc", "/openapi.json", "/config", "/queue/status"})  # Gradio's, not the API's
 EXEMPT_PREFIXES = ("/internal/",)
 
 

@@ -79,6 +79,9 @@ def serve(args: argparse.Namespace) -> int:
         api_auth=args.api_auth, api_log=args.api_log, host=args.host, port=args.port, listen=args.listen,
         upscalers_dir=Path(args.upscalers_dir) if args.upscalers_dir else models_dir / "upscalers",
         extra={"styles_file": args.styles_file or ["styles.csv"]},
+        max_body_size=args.max_body_size, max_side=args.max_side,
+        memory_budget=args.memory_budget,
+        job_timeout=args.job_timeout, api_server_stop=args.api_server_stop,
     )
     if args.api_auth:
         from service.auth import parse_credentials
@@ -93,7 +96,12 @@ def serve(args: argparse.Namespace) -> int:
     try:
         entry, pipeline = state.load_default()
         log.info("model %s on %s", entry.title, ", ".join(pipeline.backend.providers))
-        uvicorn.run(create_app(state), host=host, port=args.port, log_level="info", timeout_keep_alive=30)
+        app = create_app(state)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=args.port, log_level="info",
+                                               timeout_keep_alive=30))
+        # /sdapi/v1/server-stop: uvicorn's own graceful exit (a signal would be re-raised: exit status -15).
+        app.state.stop_server = lambda: setattr(server, "should_exit", True)
+        server.run()
     finally:
         if grpc_server is not None:
             grpc_server.stop()
@@ -117,6 +125,32 @@ def start_grpc(state, host: str, args: argparse.Namespace):
         log.warning("%s: serving without gRPC (pass --grpc-port to choose a port)", exc)
         return None
     return server
+
+
+def _memory_budget(text: str) -> int:
+    from service.admission import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+               "g": 10**9, "gb": 10**9, "gib": 2**30}
+
+
+def byte_size(text: str) -> int:
+    """`64MiB`, `200MB`, `1g`, `1048576` → bytes (argparse type)."""
+    number = text.strip().rstrip("BbIiKkMmGg")
+    unit = text.strip()[len(number):].lower()
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64MiB, 200MB, 1GiB)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grpc-port", type=int, default=None,
                    help=f"gRPC port (default {DEFAULT_GRPC_PORT}, skipped with a warning if busy; 0 disables gRPC)")
     s.add_argument("--grpc-max-message-mb", type=float, default=64, help="gRPC max message size (default 64 MiB)")
+    s.add_argument("--memory-budget", type=_memory_budget, default=None, metavar="BYTES",
+                   help="memory one job may use on top of the loaded model, e.g. 12G or 512M; larger jobs get "
+                   "413 (default: 75%% of RAM, at most what is available at start)")
+    s.add_argument("--job-timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="deadline of a running job: interrupted and failed (504) when it passes; 0 = none; "
+                   "option sdedge_job_timeout overrides it (default 3600)")
+    s.add_argument("--api-server-stop", action="store_true",
+                   help="enable /sdapi/v1/server-kill, /server-restart and /server-stop (A1111's flag)")
+    s.add_argument("--max-body-size", type=byte_size, default="64MiB", metavar="SIZE",
+                   help="largest HTTP request body, e.g. 64MiB, 200MB, 1GiB or bytes (default 64MiB); more is a 413")
+    s.add_argument("--max-side", type=int, default=4096, metavar="PX",
+                   help="largest width/height a request may ask for, hires result included (default 4096)")
     s.set_defaults(func=serve)
     g = sub.add_parser("generate", help="txt2img on a running server (gRPC or REST), with a progress bar")
     cli_generate.add_arguments(g)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -38,10 +38,59 @@ async def _http_exception(request: Request, exc: StarletteHTTPException) -> JSON
     return JSONResponse(error_body(exc, errors=""), status_code=exc.status_code, headers=headers)
 
 
+MAX_ECHO_CHARS = 200  # of a string the 422 echoes back (a 10 MB prompt is not sent back whole)
+MAX_ECHO_ITEMS = 20  # of a list or dict echoed back
+MAX_ECHO_DEPTH = 4
+
+
+def echo(value, depth: int = 0):
+    """What a 422 may echo of the client's input: JSON-safe whatever it was (inf, nan, bytes, objects) and small
+    (long strings cut, containers cut and shallow); strict JSON, so the handler itself can never fail."""
+    if value is None or isinstance(value, bool | int):
+        return value if not isinstance(value, int) or abs(value) < 2**64 else _cut(str(value))
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, bytes | bytearray):
+        return _cut(bytes(value[:MAX_ECHO_CHARS]).decode("latin-1"), len(value))
+    if isinstance(value, str):
+        return _cut(value)
+    if depth >= MAX_ECHO_DEPTH:
+        return "…"
+    if isinstance(value, dict):
+        items = list(value.items())
+        out = {_cut(str(k)): echo(v, depth + 1) for k, v in items[:MAX_ECHO_ITEMS]}
+        if len(items) > MAX_ECHO_ITEMS:
+            out["…"] = f"{len(items) - MAX_ECHO_ITEMS} more"
+        return out
+    if isinstance(value, list | tuple | set):
+        items = list(value)
+        out = [echo(v, depth + 1) for v in items[:MAX_ECHO_ITEMS]]
+        return out + [f"… {len(items) - MAX_ECHO_ITEMS} more"] if len(items) > MAX_ECHO_ITEMS else out
+    return _cut(str(value))
+
+
+def _cut(text: str, length: int | None = None) -> str:
+    length = len(text) if length is None else length
+    return text if length <= MAX_ECHO_CHARS else f"{text[:MAX_ECHO_CHARS]}… ({length} characters)"
+
+
+def validation_details(errors: list[dict]) -> list[dict]:
+    """pydantic's error list as FastAPI sends it, every echoed value made safe by `echo`."""
+    details = []
+    for e in errors:
+        item = {"type": e.get("type"), "loc": [echo(p) for p in e.get("loc", ())], "msg": echo(e.get("msg", ""))}
+        if "input" in e:
+            item["input"] = echo(e["input"])
+        if e.get("ctx"):
+            item["ctx"] = echo(e["ctx"])
+        details.append(item)
+    return details
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     # FastAPI's 422 list stays under "detail" (what A1111's clients parse); the A1111 keys are added around it.
-    details = jsonable_encoder(exc.errors(), custom_encoder={Exception: str, bytes: lambda b: b.decode("latin-1")})
-    summary = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in details)
+    details = validation_details(list(exc.errors()))
+    summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in details)
     return JSONResponse(error_body(exc, detail=details, errors=summary), status_code=422)
 
 

@@ -12,7 +12,9 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
+from engine.backend import release_memory
 from engine.pipeline import GenerationResult, StepEvent
+from service import admission
 from service.errors import InvalidRequest
 from service.infotext_request import Request, apply_infotext
 from service.jobs import Job, QueueFull, new_task_id
@@ -99,6 +101,7 @@ def _submit(state: ServerState, req: Txt2ImgRequest | Img2ImgRequest, kind: str,
     loaded = state.models.loaded
     plan = make_plan(options, sigmas, loaded[1] if loaded is not None and loaded[0] == entry else None,
                      hires, loaded_sigmas(state, hires) if hires is not None else None)
+    needed = admission.check(state, entry, plan)  # 413 if it can never fit the memory budget
     timestamp = time.strftime("%Y%m%d%H%M%S")
 
     def run(job: Job) -> GenerationResult:
@@ -111,7 +114,11 @@ def _submit(state: ServerState, req: Txt2ImgRequest | Img2ImgRequest, kind: str,
         if sigmas is placeholder_sigmas or hires_pipeline is not None:
             plan = make_plan(options, pipeline.sigmas, pipeline, hires,
                              hires_pipeline.sigmas if hires_pipeline is not None else None)
-        result = run_pipeline(pipeline, plan, job, hires_pipeline)
+        admission.wait_for_memory(needed)  # fits the budget; waits while other processes hold the memory
+        try:
+            result = run_pipeline(pipeline, plan, job, hires_pipeline)
+        finally:
+            release_memory()  # a large job's freed buffers go back to the OS
         if req.override_settings_restore_afterwards is False:
             state.keep_overrides(req.override_settings, entry)
         return result

@@ -58,6 +58,7 @@ _HTTP_TO_GRPC = {
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     501: grpc.StatusCode.UNIMPLEMENTED,
     503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,  # a job past its deadline (service/jobs.py JobTimeout)
 }
 
 
@@ -334,7 +335,8 @@ class BasicAuthInterceptor(grpc.ServerInterceptor):
 
 
 class GrpcServer:
-    """The gRPC server beside uvicorn in one process; health follows whether a model is loaded."""
+    """The gRPC server beside uvicorn in one process; health follows whether a model is loaded and the job
+    worker is alive (NOT_SERVING while it is restarted)."""
 
     def __init__(self, state: ServerState, config: GrpcConfig = GrpcConfig()):
         self.state = state
@@ -378,10 +380,11 @@ class GrpcServer:
             self.health.set(name, status)
 
     def _watch_model(self) -> None:
-        # The registry has no load/unload events; a cheap poll keeps health honest whoever loads or unloads.
+        # The registry and the queue have no events; a cheap poll keeps health honest whoever loads, unloads or
+        # kills the worker.
         serving = False
         while not self._stop.is_set():
-            now = self.state.models.loaded is not None
+            now = self.state.models.loaded is not None and self.state.queue.healthy()
             if now != serving:
                 self._set_serving(now)
                 serving = now

@@ -105,9 +105,12 @@ def _backcompat(res: dict[str, Any]) -> None:
 
 
 def _uses_emphasis(prompt: str, negative_prompt: str) -> bool:
-    from engine.prompt_parser import parse_prompt_attention
+    from engine.prompt_parser import PromptTooComplex, parse_prompt_attention
 
-    segments = parse_prompt_attention(prompt) + parse_prompt_attention(negative_prompt)
+    try:
+        segments = parse_prompt_attention(prompt) + parse_prompt_attention(negative_prompt)
+    except PromptTooComplex:  # brackets nested past the limit: emphasis, whatever the weights come to
+        return True
     return len(segments) != len([s for s in segments if s[1] == 1.0 or s[0] == "BREAK"])
 
 

@@ -2,6 +2,11 @@
 
 A job carries its id, state, progress (job_no/job_count, sampling step/steps), the latest latents for previews,
 interrupt/skip/cancel flags and its result. REST and gRPC both submit here, so their jobs interleave in one FIFO.
+
+The worker cannot die silently: whatever a job raises (BaseExceptions, exceptions whose message cannot be
+rendered, a failing listener) fails that job only. A watchdog thread gives every running job a deadline
+(interrupted when it passes, abandoned and the worker replaced when it still does not stop) and restarts a worker
+thread that died anyway; `healthy()` is false meanwhile (/internal/ping and gRPC health report it).
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from starlette.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,47 @@ class QueueFull(Exception):
 
 class JobCancelled(Exception):
     """The job was removed before it started."""
+
+
+class JobFailed(RuntimeError):
+    """What a job's caller gets when the job raised something that is no ordinary error (a BaseException such as
+    SystemExit, an exception whose message cannot be rendered) or its worker died: a plain error to report."""
+
+
+class JobTimeout(HTTPException):
+    """A job ran past its deadline (option `sdedge_job_timeout`, flag `--job-timeout`): REST 504."""
+
+    def __init__(self, job_id: str, seconds: float, abandoned: bool = False):
+        how = ("did not stop when interrupted and was abandoned (its worker was replaced)" if abandoned
+               else "was interrupted")
+        super().__init__(status_code=504, detail=f"job {job_id} exceeded its deadline of {seconds:g} s and {how}")
+
+    def __str__(self) -> str:
+        return str(self.detail)
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message`, even for an exception whose `__str__` itself raises."""
+    try:
+        message = str(exc)
+    except BaseException:  # noqa: BLE001 - any failure to render is reported, never propagated
+        message = "<the exception's message could not be rendered>"
+    return f"{type(exc).__name__}: {message}"
+
+
+def reportable(exc: BaseException) -> Exception:
+    """The exception a job's caller receives: an ordinary Exception whose message renders, else a JobFailed
+    saying what was raised (the front doors and asyncio's futures handle only Exceptions, and error bodies
+    render the message)."""
+    if isinstance(exc, Exception):
+        try:
+            str(exc)
+            return exc
+        except BaseException:  # noqa: BLE001
+            pass
+    failed = JobFailed(f"the job raised {describe(exc)}")
+    failed.__cause__ = exc  # its traceback stays in the server's log
+    return failed
 
 
 def _finished(job: Job) -> None:
@@ -92,7 +139,10 @@ class Job:
     enqueued_at: float = 0.0
     finished_at: float | None = None
     error: str | None = None  # "ExceptionType: message" of a failed job
+    deadline: float | None = None  # time.time() by which a running job must be done (None: no deadline)
+    timed_out: bool = False  # the watchdog interrupted it at its deadline
     _skip_pending: bool = False
+    _finalized: bool = False  # its end is recorded (by its worker, or by the watchdog that abandoned it)
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -131,17 +181,38 @@ class Job:
         for listener in list(self.listeners):
             try:
                 listener(self)
-            except Exception:  # a broken listener must not kill the job
-                log.exception("progress listener failed")
+            except BaseException as exc:  # noqa: BLE001 - a broken listener must not kill the job or the worker
+                log.error("progress listener of %s failed: %s", self.id, describe(exc))
+
+
+def _minimal_summary(job: Job) -> Job:
+    """A summary built field by field, for when `job.summary()` itself fails."""
+    done: Future = Future()
+    done.set_result(None)
+    return Job(kind=job.kind, run=_finished, id=job.id, state=job.state, future=done, sequence=job.sequence,
+               interrupted=job.interrupted, skipped=job.skipped, enqueued_at=job.enqueued_at,
+               finished_at=job.finished_at, error=job.error, timed_out=job.timed_out, _finalized=True)
 
 
 class JobQueue:
-    """FIFO of jobs with a bounded number waiting; a single worker runs them one at a time."""
+    """FIFO of jobs with a bounded number waiting; a single worker runs them one at a time, a watchdog keeps
+    the worker alive and every running job within its deadline.
+
+    `timeout()` gives the deadline in seconds of a job as it starts (0: none). A job still running
+    `abandon_after` seconds after its deadline (a native call that cannot be interrupted) is failed and left to
+    its thread, and a new worker takes the queue.
+    """
 
     RECENT = 16  # finished jobs remembered for /internal/progress `completed` and the SSE stream
 
-    def __init__(self, max_pending: int = 64, name: str = "worker"):
+    def __init__(self, max_pending: int = 64, name: str = "worker", timeout: Callable[[], float] | None = None,
+                 abandon_after: float = 10.0, watch_every: float = 0.25):
         self.max_pending = max_pending
+        self.name = name
+        self.timeout = timeout or (lambda: 0.0)
+        self.abandon_after = abandon_after
+        self.watch_every = watch_every
+        self.restarts = 0  # worker threads started after the first (died or abandoned)
         self._pending: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
         self._current: Job | None = None
@@ -152,8 +223,14 @@ class JobQueue:
         self._cond = threading.Condition()
         self._sequence = itertools.count()
         self._closed = False
-        self._worker = threading.Thread(target=self._work, name=f"sdedge-{name}", daemon=True)
-        self._worker.start()
+        self._stop = threading.Event()
+        self._generation = 0  # which worker thread owns the queue; an abandoned one sees it change and leaves
+        self._worker: threading.Thread
+        with self._cond:
+            self._start_worker()
+        self.restarts = 0
+        self._watchdog = threading.Thread(target=self._watch, name=f"sdedge-{name}-watchdog", daemon=True)
+        self._watchdog.start()
 
     def submit(self, job: Job) -> Job:
         with self._cond:
@@ -202,8 +279,9 @@ class JobQueue:
             if job in self._pending:
                 self._pending.remove(job)
                 job.state = JobState.CANCELLED
+                job._finalized = True
                 self._jobs.pop(job.id, None)
-                job.future.set_exception(JobCancelled(job.id))
+                _resolve(job, None, JobCancelled(job.id))
                 cancelled = True
             else:
                 cancelled = False
@@ -256,49 +334,187 @@ class JobQueue:
             job.skip()
         return job
 
+    def healthy(self) -> bool:
+        """False while the worker thread is dead (until the watchdog restarts it) or its job is overdue."""
+        if self._closed:
+            return False
+        job = self._current
+        overdue = job is not None and job.deadline is not None and time.time() >= job.deadline
+        return self._worker.is_alive() and not overdue
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            self._stop.set()
             self._cond.notify_all()
 
-    def _work(self) -> None:
+    # -- the worker -----------------------------------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        """A new worker thread owns the queue from now on (call with the lock held)."""
+        self._generation += 1
+        self.restarts += 1
+        self._worker = threading.Thread(target=self._work, args=(self._generation,),
+                                        name=f"sdedge-{self.name}-{self._generation}", daemon=True)
+        self._worker.start()
+
+    def _work(self, generation: int) -> None:
+        while True:
+            job = self._next(generation)
+            if job is None:
+                return
+            try:
+                self._execute(job, generation)
+            except BaseException as exc:  # noqa: BLE001 - last resort: the job fails, the worker goes on
+                log.error("worker failed around job %s: %s", job.id, describe(exc), exc_info=exc)
+                self._finish(job, generation, None, JobFailed(f"the worker failed: {describe(exc)}"))
+
+    def _next(self, generation: int) -> Job | None:
+        """The next job to run, marked running; None when the queue closed or this worker was replaced."""
         while True:
             with self._cond:
-                while not self._pending and not self._closed:
+                while not self._pending and not self._closed and generation == self._generation:
                     self._cond.wait()
-                if self._closed:
-                    return
+                if self._closed or generation != self._generation:
+                    return None
                 job = self._pending.popleft()
-                job.state = JobState.RUNNING
-                job.progress.time_start = time.time()
-                job.progress.job_timestamp = time.strftime("%Y%m%d%H%M%S")
-                job.progress.job_count = -1
-                self._current = job
-                self.started.append((job.sequence, job.id))
+                try:
+                    runnable = job.future.set_running_or_notify_cancel()
+                except RuntimeError:  # its future was resolved by someone else already
+                    runnable = False
+                if not runnable:  # cancelled through its future while waiting (e.g. asyncio.wrap_future)
+                    job.state = JobState.CANCELLED
+                    job._finalized = True
+                    if self._jobs.get(job.id) is job:
+                        del self._jobs[job.id]
+                else:
+                    now = time.time()
+                    job.state = JobState.RUNNING
+                    job.progress.time_start = now
+                    job.progress.job_timestamp = time.strftime("%Y%m%d%H%M%S")
+                    job.progress.job_count = -1
+                    seconds = self._timeout_seconds()
+                    job.deadline = now + seconds if seconds > 0 else None
+                    self._current = job
+                    self.started.append((job.sequence, job.id))
             job.notify()
-            error: BaseException | None = None
-            result = None
-            try:
-                result = job.run(job)
-            except BaseException as exc:  # the worker keeps serving whatever a job raises
-                error = exc
-            # The job leaves /progress before its caller sees the result: a client that polls right after its
-            # response finds the server idle (A1111 ends its state before answering).
-            with self._cond:
-                job.state = JobState.FAILED if error is not None else JobState.DONE
-                job.error = f"{type(error).__name__}: {error}" if error is not None else None
-                job.finished_at = time.time()
-                summary = job.summary()
+            if runnable:
+                return job
+
+    def _timeout_seconds(self) -> float:
+        try:
+            seconds = float(self.timeout())
+        except Exception as exc:  # a broken setting must not stop the queue
+            log.error("job timeout unavailable: %s", describe(exc))
+            return 0.0
+        return seconds if seconds > 0 and seconds != float("inf") else 0.0
+
+    def _execute(self, job: Job, generation: int) -> None:
+        error: BaseException | None = None
+        result = None
+        try:
+            result = job.run(job)
+        except BaseException as exc:  # noqa: BLE001 - the worker keeps serving whatever a job raises
+            error = exc
+        self._finish(job, generation, result, error)
+
+    def _finish(self, job: Job, generation: int, result: Any, error: BaseException | None) -> None:
+        """Record the job's end and hand its result to the caller. The job leaves /progress before its caller
+        sees the result: a client that polls right after its response finds the server idle (A1111 ends its
+        state before answering)."""
+        with self._cond:
+            if job._finalized:  # the watchdog abandoned it meanwhile and answered its caller already
+                return
+            if job.timed_out:
+                result, error = None, JobTimeout(job.id, self._deadline_seconds(job))
+            if error is not None and not isinstance(error, Exception):
+                log.error("job %s raised %s", job.id, describe(error), exc_info=error)
+            self._record_end(job, error)
+            if generation == self._generation and self._current is job:
                 self._current = None
-                self._last = summary
-                if self._jobs.get(job.id) is job:
-                    del self._jobs[job.id]
-                self._recent[job.id] = summary
-                self._recent.move_to_end(job.id)
-                while len(self._recent) > self.RECENT:
-                    self._recent.popitem(last=False)
-            if error is not None:
-                job.future.set_exception(error)
-            else:
-                job.future.set_result(result)
+        _resolve(job, result, error)
+        job.notify()
+
+    def _record_end(self, job: Job, error: BaseException | None) -> None:
+        """Mark the job finished and remember its summary (call with the lock held)."""
+        job._finalized = True
+        job.state = JobState.FAILED if error is not None else JobState.DONE
+        job.error = describe(error) if error is not None else None
+        job.finished_at = time.time()
+        try:
+            summary = job.summary()
+        except BaseException as exc:  # noqa: BLE001
+            log.error("summary of job %s failed: %s", job.id, describe(exc))
+            summary = _minimal_summary(job)
+        self._last = summary
+        if self._jobs.get(job.id) is job:
+            del self._jobs[job.id]
+        self._recent[job.id] = summary
+        self._recent.move_to_end(job.id)
+        while len(self._recent) > self.RECENT:
+            self._recent.popitem(last=False)
+
+    @staticmethod
+    def _deadline_seconds(job: Job) -> float:
+        start = job.progress.time_start or 0.0
+        return (job.deadline - start) if job.deadline is not None else 0.0
+
+    # -- the watchdog ---------------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.watch_every):
+            try:
+                self.supervise()
+            except BaseException as exc:  # noqa: BLE001 - the watchdog itself must not die either
+                log.error("job watchdog failed: %s", describe(exc), exc_info=exc)
+
+    def supervise(self) -> None:
+        """One watchdog round: restart a dead worker; interrupt a job at its deadline; abandon one that is still
+        running `abandon_after` seconds later."""
+        now = time.time()
+        with self._cond:
+            if self._closed:
+                return
+            job = self._current
+            dead = not self._worker.is_alive()
+        if dead:
+            log.error("worker thread %s died; starting a new one", self._worker.name)
+            self._replace_worker(job, JobFailed("the worker thread died while running this job") if job else None)
+            return
+        if job is None or job.deadline is None or now < job.deadline:
+            return
+        seconds = self._deadline_seconds(job)
+        if not job.timed_out:
+            log.warning("job %s passed its deadline of %g s; interrupting it", job.id, seconds)
+            job.timed_out = True
+            job.interrupt()
+        elif now >= job.deadline + self.abandon_after:
+            log.error("job %s did not stop %g s after its deadline; abandoning it and replacing the worker",
+                      job.id, self.abandon_after)
+            self._replace_worker(job, JobTimeout(job.id, seconds, abandoned=True))
+
+    def _replace_worker(self, job: Job | None, error: BaseException | None) -> None:
+        """Fail `job` (if its end is not recorded yet) and give the queue to a new worker thread."""
+        with self._cond:
+            if self._closed:
+                return
+            if self._current is job:
+                self._current = None
+            record = job is not None and not job._finalized
+            if record:
+                self._record_end(job, error)
+            self._start_worker()
+        if record:
+            _resolve(job, None, error)
             job.notify()
+
+
+def _resolve(job: Job, result: Any, error: BaseException | None) -> None:
+    """Hand the result to the job's caller; a future resolved already (cancelled, abandoned) is left as it is."""
+    try:
+        if error is not None:
+            job.future.set_exception(reportable(error))
+        else:
+            job.future.set_result(result)
+    except (InvalidStateError, RuntimeError) as exc:
+        log.warning("job %s: result not delivered (%s)", job.id, describe(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -10,6 +11,11 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from service.a1111_options import A1111_DEFAULTS, CLIENT_KEYS, INFO_ONLY
+from service.sdapi_models import OPTION_RANGES
+
+log = logging.getLogger(__name__)
 
 # Options sdedge honours, with A1111's defaults. Keys and types follow A1111 so clients can read and write them.
 DEFAULTS: dict[str, Any] = {
@@ -93,7 +99,15 @@ DEFAULTS: dict[str, Any] = {
     "infotext_skip_pasting": [],
     "save_incomplete_images": False,
     "upscaling_max_images_in_cache": 5,
+    "img2img_color_correction": False,
+    # sdedge's own: a running job's deadline in seconds; 0 = the --job-timeout flag's value (docs/api.md).
+    "sdedge_job_timeout": 0.0,
 }
+IMPLEMENTED = frozenset(DEFAULTS)
+
+# Every key a client may read and write: all of A1111's (service/a1111_options.py), sdedge's values winning.
+# Keys outside IMPLEMENTED are stored and served back but change nothing; `unimplemented` names those in effect.
+ALL_DEFAULTS: dict[str, Any] = {**A1111_DEFAULTS, **CLIENT_KEYS, **DEFAULTS}
 
 # Values an option may take, where A1111 offers a fixed list (a value outside it would fail later, as a 500).
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -113,6 +127,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "show_progress_every_n_steps": (-1, 1000),
     "n_rows": (-1, 16),
     "inpainting_mask_weight": (0.0, 1.0),
+    **OPTION_RANGES,  # the engine-feeding ones, bounded where the request fields are (service/sdapi_models.py)
 }
 
 
@@ -167,14 +182,28 @@ def api_view(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str
         out[key] = float(value) if typed_float and isinstance(value, int) and not isinstance(value, bool) else value
     return out
 
-# A1111 marks these `restrict_api`: readable, but writes through the API are silently ignored.
-RESTRICTED = {"api_enable_requests", "api_forbid_local_requests", "api_useragent"}
+# A1111 marks these `restrict_api`: readable, but writes through the API are silently ignored. The info-only
+# HTML entries are never stored either.
+RESTRICTED = {"api_enable_requests", "api_forbid_local_requests", "api_useragent"} | INFO_ONLY
+
+
+def unimplemented(values: Mapping[str, Any]) -> list[str]:
+    """Keys among `values` that sdedge does not implement and that are set away from A1111's default (so the
+    result differs from what A1111 would give); at the default they change nothing and are not reported."""
+    return [key for key, value in values.items()
+            if key not in IMPLEMENTED and key in ALL_DEFAULTS and value != ALL_DEFAULTS[key]]
+
+
+def unimplemented_warnings(values: Mapping[str, Any]) -> list[str]:
+    """One sentence per option in effect that sdedge stores but does not implement (for `info` and the log)."""
+    return [f"option {key}={values[key]!r} is not implemented by sdedge and has no effect"
+            for key in unimplemented(values)]
 
 
 class Options:
     """Current option values; thread-safe; written to `path` (if given) on every change, atomically."""
 
-    def __init__(self, path: Path | None = None, defaults: Mapping[str, Any] = DEFAULTS):
+    def __init__(self, path: Path | None = None, defaults: Mapping[str, Any] = ALL_DEFAULTS):
         self.path = Path(path) if path else None
         self.defaults = dict(defaults)
         self._values: dict[str, Any] = dict(defaults)
@@ -198,11 +227,13 @@ class Options:
     def update(self, changes: Mapping[str, Any], *, from_api: bool = True, persist: bool = True) -> None:
         """Set several options; an unknown key raises KeyError and a bad value InvalidOption, both before
         anything changes (A1111: 500 KeyError / stores anything)."""
-        unknown = [k for k in changes if k not in self.defaults]
+        unknown = [k for k in changes if k not in self.defaults and k not in INFO_ONLY]
         if unknown:
             raise KeyError(unknown[0])
         typed = {k: coerce_option(k, v, self.defaults[k]) for k, v in changes.items()
-                 if not (from_api and k in RESTRICTED)}
+                 if not (from_api and k in RESTRICTED) and k not in INFO_ONLY}
+        for warning in unimplemented_warnings(typed):
+            log.warning("%s (stored)", warning)
         with self._lock:
             self._values.update(typed)
             if persist:
@@ -231,4 +262,6 @@ class Options:
                     continue
                 raise KeyError(key)
             values[key] = coerce_option(key, value, self.defaults[key])
+        for warning in unimplemented_warnings({k: values[k] for k in (overrides or {}) if k in values}):
+            log.warning("override_settings: %s", warning)
         return values

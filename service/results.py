@@ -15,6 +15,7 @@ from engine.plan import GenerationPlan
 from service.encode import encode_image, to_base64
 from service.infotext import VERSION, create_infotext, denoising_parameters, generation_parameters
 from service.models import ModelEntry
+from service.options import unimplemented_warnings
 
 
 def build_response(plan: GenerationPlan, result: GenerationResult, entry: ModelEntry,
@@ -77,6 +78,9 @@ def build_response(plan: GenerationPlan, result: GenerationResult, entry: ModelE
         "is_using_inpainting_conditioning": bool(getattr(result, "is_using_inpainting_conditioning", False)),
         "version": VERSION,
     }
+    warnings = unimplemented_warnings(options)
+    if warnings:  # sdedge's own key: A1111 clients read `info` by key and ignore the ones they do not know
+        info["sdedge_warnings"] = warnings
     response = {"images": images, "parameters": parameters, "info": json.dumps(info, default=lambda _: None)}
     if as_bytes:  # gRPC types each image; REST's sdapi shape has no place for this
         response["image_sources"] = sources

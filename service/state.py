@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from engine.upscalers import UpscalerRegistry
+from service.errors import InvalidRequest
 from service.jobs import Job, JobQueue
 from service.models import ModelEntry, ModelRegistry
 from service.options import Options
@@ -34,6 +35,13 @@ class ServerConfig:
     port: int = 7860
     listen: bool = False
     upscalers_dir: Path | None = None
+    max_body_size: int = 64 * 1024 * 1024  # bytes of one HTTP request body (--max-body-size)
+    max_side: int = 4096  # px per side of any image size a request asks for (--max-side)
+    # Bytes one job may use on top of the loaded server (--memory-budget); None: from the machine's RAM when the
+    # first job is admitted (service/admission.py). Larger jobs are refused with a 413.
+    memory_budget: int | None = None
+    job_timeout: float = 3600.0  # seconds a running job may take (0: no deadline); option sdedge_job_timeout wins
+    api_server_stop: bool = False  # A1111's --api-server-stop: /sdapi/v1/server-kill|restart|stop exist
     extra: dict = field(default_factory=dict)
 
 
@@ -42,8 +50,14 @@ class ServerState:
         self.config = config
         self.options = Options(config.options_file)
         self.models = ModelRegistry(config.models_dir, [config.model] if config.model else [], config.providers)
-        self.queue = JobQueue(max_pending=config.max_queue)
+        self.queue = JobQueue(max_pending=config.max_queue, timeout=self.job_timeout)
         self.upscalers = UpscalerRegistry(config.upscalers_dir, config.providers)
+
+    def job_timeout(self) -> float:
+        """A running job's deadline in seconds: option `sdedge_job_timeout` if set (> 0), else `--job-timeout`;
+        0 means none."""
+        seconds = self.options.get("sdedge_job_timeout") or 0
+        return float(seconds) if seconds > 0 else float(self.config.job_timeout or 0)
 
     def default_entry(self) -> ModelEntry:
         """The checkpoint named by the option `sd_model_checkpoint`, else the first known one."""
@@ -70,11 +84,13 @@ class ServerState:
 
     def job_options(self, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         """The options one job sees: current values plus its `override_settings`. A checkpoint override that
-        names no known checkpoint is dropped, so the configured one runs (A1111 §9.3)."""
+        names no known checkpoint is a 422 naming it (A1111 drops it and runs the configured model, §9.3: a
+        deliberate deviation, docs/compatibility.md)."""
         overrides = dict(overrides or {})
         wanted = overrides.get("sd_model_checkpoint")
         if wanted is not None and self.models.find(str(wanted)) is None:
-            del overrides["sd_model_checkpoint"]
+            raise InvalidRequest("override_settings", f"sd_model_checkpoint: no checkpoint named {wanted!r} "
+                                 "(GET /sdapi/v1/sd-models lists them)")
         return self.options.with_overrides(overrides)
 
     def pipeline_for(self, entry: ModelEntry):

@@ -13,16 +13,21 @@ from starlette.exceptions import HTTPException
 from engine import image_ops
 from engine.img2img import brownian_span, denoising_schedule, hires_size
 from engine.plan import MASKED_CONTENT, GenerationPlan, HiresPlan, Img2ImgPlan, MaskPlan
-from engine.prompt_parser import batch_extra_networks, strip_comments
+from engine.prompt_parser import (
+    PromptTooComplex,
+    batch_extra_networks,
+    check_prompt,
+    check_schedule,
+    strip_comments,
+)
 from engine.samplers import SAMPLERS
 from service.errors import InvalidRequest
 from service.image_io import ImageInputError, decode_image, limits_from_options
 from service.models import ModelEntry, ModelRegistry
 from service.sampler_names import resolve_sampler, sampler_settings
-from service.sdapi_models import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
+from service.sdapi_models import LIMITS, GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 
 MAX_SEED = 4294967294  # A1111: random.randrange(4294967294)
-MAX_SIDE = 8192
 MAX_IMAGES = 64
 
 
@@ -36,8 +41,8 @@ def resolve_seed(seed: int | None) -> int:
 
 def _positive_multiple_of_8(field: str, value: int | None, default: int) -> int:
     value = default if value is None else value
-    if value <= 0 or value % 8 or value > MAX_SIDE:
-        raise InvalidRequest(field, f"must be a positive multiple of 8 up to {MAX_SIDE}, got {value}")
+    if value <= 0 or value % 8 or value > LIMITS.max_side:
+        raise InvalidRequest(field, f"must be a positive multiple of 8 up to {LIMITS.max_side}, got {value}")
     return value
 
 
@@ -74,6 +79,11 @@ def prompt_texts(prompt: str | None, negative: str | None, style_names: list[str
         prompt, negative = styles.apply(prompt, negative, style_names)
     if options.get("enable_prompt_comments", True):
         prompt, negative = strip_comments(prompt), strip_comments(negative)
+    for field, text in (("prompt", prompt), ("negative_prompt", negative)):  # styles applied: check again
+        try:
+            check_prompt(text, field)
+        except PromptTooComplex as exc:
+            raise InvalidRequest(field, str(exc)) from None
     return prompt, negative
 
 
@@ -147,7 +157,7 @@ def _plan(req: GenerationRequest, options: Mapping[str, Any], sigmas_for, steps_
     prompt, negative = prompt_texts(req.prompt, req.negative_prompt, req.styles, options, styles)
     settings = sampler_settings(options, req.s_min_uncond)
     schedule = steps_schedule or (lambda sampler, scheduler, steps: sigmas_for(sampler, scheduler, steps, settings))
-    return GenerationPlan(
+    plan = GenerationPlan(
         prompts=(prompt,) * count,
         negative_prompts=(negative,) * count,
         seeds=seeds,
@@ -179,6 +189,17 @@ def _plan(req: GenerationRequest, options: Mapping[str, Any], sigmas_for, steps_
         use_old_scheduling=bool(options.get("use_old_scheduling", False)),
         extra_networks=batch_extra_networks([prompt]),
     )
+    _check_schedules(plan.prompts[0], plan.negative_prompts[0], plan.total_steps, None, plan.use_old_scheduling)
+    return plan
+
+
+def _check_schedules(prompt: str, negative: str, steps: int, hires_steps: int | None, old: bool) -> None:
+    """Each schedule's texts are all encoded: bounded here, so a job never starts that cannot fit."""
+    for field, text in (("prompt", prompt), ("negative_prompt", negative)):
+        try:
+            check_schedule(text, steps, hires_steps, old, field)
+        except PromptTooComplex as exc:
+            raise InvalidRequest(field, str(exc)) from None
 
 
 def _option_or_request(options: Mapping[str, Any], key: str, requested: float | None, neutral: float) -> float:
@@ -201,14 +222,16 @@ def _hires(req: Txt2ImgRequest, plan: GenerationPlan, options: Mapping[str, Any]
     """Hires fix (a1111-sampling.md §9). A1111 crashes without denoising_strength: we take the UI's 0.7."""
     strength = _strength(req.denoising_strength, 0.7)
     scale = _finite("hr_scale", req.hr_scale, 2.0)
-    resize_x = _at_least("hr_resize_x", req.hr_resize_x, 0, 0, MAX_SIDE)
-    resize_y = _at_least("hr_resize_y", req.hr_resize_y, 0, 0, MAX_SIDE)
-    if not resize_x and not resize_y and not 0 < scale <= MAX_SIDE / max(plan.width, plan.height):
-        raise InvalidRequest("hr_scale", f"must be positive and keep the image within {MAX_SIDE} px, got {scale}")
+    resize_x = _at_least("hr_resize_x", req.hr_resize_x, 0, 0, LIMITS.max_side)
+    resize_y = _at_least("hr_resize_y", req.hr_resize_y, 0, 0, LIMITS.max_side)
+    if not resize_x and not resize_y and not 0 < scale <= LIMITS.max_side / max(plan.width, plan.height):
+        raise InvalidRequest("hr_scale", f"must be positive and keep the image within {LIMITS.max_side} px, "
+                                         f"got {scale}")
     size = hires_size(plan.width, plan.height, scale, resize_x, resize_y)
     final_w, final_h = size.final_size()
-    if min(final_w, final_h) < 8 or max(size.width, size.height) > MAX_SIDE:
-        raise InvalidRequest("hr_scale", f"gives a {final_w}x{final_h} image; sides must be 8 to {MAX_SIDE} px")
+    if min(final_w, final_h) < 8 or max(size.width, size.height) > LIMITS.max_side:
+        raise InvalidRequest("hr_scale", f"gives a {final_w}x{final_h} image; sides must be 8 to "
+                                         f"{LIMITS.max_side} px")
     upscaler = req.hr_upscaler or "Latent"
     model = None
     if upscaler not in image_ops.LATENT_UPSCALE_MODES and upscaler not in image_ops.UPSCALERS:
@@ -231,13 +254,16 @@ def _hires(req: Txt2ImgRequest, plan: GenerationPlan, options: Mapping[str, Any]
     sigmas = denoising_schedule(full, steps, strength, fix_steps=True)
     count = len(plan.prompts)
     hr_prompt, hr_negative = prompt_texts(req.hr_prompt, req.hr_negative_prompt, req.styles, options, styles)
-    return HiresPlan(
+    hires = HiresPlan(
         width=size.width, height=size.height, truncate_x=size.truncate_x, truncate_y=size.truncate_y,
         upscaler=upscaler, image_upscaler=model, sampler=sampler, scheduler=scheduler, steps=steps, sigmas=sigmas,
         denoising_strength=strength, brownian_span=brownian_span(full, steps, strength, fix_steps=True),
         prompts=(hr_prompt,) * count if req.hr_prompt else plan.prompts,
         negative_prompts=(hr_negative,) * count if req.hr_negative_prompt else plan.negative_prompts,
     )
+    _check_schedules(hires.prompts[0], hires.negative_prompts[0], plan.total_steps,
+                     SAMPLERS[sampler].total_steps(steps), plan.use_old_scheduling)
+    return hires
 
 
 def _image(field: str, value: Any, options: Mapping[str, Any]):
@@ -271,7 +297,7 @@ def plan_img2img(req: Img2ImgRequest, options: Mapping[str, Any], sigmas_for,
     blur_y = _at_least("mask_blur_y", blur_y, 4, 0, MAX_MASK_BLUR)
     invert = bool(_at_least("inpainting_mask_invert", req.inpainting_mask_invert, 0, 0, 1))
     masked_content = MASKED_CONTENT[_at_least("inpainting_fill", req.inpainting_fill, 0, 0, 3)]
-    padding = _at_least("inpaint_full_res_padding", req.inpaint_full_res_padding, 0, 0, MAX_SIDE)
+    padding = _at_least("inpaint_full_res_padding", req.inpaint_full_res_padding, 0, 0, LIMITS.max_side)
     mask = None
     if req.mask is not None:
         mask_image = _image("mask", req.mask, options)
@@ -312,6 +338,7 @@ def plan_img2img(req: Img2ImgRequest, options: Mapping[str, Any], sigmas_for,
                          if edit_model and req.image_cfg_scale is not None else None),
         background_color=str(options.get("img2img_background_color", "#ffffff")),
         overlay=bool(options.get("overlay_inpaint", True)),
+        color_correction=bool(options.get("img2img_color_correction", False)),
         brownian_span=brownian_span(lambda n: sigmas_for(plan.sampler, plan.scheduler, n, settings),
                                     plan.steps, strength, fix_steps),
         fix_steps=fix_steps,

@@ -100,9 +100,9 @@ def test_requests_carry_every_sdapi_field_and_unset_means_default(message, model
     assert set(message.DESCRIPTOR.fields_by_name) == set(model.model_fields)
     assert to_sdapi(message(), model).model_dump() == model().model_dump()
     # Presence: zero and empty values a client sets are kept, not mistaken for "unset".
-    explicit = to_sdapi(message(steps=0, prompt="", seed=0, cfg_scale=0.0, send_images=False), model)
-    assert (explicit.steps, explicit.prompt, explicit.seed, explicit.cfg_scale, explicit.send_images) == \
-        (0, "", 0, 0.0, False)
+    explicit = to_sdapi(message(seed_resize_from_w=0, prompt="", seed=0, cfg_scale=0.0, send_images=False), model)
+    assert (explicit.seed_resize_from_w, explicit.prompt, explicit.seed, explicit.cfg_scale,
+            explicit.send_images) == (0, "", 0, 0.0, False)
 
 
 def test_structs_and_image_bytes_convert_to_the_sdapi_json_forms():

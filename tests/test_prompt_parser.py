@@ -179,15 +179,87 @@ def test_plain_text_round_trips_through_attention(text):
     assert parse_prompt_attention(text) == [(text, 1.0)]
 
 
-@settings(max_examples=60, deadline=None)
-@given(SYNTAX_SOUP)
-def test_folding_groups_does_not_change_schedules(text):
-    # The speed-up folds `(…)` groups before parsing; the direct parse must give the same schedule.
-    folded = prompt_schedule(text, 10)
-    original = pp._fold_groups
-    pp._fold_groups = lambda prompt: (prompt, {})
+REFERENCE = None
+
+
+def lark_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
+    """A1111's own method (a1111-sampling.md §7.1-7.2): lark's Earley parser on the grammar, texts per step."""
+    import lark
+
+    global REFERENCE
+    REFERENCE = REFERENCE or lark.Lark(pp._GRAMMAR, parser="earley", maybe_placeholders=True)
     try:
-        direct = prompt_schedule(text, 10)
-    finally:
-        pp._fold_groups = original
-    assert folded == direct
+        tree = REFERENCE.parse(prompt)
+    except lark.exceptions.LarkError:
+        return [(steps, prompt)]
+    scheduled = list(tree.find_data("scheduled"))
+    whens = {id(n): pp._when(str(n.children[3]), steps, 0, 0.0, False) for n in scheduled}
+    bounds = {steps} | {w for w in whens.values() if w >= 1}
+    if next(tree.find_data("alternate"), None) is not None:
+        bounds |= set(range(1, steps + 1))
+
+    def text_at(node, step):
+        if node is None:
+            return ""
+        if isinstance(node, lark.Token):
+            return str(node)
+        if node.data == "scheduled":
+            return text_at(node.children[0] if step <= whens[id(node)] else node.children[1], step)
+        if node.data == "alternate":
+            return text_at(node.children[(step - 1) % len(node.children)], step)
+        return "".join(text_at(c, step) for c in node.children)
+
+    return [(b, text_at(tree, b)) for b in sorted(bounds)]
+
+
+GRAMMAR_SOUP = st.lists(
+    st.sampled_from(list("ab []():|\\.05\n-e") + ["(x:1.2)", ":0.5]", "[a:b:", "[a|", "1e2", " :"]), max_size=16,
+).map(lambda parts: "[" + "".join(parts))
+
+
+@settings(max_examples=300, deadline=None)
+@given(GRAMMAR_SOUP)
+def test_linear_parser_gives_lark_schedules(text):
+    # The hand-written parser against A1111's lark/Earley parse, stray brackets, failures and quirks included.
+    assert [tuple(x) for x in prompt_schedule(text, 10)] == lark_schedule(text, 10)
+
+
+def test_big_prompts_parse_in_linear_time():
+    # Earley needs seconds for 80 `[a]` groups and minutes for 500; every shape here is 20k characters.
+    import time
+
+    n = pp.MAX_PROMPT_CHARS
+    shapes = ["[a] ", "[a|b|c] ", "[a:b:0.5] ", "(a:1.1) [b] ", "[a:b] ", "[a:0.5]]] ", "a:", " ", "<a:", "BREAK "]
+    for shape in shapes:
+        text = (shape * n)[:n]
+        started = time.perf_counter()
+        prompt_schedule(text, 20)
+        parse_prompt_attention(text)
+        split_and(text)
+        extract_extra_networks(text)
+        assert time.perf_counter() - started < 2.0, shape
+    nested = "[" * pp.MAX_PROMPT_DEPTH + "a:b:0.5" + "]" * pp.MAX_PROMPT_DEPTH
+    assert prompt_schedule(nested, 10)[0].text == "[" * 99 + "a" + "]" * 99
+
+
+def test_prompt_limits():
+    depth = pp.MAX_PROMPT_DEPTH
+    pp.check_prompt("(" * depth + "a" + ")" * depth)
+    pp.check_prompt("(a)" * 1000 + "\\(" * 500)  # siblings and escapes are not depth
+    for text, limit in [("[" * 2000 + "a:b:0.5" + "]" * 2000, "nests brackets 2000 deep; the limit is 100"),
+                        ("(" * (depth + 1), "101 deep"), ("(a]" * 200, "200 deep"),
+                        ("a" * (pp.MAX_PROMPT_CHARS + 1), f"the limit is {pp.MAX_PROMPT_CHARS}")]:
+        with pytest.raises(pp.PromptTooComplex, match=limit.replace("(", "\\(")):
+            pp.check_prompt(text)
+    with pytest.raises(pp.PromptTooComplex):
+        prompt_schedule("[" * 2000 + "a:b:0.5" + "]" * 2000, 10)
+    with pytest.raises(pp.PromptTooComplex):
+        parse_prompt_attention("(" * 2000 + "a")
+
+
+def test_break_split_matches_a1111_regex():
+    import re
+
+    a1111 = re.compile(r"\s*\bBREAK\b\s*", re.S)
+    for text in ["a BREAK b", "BREAK", " BREAK BREAK ", "xBREAK BREAKx", "a\nBREAK\tb", "BREAK_ BREAK", "  "]:
+        assert pp._split_break(text) == a1111.split(text)

@@ -136,10 +136,11 @@ def test_override_settings(api, server):
     assert "Clip skip: 2" in info["infotexts"][0]
     options = api.get_options()
     assert options["sd_model_checkpoint"] == first and options["CLIP_stop_at_last_layers"] == 1.0
-    # An unknown checkpoint in override_settings is dropped: the configured model runs (A1111).
+    # An unknown checkpoint in override_settings is a 422 naming it (A1111 silently runs the configured model;
+    # a deliberate deviation, docs/compatibility.md).
     body["override_settings"] = {"sd_model_checkpoint": "nope"}
-    info = json.loads(requests.post(f"{server}/sdapi/v1/txt2img", json=body, timeout=60).json()["info"])
-    assert info["sd_model_name"] == "sdedge-tiny"
+    refused = requests.post(f"{server}/sdapi/v1/txt2img", json=body, timeout=60)
+    assert refused.status_code == 422 and "'nope'" in refused.json()["detail"]
     try:
         body.update(override_settings={"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": second},
                     override_settings_restore_afterwards=False)

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Body, HTTPException, Request
 
 from service.generate import enqueue
-from service.options import InvalidOption, coerce_option
+from service.options import INFO_ONLY, InvalidOption, coerce_option
 from service.state import ServerState
 
 router = APIRouter()
@@ -31,7 +31,7 @@ def apply_options(state: ServerState, body: dict[str, Any]) -> None:
     """Every value is checked before anything changes; a new `sd_model_checkpoint` is loaded by a job on the
     queue, so the call returns once earlier jobs and the load are done (A1111 blocks the same way).
     The gRPC SetOptions takes this path too."""
-    changes = {k: v for k, v in body.items() if k not in DERIVED}
+    changes = {k: v for k, v in body.items() if k not in DERIVED and k not in INFO_ONLY}
     checkpoint = changes.pop("sd_model_checkpoint", None)
     entry = None
     if checkpoint is not None:
@@ -74,7 +74,7 @@ def cmd_flags(request: Request) -> dict[str, Any]:
         "subpath": None,
         "tls_keyfile": None,
         "tls_certfile": None,
-        "api_server_stop": False,
+        "api_server_stop": config.api_server_stop,
         "timeout_keep_alive": 30,
         "ckpt_dir": str(config.models_dir) if config.models_dir else None,
         "gradio_auth": None,

@@ -89,7 +89,11 @@ def skip(request: Request) -> None:
 
 
 @router.get("/internal/ping")
-def ping() -> dict:
+def ping(request: Request) -> dict:
+    """`{}` as A1111 answers; 503 while the worker is dead (until restarted) or stuck past a job's deadline."""
+    if not _state(request).queue.healthy():
+        raise HTTPException(status_code=503,
+                            detail="the job worker is dead or stuck past a job's deadline (it is being replaced)")
     return {}
 
 

@@ -29,7 +29,7 @@ $(STAMP_RUNTIME): pyproject.toml $(VENV)/bin/python
 
 # The default model: the shapes model trained in the repo (export/weights/shapes-sd), exported through the
 # normal exporter the first time (needs the export extra); serving it needs only the runtime.
-$(DEMO_BUNDLE)/manifest.json: $(STAMP_DEV) export/weights/shapes-sd/unet.safetensors export/attention_chunking.py
+$(DEMO_BUNDLE)/manifest.json: $(STAMP_DEV) export/weights/shapes-sd/unet.safetensors $(wildcard export/*.py)
 	$(PY) -m export shapes --out $(DEMO_BUNDLE)
 
 demo: $(DEMO_BUNDLE)/manifest.json

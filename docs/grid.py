@@ -37,12 +37,11 @@ def render_grid(model: Path, seed: int, steps: int, cfg_scale: float, max_sample
     draw = ImageDraw.Draw(grid)
     for col, sampler in enumerate(samplers):
         draw.text((LABEL_W + col * CELL + 4, 6), sampler, fill="black")
-        sigmas = tuple(float(s) for s in pipeline.sigmas(sampler, "automatic", steps))
         n = len(PROMPTS)
         plan = GenerationPlan(
             prompts=PROMPTS, negative_prompts=("",) * n, seeds=(seed,) * n, subseeds=(seed,) * n,
             width=64, height=64, steps=steps, cfg_scale=cfg_scale, sampler=sampler, scheduler="automatic",
-            sigmas=sigmas, batch_size=n,
+            batch_size=n,
         )
         for row, image in enumerate(pipeline.txt2img(plan).images):
             cell = image.resize((CELL, CELL), Image.Resampling.NEAREST)

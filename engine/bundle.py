@@ -57,7 +57,8 @@ class Manifest:
     source_sha256: str | None = None
     source_kind: str = "diffusers"
     exporter: str | None = None
-    # component -> {"inputs": {name: [dims]}, "outputs": {...}}; dims are ints or axis names
+    # component -> {"inputs": {name: [dims]}, "outputs": {...}}; dims are ints or axis names; "external_data":
+    # {file name: bytes} for weights beside model.onnx (checked on load, export/onnx_layout.py)
     io: dict[str, dict] = field(default_factory=dict)
     format: str = BUNDLE_FORMAT
     format_version: int = BUNDLE_FORMAT_VERSION
@@ -135,7 +136,29 @@ def load_bundle(path: str | Path) -> Bundle:
         manifest = manifest_from_optimum_folder(path)
     else:
         raise FileNotFoundError(f"{path} is not an sdedge bundle (no {MANIFEST_NAME}, no optimum ONNX folder)")
+    check_component_files(path, manifest)
     return Bundle(path=path, manifest=checked_token_ids(path, manifest))
+
+
+class BundleFilesError(ValueError):
+    """A component's weight file is missing or not the size the exporter wrote (an interrupted copy)."""
+
+
+def check_component_files(path: Path, manifest: Manifest) -> None:
+    """Refuse a bundle whose external weight files (`io.<component>.external_data`: name → bytes, written by
+    the exporter) are missing or of another size, naming the file, before ONNX Runtime fails mid-load on it.
+    Bundles without that record (older exports, optimum folders) are left to ONNX Runtime's own check."""
+    for component, entry in manifest.io.items():
+        for name, size in (entry.get("external_data") or {}).items():
+            file = Path(path) / component / name
+            if not file.is_file():
+                raise BundleFilesError(f"{file} is missing: it holds the {component} weights ({size} bytes). "
+                                       "Copy the whole bundle folder again, or re-export the model.")
+            got = file.stat().st_size
+            if got != size:
+                state = "truncated" if got < size else "not the file this bundle was exported with"
+                raise BundleFilesError(f"{file} is {got} bytes, the manifest says {size}: {state}. "
+                                       "Copy the whole bundle folder again, or re-export the model.")
 
 
 def checked_token_ids(path: Path, manifest: Manifest) -> Manifest:

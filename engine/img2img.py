@@ -12,10 +12,13 @@ from PIL import Image, ImageOps
 
 from engine import image_ops
 from engine.image_ops import Box
-from engine.plan import Img2ImgPlan
+from engine.plan import Img2ImgPlan, ScheduleSpec
 from engine.rng import make_generator
+from engine.samplers import SamplerSettings
 
 Encode = Callable[[np.ndarray], np.ndarray]  # images [B, 3, H, W] in [0, 1] → latents [B, 4, H/8, W/8]
+# A model's σ schedule: (sampler, scheduler, steps, settings) → steps + 1 values for most schedulers.
+SigmasFor = Callable[[str, str, int, SamplerSettings], Sequence[float]]
 
 
 def img2img_steps(steps: int, strength: float, fix_steps: bool) -> tuple[int, int]:
@@ -52,6 +55,28 @@ def brownian_span(
         return None
     sigmas = np.asarray(sigmas_for(total), dtype=np.float32)
     return float(sigmas[sigmas > 0].min()), float(sigmas.max())
+
+
+@dataclass(frozen=True)
+class ResolvedSchedule:
+    """A `ScheduleSpec` on one model: the σ the sampler walks, and the σ range of the Brownian trees when it is
+    not that of `sigmas` (img2img and the hires pass: the whole schedule the tail was cut from)."""
+
+    sigmas: np.ndarray
+    brownian_span: tuple[float, float] | None = None
+
+
+def resolve_schedule(spec: ScheduleSpec, sigmas_for: SigmasFor) -> ResolvedSchedule:
+    """The σ schedule `spec` asks for, from a model's `sigmas_for` (engine.pipeline.Pipeline.sigmas)."""
+
+    def full(steps: int) -> Sequence[float]:
+        return sigmas_for(spec.sampler, spec.scheduler, steps, spec.settings)
+
+    if spec.denoising_strength is None:
+        return ResolvedSchedule(np.asarray([float(s) for s in full(spec.steps)], dtype=np.float32))
+    strength, fix_steps = spec.denoising_strength, spec.fix_steps
+    sigmas = denoising_schedule(full, spec.steps, strength, fix_steps)
+    return ResolvedSchedule(np.asarray(sigmas, dtype=np.float32), brownian_span(full, spec.steps, strength, fix_steps))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from engine.conditioning import PromptEncoder, scheduled_conditioning
 from engine.denoiser import CFGDenoiser, Interrupted, LatentMask, UNet
 from engine.images import decode_latents, encode_images, to_pil, vae_posterior
 from engine.img2img import (
+    ResolvedSchedule,
     crop_latents,
     denoised_image,
     encoder_noise,
@@ -27,8 +28,9 @@ from engine.img2img import (
     is_edit_model,
     latent_nmask,
     prepare_init,
+    resolve_schedule,
 )
-from engine.plan import GenerationPlan
+from engine.plan import GenerationPlan, ScheduleSpec
 from engine.rng import ImageRNG
 from engine.samplers import SAMPLERS, TIMESTEPS, SamplerSettings, SamplerSpec
 from engine.schedules import (
@@ -136,6 +138,10 @@ class Pipeline:
             self.schedule_for(sampler, settings), steps, scheduler, spec.default_scheduler,
             discard_next_to_last_sigma=discard, options=options,
         )
+
+    def resolve_schedule(self, spec: ScheduleSpec) -> ResolvedSchedule:
+        """A plan's schedule on this model, computed when the pass runs (a plan does not depend on the model)."""
+        return resolve_schedule(spec, self.sigmas)
 
     def _start(
         self, plan: GenerationPlan, run: SamplingPass, noise: np.ndarray, init: np.ndarray | None = None
@@ -258,7 +264,7 @@ class Pipeline:
             raise ValueError(f"the hires pass runs on {plan.hires.checkpoint}: pass its pipeline as hires_pipeline")
         second = hires_pipeline or self
         result = GenerationResult(images=[], is_using_inpainting_conditioning=self.manifest.is_inpainting)
-        sigmas = np.asarray(plan.sigmas, dtype=np.float32)
+        sigmas = self.resolve_schedule(plan.schedule).sigmas
         shape = self.latent_shape(plan.width, plan.height)
         passes = 2 if plan.hires else 1
         for n in range(plan.n_iter):
@@ -320,10 +326,11 @@ class Pipeline:
             image_cond = crop_latents(image_cond, hr.truncate_x, hr.truncate_y)
         rng = self._image_rng(plan, x0.shape[1:], images)
         noise = rng.next()
-        sigmas = np.asarray(hr.sigmas, dtype=np.float32)
-        run = SamplingPass(hr.sampler, sigmas, hr.prompts[images], hr.negative_prompts[images], job_no,
+        schedule = self.resolve_schedule(plan.hires_schedule)  # this (the hires) model's schedule
+        run = SamplingPass(hr.sampler, schedule.sigmas, hr.prompts[images], hr.negative_prompts[images], job_no,
                            plan.n_iter * 2, image_cond=image_cond, img2img=True,
-                           hires_steps=SAMPLERS[hr.sampler].total_steps(hr.steps), brownian_span=hr.brownian_span)
+                           hires_steps=SAMPLERS[hr.sampler].total_steps(hr.steps),
+                           brownian_span=schedule.brownian_span)
         return self._sample(plan, run, self._start(plan, run, noise, x0), rng, on_step, should_stop)
 
     def img2img(
@@ -373,15 +380,15 @@ class Pipeline:
         # Colour-correction targets: the processed init images (after resize, crop and fill), as uint8 again.
         targets = [correction_target(np.rint(np.moveaxis(image, 0, -1) * 255).astype(np.uint8))
                    for image in init.images] if spec.color_correction else []
-        sigmas = np.asarray(plan.sigmas, dtype=np.float32)
+        schedule = self.resolve_schedule(plan.schedule)
         for n in range(plan.n_iter):
             images = plan.batch(n)
             rng = self._image_rng(plan, shape, images)
             noise = rng.first() if initial_noise is None else initial_noise[images]
             noise = noise * spec.initial_noise_multiplier
-            run = SamplingPass(plan.sampler, sigmas, plan.prompts[images], plan.negative_prompts[images], n,
-                               plan.n_iter, image_cond=image_cond, latent_mask=latent_mask, img2img=True,
-                               brownian_span=spec.brownian_span)
+            run = SamplingPass(plan.sampler, schedule.sigmas, plan.prompts[images], plan.negative_prompts[images],
+                               n, plan.n_iter, image_cond=image_cond, latent_mask=latent_mask, img2img=True,
+                               brownian_span=schedule.brownian_span)
             x = self._start(plan, run, noise, init_latent)
             latents, interrupted = self._sample(plan, run, x, rng, on_step, should_stop)
             if latent_mask is not None:

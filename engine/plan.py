@@ -14,6 +14,23 @@ MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # inpai
 
 
 @dataclass(frozen=True)
+class ScheduleSpec:
+    """What decides the σ schedule of one sampling pass, independent of the model: the pipeline resolves it with
+    its own ᾱ when it runs (as diffusers' `set_timesteps` does), so a plan made before its model is loaded holds.
+
+    `denoising_strength` None walks the whole schedule (txt2img); a strength walks its tail as A1111's
+    `setup_img2img_steps` counts it, with `fix_steps` (option img2img_fix_steps, always for the hires pass).
+    """
+
+    sampler: str
+    scheduler: str
+    steps: int
+    settings: SamplerSettings = SamplerSettings()
+    denoising_strength: float | None = None
+    fix_steps: bool = False
+
+
+@dataclass(frozen=True)
 class MaskPlan:
     """An inpainting mask as sent (white = repaint) and how to prepare it (a1111-sampling.md §8.1, §8.4)."""
 
@@ -29,7 +46,7 @@ class MaskPlan:
 
 @dataclass(frozen=True)
 class Img2ImgPlan:
-    """The img2img part of a plan; the plan's `sigmas` is already the schedule truncated for the strength (§8.3).
+    """The img2img part of a plan; its schedule walks the tail for the strength (§8.3, `GenerationPlan.schedule`).
 
     One init image is used for the whole batch, else one per image of a batch.
     """
@@ -42,8 +59,7 @@ class Img2ImgPlan:
     image_cfg_scale: float | None = None
     background_color: str = "#ffffff"
     overlay: bool = True
-    brownian_span: tuple[float, float] | None = None  # the full schedule's σ range (img2img.brownian_span)
-    fix_steps: bool = False  # option img2img_fix_steps, with which `sigmas` was cut (img2img.img2img_steps)
+    fix_steps: bool = False  # option img2img_fix_steps (img2img.img2img_steps)
     # Option img2img_color_correction: each result's colours matched to its processed init image (§8.8).
     color_correction: bool = False
 
@@ -58,17 +74,42 @@ class HiresPlan:
     sampler: str
     scheduler: str
     steps: int
-    sigmas: tuple[float, ...]
     denoising_strength: float
     prompts: tuple[str, ...]
     negative_prompts: tuple[str, ...]
     truncate_x: int = 0
     truncate_y: int = 0
     image_upscaler: object | None = None  # a model upscaler (`.upscale(image, scale)`) when `upscaler` names one
-    brownian_span: tuple[float, float] | None = None  # the full schedule's σ range (img2img.brownian_span)
     # hr_checkpoint_name: the short title of another checkpoint that runs this pass (its pipeline is handed to
-    # `Pipeline.txt2img` as `hires_pipeline`, and `sigmas` are that model's); None runs it on the first model.
+    # `Pipeline.txt2img` as `hires_pipeline`, and resolves the pass's schedule); None runs it on the first model.
     checkpoint: str | None = None
+    # The request's values as the infotext reports them (A1111 `StableDiffusionProcessingTxt2Img.init`,
+    # `calculate_target_resolution`): hr_resize_x/y (0 unset), hr_scale, hr_second_pass_steps (0: the first pass's
+    # count) and hr_upscaler (None when not sent; `upscaler` is then "Latent").
+    resize_x: int = 0
+    resize_y: int = 0
+    scale: float = 2.0
+    requested_steps: int = 0
+    upscaler_label: str | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the response reports (infotext, `info`) but the engine never reads, resolved with the plan.
+
+    `denoising_strength` is `info.denoising_strength`: the pass's strength, else txt2img's as sent (or None).
+    The flags are options A1111's `create_infotext` reads: add_model_hash_to_info, add_model_name_to_info,
+    add_version_to_infotext; `restore_faces` is option face_restoration, `warnings` name the options in effect
+    that sdedge does not implement.
+    """
+
+    styles: tuple[str, ...] = ()
+    denoising_strength: float | None = None
+    restore_faces: bool = False
+    model_hash: bool = True
+    model_name: bool = True
+    version: bool = True
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,7 +117,7 @@ class GenerationPlan:
     """Everything the pipeline needs for one txt2img job; every value already resolved.
 
     `prompts`, `negative_prompts`, `seeds` and `subseeds` have one entry per image (batch_size × n_iter).
-    `sigmas` is the full schedule of the sampler (steps + 1 values, ending in 0 for most schedulers).
+    The σ schedules are not here: `schedule` and `hires_schedule` specify them, the pipeline resolves them.
     """
 
     prompts: tuple[str, ...]
@@ -89,7 +130,6 @@ class GenerationPlan:
     cfg_scale: float
     sampler: str
     scheduler: str
-    sigmas: tuple[float, ...]
     batch_size: int = 1
     n_iter: int = 1
     subseed_strength: float = 0.0
@@ -117,10 +157,26 @@ class GenerationPlan:
     comma_padding_backtrack: int = 20
     use_old_scheduling: bool = False
     extra_networks: tuple[ExtraNetworkTag, ...] = ()
+    report: Report = Report()
 
     @property
     def text_encoder_options(self) -> TextEncoderOptions:
         return TextEncoderOptions(self.clip_skip, self.emphasis, self.comma_padding_backtrack)
+
+    @property
+    def schedule(self) -> ScheduleSpec:
+        """The first pass's schedule: txt2img's whole, img2img's tail for the strength."""
+        i = self.img2img
+        return ScheduleSpec(self.sampler, self.scheduler, self.steps, self.sampler_settings,
+                            i.denoising_strength if i else None, i.fix_steps if i else False)
+
+    @property
+    def hires_schedule(self) -> ScheduleSpec | None:
+        """The hires pass's schedule: given its step count explicitly, so A1111's fixed-steps formula applies."""
+        hr = self.hires
+        if hr is None:
+            return None
+        return ScheduleSpec(hr.sampler, hr.scheduler, hr.steps, self.sampler_settings, hr.denoising_strength, True)
 
     @property
     def total_steps(self) -> int:

@@ -209,11 +209,14 @@ def chunk_attention_file(path, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> dict
     """Rewrite an exported .onnx file in place; the returned dict goes into the manifest's `io` entry.
 
     Weights stored as external data (models over 2 GiB, e.g. SD 1.5's UNet) stay where they are: only the graph
-    is read and written, its initializers keep pointing at the same files."""
+    is read and written (atomically), its initializers keep pointing at the same file(s), so whatever layout the
+    weights have (torch's file per tensor, the bundle's one model.onnx_data, export/onnx_layout.py) is kept."""
+    from export.onnx_layout import replace_graph
+
     model = onnx.load(str(path), load_external_data=False)
     report = chunk_attention(model, budget_bytes)
     if report.attentions:
-        onnx.save(model, str(path))
+        replace_graph(model, path)
         onnx.checker.check_model(str(path))  # by path: external data is looked up beside the model
     return report.to_dict()
 

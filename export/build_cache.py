@@ -11,7 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # Bumped when bundles must be rebuilt for a reason the hashed files below do not show.
 # 2: attention chunked over queries (export/attention_chunking.py), recorded in the manifest's io entries.
-BUILD_VERSION = 2
+# 3: each component's weights in one model.onnx_data beside model.onnx (export/onnx_layout.py).
+BUILD_VERSION = 3
 
 
 def export_code_key() -> str:

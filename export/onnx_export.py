@@ -67,28 +67,42 @@ def _wrappers():
     return TextEncoderWrapper, UNetWrapper, VaeEncoderWrapper, VaeDecoderWrapper
 
 
-def _export(module, args: tuple, path: Path, inputs: dict[str, dict], outputs: dict[str, dict]) -> dict:
+def _export(module, args: tuple, path: Path, inputs: dict[str, dict], outputs: dict[str, dict],
+            external_threshold: int | None = None) -> dict:
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=list(inputs),
-            output_names=list(outputs),
-            dynamic_axes={**inputs, **outputs},
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    # Attention over query chunks above a score-memory budget (export/attention_chunking.py); recorded per component.
     from export.attention_chunking import chunk_attention_file
+    from export.onnx_layout import EXTERNAL_DATA_THRESHOLD, relayout
 
+    if external_threshold is None:
+        external_threshold = EXTERNAL_DATA_THRESHOLD
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # torch writes a model over 2 GiB as one file per tensor: it traces into a scratch folder, from which the
+    # component is re-saved in the bundle's layout (model.onnx + one model.onnx_data, export/onnx_layout.py).
+    traced = Path(tempfile.mkdtemp(prefix=".trace-", dir=path.parent)) / path.name
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                args,
+                str(traced),
+                input_names=list(inputs),
+                output_names=list(outputs),
+                dynamic_axes={**inputs, **outputs},
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        # Attention over query chunks above a score-memory budget (export/attention_chunking.py); recorded per
+        # component. It rewrites the graph only, so it runs on torch's file whatever its layout.
+        attention = chunk_attention_file(traced)
+        files = relayout(traced, path, external_threshold)
+    finally:
+        shutil.rmtree(traced.parent, ignore_errors=True)
     return {"inputs": {k: v for k, v in inputs.items()}, "outputs": {k: v for k, v in outputs.items()},
-            "attention": chunk_attention_file(path)}
+            "attention": attention, **files.to_dict()}
 
 
 def _axes(**named: int) -> dict:
@@ -105,8 +119,11 @@ def source_hash(source: Path) -> str:
 
 
 def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None = None,
-                    source_kind: str = "diffusers") -> Path:
-    """Export a loaded diffusers `StableDiffusionPipeline` to an sdedge bundle at `out` (atomically)."""
+                    source_kind: str = "diffusers", external_data_threshold: int | None = None) -> Path:
+    """Export a loaded diffusers `StableDiffusionPipeline` to an sdedge bundle at `out` (atomically).
+
+    `external_data_threshold`: weight bytes from which a component's weights go to `model.onnx_data`
+    (default export/onnx_layout.py's EXTERNAL_DATA_THRESHOLD: always)."""
     import torch
 
     out = Path(out)
@@ -136,6 +153,7 @@ def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None
             {"input_ids": _axes(batch=0, sequence=1)},
             {"last_hidden_state": _axes(batch=0, sequence=1), "pooler_output": _axes(batch=0),
              "normed_hidden_states": _axes(batch=0, sequence=2)},
+            external_data_threshold,
         )
         sample = torch.randn(TRACE_BATCH, unet.config.in_channels, h, w)
         timestep = torch.tensor([999.0, 1.5])
@@ -145,18 +163,21 @@ def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None
             {"sample": _axes(batch=0, height=2, width=3), "timestep": _axes(batch=0),
              "encoder_hidden_states": _axes(batch=0, sequence=1)},
             {"out_sample": _axes(batch=0, height=2, width=3)},
+            external_data_threshold,
         )
         pixels = torch.randn(1, 3, h * vae_factor, w * vae_factor)
         io["vae_encoder"] = _export(
             VaeEncoderWrapper(vae), (pixels,), tmp / "vae_encoder" / "model.onnx",
             {"sample": _axes(batch=0, height=2, width=3)},
             {"latent_parameters": _axes(batch=0, latent_height=2, latent_width=3)},
+            external_data_threshold,
         )
         latents = torch.randn(1, latent_ch, h, w)
         io["vae_decoder"] = _export(
             VaeDecoderWrapper(vae), (latents,), tmp / "vae_decoder" / "model.onnx",
             {"latent_sample": _axes(batch=0, latent_height=2, latent_width=3)},
             {"sample": _axes(batch=0, height=2, width=3)},
+            external_data_threshold,
         )
         # optimum's folder layout, so the bundle also opens with optimum / diffusers tooling.
         pipe.scheduler.save_pretrained(tmp / "scheduler")

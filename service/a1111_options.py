@@ -327,6 +327,7 @@ _EXTENSIONS: dict[str, Any] = {
     "lora_bundled_ti_to_infotext": True,
     "lora_show_all": False,
     "lora_hide_unknown_for_versions": [],
+    "TEMP_setting_sd3_lora_filter": ["SD1", "Unknown"],
     "lora_in_memory_limit": 0,
     "lora_not_found_warning_console": False,
     "lora_not_found_gradio_warning": False,
@@ -366,7 +367,7 @@ A1111_DEFAULTS: dict[str, Any] = {**_SAVING, **_POSTPROCESSING, **_SYSTEM, **_SD
 
 # Info-only entries: readable HTML in A1111, never stored; a posted value is ignored.
 INFO_ONLY = frozenset({"sd_vae_explanation", "profiling_explanation", "infotext_explanation",
-                       "hypertile_explanation"})
+                       "hypertile_explanation", "settings_in_ui"})
 
 # Not A1111 keys, but sent by A1111 clients with every request (cyanic-sd-krita sends SD.Next's refiner option to
 # A1111 too); accepted like an unimplemented A1111 key rather than refused.

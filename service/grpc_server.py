@@ -28,7 +28,7 @@ from service import grpc_convert as convert
 from service.auth import check, parse_credentials
 from service.encode import encode_image
 from service.errors import InvalidRequest
-from service.generate import Finish, Listener, ModelUnavailable, QueueBusy, submit_img2img, submit_txt2img
+from service.generate import Finish, Listener, ModelUnavailable, QueueBusy, submit
 from service.generated import sdedge_pb2 as pb
 from service.generated import sdedge_pb2_grpc as pb_grpc
 from service.image_io import ImageInputError, decode_image, limits_from_options
@@ -118,9 +118,8 @@ class SdEdgeServicer(pb_grpc.SdEdgeServicer):
     # -- generation -------------------------------------------------------------------------------------------
 
     def _submit(self, kind: str, message: Any, listener: Listener | None = None) -> tuple[Job, Finish]:
-        if kind == "img2img":
-            return submit_img2img(self.state, convert.to_sdapi(message, Img2ImgRequest), listener)
-        return submit_txt2img(self.state, convert.to_sdapi(message, Txt2ImgRequest), listener)
+        model = Img2ImgRequest if kind == "img2img" else Txt2ImgRequest
+        return submit(self.state, convert.to_sdapi(message, model), listener)
 
     def _cancel_with_rpc(self, job: Job, context: grpc.ServicerContext) -> None:
         """When the RPC ends early (deadline, client cancel) the job goes: removed if queued, else interrupted."""

@@ -10,7 +10,8 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-VERSION = "v1.10.1"  # the A1111 version whose infotext we reproduce; clients parse it (see docs/compatibility.md)
+from service.infotext_fields import Source, written
+from service.job_options import JobOptions
 
 
 def quote(value: Any) -> str:
@@ -114,14 +115,14 @@ def _uses_emphasis(prompt: str, negative_prompt: str) -> bool:
     return len(segments) != len([s for s in segments if s[1] == 1.0 or s[0] == "BREAK"])
 
 
-def parse_infotext(text: str, options: Mapping[str, Any] | None = None,
+def parse_infotext(text: str, options: JobOptions | Mapping[str, Any] | None = None,
                    extract_styles: StyleExtractor | None = None) -> dict[str, Any]:
     """`parse_generation_parameters` (§7.3): infotext → dict, key for key and in A1111's key order.
 
     Parsed values are strings; the defaults A1111 adds keep their types. `extract_styles(prompt, negative)`
     returns (style names, prompt, negative) with those styles taken out, as `PromptStyles` does.
     """
-    options = options or {}
+    options = JobOptions.of(options)
     res: dict[str, Any] = {}
     prompt, negative_prompt = "", ""
     done_with_prompt = False
@@ -149,7 +150,7 @@ def parse_infotext(text: str, options: Mapping[str, Any] | None = None,
         else:
             res[key] = value
 
-    infotext_styles = options.get("infotext_styles", "Apply if any")
+    infotext_styles = options.infotext_styles
     if extract_styles is not None and infotext_styles != "Ignore":
         found, prompt_no_styles, negative_no_styles = extract_styles(prompt, negative_prompt)
         same_hr_styles = True
@@ -186,7 +187,7 @@ def parse_infotext(text: str, options: Mapping[str, Any] | None = None,
                        ("Masked content", "original"), ("Inpaint area", "Whole picture"),
                        ("Masked area padding", 32)):
         res.setdefault(key, value)
-    _old_hires_fix_params(res, bool(options.get("use_old_hires_fix_width_height", False)))
+    _old_hires_fix_params(res, options.use_old_hires_fix_width_height)
     for key, value in (("RNG", "GPU"), ("Schedule type", "Automatic"), ("Schedule max sigma", 0),
                        ("Schedule min sigma", 0), ("Schedule rho", 0), ("VAE Encoder", "Full"),
                        ("VAE Decoder", "Full"), ("FP8 weight", "Disable")):
@@ -196,146 +197,16 @@ def parse_infotext(text: str, options: Mapping[str, Any] | None = None,
     if "Emphasis" not in res and _uses_emphasis(prompt, negative_prompt):
         res["Emphasis"] = "Original"
     res.setdefault("Refiner switch by sampling steps", False)
-    if options.get("auto_backcompat", True):
+    if options.auto_backcompat:
         _backcompat(res)
-    for key in options.get("infotext_skip_pasting", None) or ():
+    for key in options.infotext_skip_pasting:
         res.pop(key, None)
     return res
 
 
-def schedule_label(sampler_default: str | None, scheduler: str) -> str:
-    """`Schedule type`: the label actually used, or "Automatic" when the model's native schedule ran."""
-    from engine.schedules import SCHEDULERS
-
-    name = scheduler if scheduler != "automatic" else sampler_default
-    return SCHEDULERS[name].label if name else "Automatic"
-
-
 def generation_parameters(plan, index: int, model_name: str | None, model_hash: str | None,
-                          options: Mapping[str, Any], request: Mapping[str, Any] | None = None,
                           result=None) -> dict[str, Any]:
-    """The ordered `Key: value` entries of image `index` of a plan (§7.1 slot order). `request` (the sdapi
-    request as a dict) and the pipeline's `result` supply what hires fix and img2img add."""
-    from engine.samplers import SAMPLERS
-
-    sampler = SAMPLERS[plan.sampler]
-    params: dict[str, Any] = {
-        "Steps": plan.steps,
-        "Sampler": plan.sampler,
-        "Schedule type": schedule_label(sampler.default_scheduler, plan.scheduler),
-        "CFG scale": float(plan.cfg_scale),
-        "Image CFG scale": plan.img2img.image_cfg_scale if plan.img2img else None,
-        "Seed": plan.seeds[index],
-        "Size": f"{plan.width}x{plan.height}",
-        "Model hash": model_hash if options.get("add_model_hash_to_info", True) else None,
-        "Model": model_name if options.get("add_model_name_to_info", True) else None,
-    }
-    if plan.subseed_strength:
-        params["Variation seed"] = plan.subseeds[index]
-        params["Variation seed strength"] = float(plan.subseed_strength)
-    if plan.seed_resize_from_w > 0 and plan.seed_resize_from_h > 0:
-        params["Seed resize from"] = f"{plan.seed_resize_from_w}x{plan.seed_resize_from_h}"
-    denoising = plan.img2img or plan.hires
-    params["Denoising strength"] = float(denoising.denoising_strength) if denoising else None
-    if result is not None and result.is_using_inpainting_conditioning:
-        params["Conditional mask weight"] = float(plan.inpainting_mask_weight)
-    if plan.clip_skip > 1:
-        params["Clip skip"] = plan.clip_skip
-    # A1111 `is_sampler_using_eta_noise_seed_delta`: an unset eta is the sampler's, i.e. option eta_ancestral.
-    eta = plan.eta if plan.eta is not None else float(options.get("eta_ancestral", 1.0))
-    if plan.eta_noise_seed_delta and sampler.options.get("uses_ensd") and eta != 0:
-        params["ENSD"] = plan.eta_noise_seed_delta
-    if plan.randn_source != "GPU":
-        params["RNG"] = plan.randn_source
-    params.update(denoising_parameters(plan, index, request or {}, result))
-    params.update(sampling_parameters(plan, index))
-    if options.get("add_version_to_infotext", True):
-        params["Version"] = VERSION
-    return params
-
-
-def denoising_parameters(plan, index: int, request: Mapping[str, Any], result=None) -> dict[str, Any]:
-    """Hires fix's and img2img's extra entries in A1111's insertion order (§7.1); None values are omitted."""
-    from engine.samplers import SAMPLERS
-
-    params: dict[str, Any] = {}
-    hr = plan.hires
-    if hr is not None:
-        params["Hires checkpoint"] = hr.checkpoint  # short title `name [hash]`; None (omitted) for the same model
-        if hr.sampler != plan.sampler:
-            params["Hires sampler"] = hr.sampler
-        params["Hires prompt"] = hr.prompts[index] if hr.prompts[index] != plan.prompts[index] else None
-        params["Hires negative prompt"] = (hr.negative_prompts[index]
-                                           if hr.negative_prompts[index] != plan.negative_prompts[index] else None)
-        first = schedule_label(SAMPLERS[plan.sampler].default_scheduler, plan.scheduler)
-        second = schedule_label(SAMPLERS[hr.sampler].default_scheduler, hr.scheduler)
-        params["Hires schedule type"] = second if second != first else None
-        resize_x, resize_y = request.get("hr_resize_x") or 0, request.get("hr_resize_y") or 0
-        if resize_x or resize_y:
-            params["Hires resize"] = f"{resize_x}x{resize_y}"
-        else:
-            params["Hires upscale"] = float(request.get("hr_scale") or 2.0)
-        params["Hires steps"] = request.get("hr_second_pass_steps") or None
-        params["Hires upscaler"] = request.get("hr_upscaler")
-    i2i = plan.img2img
-    if i2i is not None:
-        mask = i2i.mask
-        if mask is not None:
-            params["Mask mode"] = "Inpaint not masked" if mask.invert else None
-            params["Mask blur"] = mask.blur_x if mask.blur_x == mask.blur_y and mask.blur_x > 0 else None
-            if result is not None and result.paste_to is not None:
-                params["Inpaint area"] = "Only masked"
-                params["Masked area padding"] = mask.only_masked_padding
-            if (result is None or result.masked) and mask.masked_content != "original":
-                params["Masked content"] = mask.masked_content
-        if i2i.initial_noise_multiplier != 1.0:
-            params["Noise multiplier"] = float(i2i.initial_noise_multiplier)
-    extra_noise = plan.sampler_settings.img2img_extra_noise
-    if (i2i is not None or hr is not None) and extra_noise > 0:
-        params["Extra noise"] = float(extra_noise)
-    return params
-
-
-def sampling_parameters(plan, index: int) -> dict[str, Any]:
-    """Sampler, schedule and prompt-language entries A1111 adds when they differ from their defaults (§7.1)."""
-    import inspect
-
-    from engine.samplers import SAMPLERS, TIMESTEPS
-
-    sampler = SAMPLERS[plan.sampler]
-    settings = plan.sampler_settings
-    params: dict[str, Any] = {}
-    if "eta" in inspect.signature(sampler.function).parameters:
-        if sampler.kind == TIMESTEPS:
-            eta = plan.eta if plan.eta is not None else settings.eta_ddim
-            params["Eta DDIM"] = float(eta) if eta != 0.0 else None
-        else:
-            eta = plan.eta if plan.eta is not None else settings.eta_ancestral
-            params["Eta"] = float(eta) if eta != 1.0 else None
-    for key, label, neutral in (("s_churn", "Sigma churn", 0.0), ("s_tmin", "Sigma tmin", 0.0),
-                                ("s_tmax", "Sigma tmax", float("inf")), ("s_noise", "Sigma noise", 1.0)):
-        value = getattr(plan, key)
-        if key in sampler.extra_params and value != neutral:
-            params[label] = float(value)
-    if settings.always_discard_next_to_last_sigma and not sampler.discard_next_to_last_sigma:
-        params["Discard penultimate sigma"] = True
-    schedule = settings.schedule
-    params["Schedule min sigma"] = schedule.sigma_min or None
-    params["Schedule max sigma"] = schedule.sigma_max or None
-    params["Schedule rho"] = schedule.rho or None
-    if plan.scheduler == "beta" and (schedule.beta_alpha, schedule.beta_beta) != (0.6, 0.6):
-        params["Beta schedule alpha"] = schedule.beta_alpha
-        params["Beta schedule beta"] = schedule.beta_beta
-    # The first pass of txt2img only, and only k-diffusion samplers scale the initial noise (§1.5).
-    if settings.sgm_noise_multiplier and plan.img2img is None and sampler.kind != TIMESTEPS:
-        params["SGM noise multiplier"] = True
-    # A1111 writes it when a step skipped the uncond; step 0 does whenever the option is positive.
-    params["Skip Early CFG"] = float(settings.skip_early_cond) if settings.skip_early_cond > 0 else None
-    if plan.use_old_scheduling:
-        params["Old prompt editing timelines"] = True
-    if settings.noise_schedule == "Zero Terminal SNR":
-        params["Noise Schedule"] = settings.noise_schedule
-    texts = (plan.prompts[index], plan.negative_prompts[index])
-    if plan.emphasis != "Original" and any("(" in t or "[" in t for t in texts):
-        params["Emphasis"] = plan.emphasis
-    return params
+    """The ordered `Key: value` entries of image `index` of a plan (A1111 `create_infotext`), read from the plan,
+    the pipeline's `result` (engine.pipeline.GenerationResult) and the model; the labels and how each is
+    written are service.infotext_fields.FIELDS."""
+    return written(Source(plan, index, model_name, model_hash, result))

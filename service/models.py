@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.bundle import Bundle, is_bundle, load_bundle
+from engine.img2img import is_edit_model
 from engine.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ class ModelEntry:
     # What decides whether two checkpoints can share one latent (hr_checkpoint_name): (architecture, latent
     # channels, VAE scale factor) from the manifest.
     latent_space: tuple[str, int, int] = ("sd1", 4, 8)
+    edit_model: bool = False  # an instruct-pix2pix UNet (8 input channels): img2img reads image_cfg_scale
 
     @property
     def short_hash(self) -> str | None:
@@ -43,7 +45,8 @@ class ModelEntry:
 def entry_for(bundle: Bundle) -> ModelEntry:
     m = bundle.manifest
     return ModelEntry(name=m.name or bundle.path.name, path=bundle.path.resolve(), sha256=m.source_sha256,
-                      latent_space=(m.architecture, m.latent_channels, m.vae_scale_factor))
+                      latent_space=(m.architecture, m.latent_channels, m.vae_scale_factor),
+                      edit_model=is_edit_model(m.unet_in_channels))
 
 
 class ModelRegistry:

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.samplers import SAMPLERS, SamplerSettings
-from engine.schedules import SCHEDULERS, ScheduleOptions, find_scheduler
+from engine.schedules import SCHEDULERS, find_scheduler
+from service.job_options import JobOptions
 
 DEFAULT_SAMPLER = next(iter(SAMPLERS))  # "DPM++ 2M": what an unknown name falls back to
 AUTOMATIC = SCHEDULERS["automatic"]
@@ -49,36 +50,7 @@ def resolve_sampler(name: str | None, scheduler: str | None) -> tuple[str, str]:
 
 def sampler_settings(options: Mapping[str, Any], s_min_uncond: float | None = None) -> SamplerSettings:
     """The sampler settings among A1111's options (a1111-api.md §9.4); `s_min_uncond` is the request's value."""
-    defaults = SamplerSettings()
-    schedule = ScheduleOptions()
-
-    def get(key: str, default, kind=float):
-        value = options.get(key)
-        return default if value is None else kind(value)
-
-    return SamplerSettings(
-        eta_ancestral=get("eta_ancestral", defaults.eta_ancestral),
-        eta_ddim=get("eta_ddim", defaults.eta_ddim),
-        s_min_uncond=float(s_min_uncond) if s_min_uncond is not None else get("s_min_uncond", 0.0),
-        s_min_uncond_all=get("s_min_uncond_all", False, bool),
-        always_discard_next_to_last_sigma=get("always_discard_next_to_last_sigma", False, bool),
-        uni_pc_variant=get("uni_pc_variant", defaults.uni_pc_variant, str),
-        uni_pc_skip_type=get("uni_pc_skip_type", defaults.uni_pc_skip_type, str),
-        uni_pc_order=get("uni_pc_order", defaults.uni_pc_order, int),
-        uni_pc_lower_order_final=get("uni_pc_lower_order_final", defaults.uni_pc_lower_order_final, bool),
-        schedule=ScheduleOptions(
-            sigma_min=get("sigma_min", schedule.sigma_min),
-            sigma_max=get("sigma_max", schedule.sigma_max),
-            rho=get("rho", schedule.rho),
-            beta_alpha=get("beta_dist_alpha", schedule.beta_alpha),
-            beta_beta=get("beta_dist_beta", schedule.beta_beta),
-            old_karras_sigmas=get("use_old_karras_scheduler_sigmas", False, bool),
-        ),
-        skip_early_cond=get("skip_early_cond", defaults.skip_early_cond),
-        img2img_extra_noise=get("img2img_extra_noise", defaults.img2img_extra_noise),
-        sgm_noise_multiplier=get("sgm_noise_multiplier", defaults.sgm_noise_multiplier, bool),
-        noise_schedule=get("sd_noise_schedule", defaults.noise_schedule, str),
-    )
+    return JobOptions.of(options).sampler_settings(s_min_uncond)
 
 
 def sampler_items() -> list[dict[str, Any]]:

@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from engine.upscalers import UpscalerRegistry
 from service.errors import InvalidRequest
+from service.job_options import JobOptions
 from service.jobs import Job, JobQueue
 from service.models import ModelEntry, ModelRegistry
 from service.options import Options
@@ -61,11 +60,11 @@ class ServerState:
 
     def default_entry(self) -> ModelEntry:
         """The checkpoint named by the option `sd_model_checkpoint`, else the first known one."""
-        return self.checkpoint_for(self.options.snapshot())
+        return self.checkpoint_for(JobOptions(sd_model_checkpoint=self.options.get("sd_model_checkpoint")))
 
-    def checkpoint_for(self, options: Mapping[str, Any]) -> ModelEntry:
+    def checkpoint_for(self, options: JobOptions) -> ModelEntry:
         """The checkpoint a job with these options runs on (its `sd_model_checkpoint`, else the first known)."""
-        wanted = options.get("sd_model_checkpoint")
+        wanted = options.sd_model_checkpoint
         entry = self.models.find(str(wanted)) if wanted else None
         if entry is None:
             entries = self.models.entries()
@@ -82,16 +81,16 @@ class ServerState:
                                 from_api=False, persist=False)
         return entry, pipeline
 
-    def job_options(self, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-        """The options one job sees: current values plus its `override_settings`. A checkpoint override that
-        names no known checkpoint is a 422 naming it (A1111 drops it and runs the configured model, §9.3: a
-        deliberate deviation, docs/compatibility.md)."""
+    def job_options(self, overrides: Mapping[str, Any] | None) -> JobOptions:
+        """The options one job sees, typed once: current values plus its `override_settings`. A checkpoint
+        override that names no known checkpoint is a 422 naming it (A1111 drops it and runs the configured model,
+        §9.3: a deliberate deviation, docs/compatibility.md)."""
         overrides = dict(overrides or {})
         wanted = overrides.get("sd_model_checkpoint")
         if wanted is not None and self.models.find(str(wanted)) is None:
             raise InvalidRequest("override_settings", f"sd_model_checkpoint: no checkpoint named {wanted!r} "
                                  "(GET /sdapi/v1/sd-models lists them)")
-        return self.options.with_overrides(overrides)
+        return JobOptions.from_mapping(self.options.with_overrides(overrides))
 
     def pipeline_for(self, entry: ModelEntry):
         """The loaded pipeline of `entry`, loading it first. Call it on the worker, so loads queue with jobs."""
@@ -125,8 +124,3 @@ class ServerState:
 
     def close(self) -> None:
         self.queue.close()
-
-
-def placeholder_sigmas(sampler: str, scheduler: str, steps: int, settings=None) -> np.ndarray:
-    """Stand-in schedule for checking a request before its model is loaded (the job plans again after)."""
-    return np.linspace(14.6146, 0.0, steps + 1, dtype=np.float32)

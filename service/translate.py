@@ -11,8 +11,8 @@ from typing import Any
 from starlette.exceptions import HTTPException
 
 from engine import image_ops
-from engine.img2img import brownian_span, denoising_schedule, hires_size
-from engine.plan import MASKED_CONTENT, GenerationPlan, HiresPlan, Img2ImgPlan, MaskPlan
+from engine.img2img import hires_size, img2img_steps
+from engine.plan import MASKED_CONTENT, GenerationPlan, HiresPlan, Img2ImgPlan, MaskPlan, Report
 from engine.prompt_parser import (
     PromptTooComplex,
     batch_extra_networks,
@@ -20,11 +20,12 @@ from engine.prompt_parser import (
     check_schedule,
     strip_comments,
 )
-from engine.samplers import SAMPLERS
+from engine.samplers import SAMPLERS, TIMESTEPS
 from service.errors import InvalidRequest
-from service.image_io import ImageInputError, decode_image, limits_from_options
+from service.image_io import ImageInputError, decode_image
+from service.job_options import JobOptions
 from service.models import ModelEntry, ModelRegistry
-from service.sampler_names import resolve_sampler, sampler_settings
+from service.sampler_names import resolve_sampler
 from service.sdapi_models import LIMITS, GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 
 MAX_SEED = 4294967294  # A1111: random.randrange(4294967294)
@@ -71,13 +72,13 @@ def seeds_for(req: GenerationRequest, count: int) -> tuple[tuple[int, ...], tupl
     return seeds, subseeds
 
 
-def prompt_texts(prompt: str | None, negative: str | None, style_names: list[str] | None, options: Mapping[str, Any],
-                 styles=None) -> tuple[str, str]:
+def prompt_texts(prompt: str | None, negative: str | None, style_names: list[str] | None,
+                 options: JobOptions | Mapping[str, Any], styles=None) -> tuple[str, str]:
     """The prompts as encoded and written to the infotext: styles applied (§6.3), then `#` comments stripped."""
     prompt, negative = prompt or "", negative or ""
     if styles is not None:
         prompt, negative = styles.apply(prompt, negative, style_names)
-    if options.get("enable_prompt_comments", True):
+    if JobOptions.of(options).enable_prompt_comments:
         prompt, negative = strip_comments(prompt), strip_comments(negative)
     for field, text in (("prompt", prompt), ("negative_prompt", negative)):  # styles applied: check again
         try:
@@ -87,25 +88,29 @@ def prompt_texts(prompt: str | None, negative: str | None, style_names: list[str
     return prompt, negative
 
 
-def plan_txt2img(req: Txt2ImgRequest, options: Mapping[str, Any], sigmas_for, upscalers=None,
-                 styles=None, hires_model: ModelEntry | None = None, hires_sigmas_for=None) -> GenerationPlan:
-    """Validate and resolve a txt2img request. `sigmas_for(sampler, scheduler, steps, settings)` comes from the
-    model; `upscalers` (an engine.upscalers.UpscalerRegistry) adds model upscalers to what `hr_upscaler` may name;
-    `styles` (a service.styles.StyleDatabase) resolves the request's `styles`. `hires_model` is the other
-    checkpoint of the hires pass (`hires_checkpoint`), whose `hires_sigmas_for` gives that pass its schedule."""
-    if req.enable_hr and (req.firstphase_width or req.firstphase_height):
-        # Legacy hires fields: width/height are the final size, firstphase_* the first pass (a1111-api.md §3.2).
-        final_w, final_h = req.width or 512, req.height or 512
-        updates = {"width": req.firstphase_width, "height": req.firstphase_height}
-        if not req.hr_resize_x and not req.hr_resize_y:
-            updates |= {"hr_resize_x": final_w, "hr_resize_y": final_h}
-        req = req.model_copy(update=updates)
-    plan = _plan(req, options, sigmas_for, styles=styles)
+def plan_txt2img(req: Txt2ImgRequest, options: JobOptions | Mapping[str, Any], upscalers=None, styles=None,
+                 hires_model: ModelEntry | None = None) -> GenerationPlan:
+    """Validate and resolve a txt2img request. `upscalers` (an engine.upscalers.UpscalerRegistry) adds model
+    upscalers to what `hr_upscaler` may name; `styles` (a service.styles.StyleDatabase) resolves the request's
+    `styles`. `hires_model` is the other checkpoint of the hires pass (`hires_checkpoint`)."""
+    options = JobOptions.of(options)
+    if req.firstphase_width or req.firstphase_height:
+        # Legacy first-pass size. A1111's `StableDiffusionProcessingTxt2Img.__post_init__` makes firstphase_* the
+        # first pass's width×height, with or without enable_hr, and aims the hires pass at width×height; but
+        # `calculate_target_resolution` (called by `init`) then recomputes that target from hr_scale or
+        # hr_resize_x/y, so the final size the legacy fields meant is dropped, and Size and Hires upscale in the
+        # infotext describe what ran.
+        req = req.model_copy(update={
+            "width": _positive_multiple_of_8("firstphase_width", req.firstphase_width, 0),
+            "height": _positive_multiple_of_8("firstphase_height", req.firstphase_height, 0),
+        })
+    plan = _plan(req, options, styles=styles)
     if req.enable_hr:
-        hires = _hires(req, plan, options, hires_sigmas_for or sigmas_for, upscalers, styles)
+        hires = _hires(req, plan, options, upscalers, styles)
         if hires_model is not None:
             hires = replace(hires, checkpoint=hires_model.title)
-        plan = replace(plan, hires=hires)
+        plan = replace(plan, hires=hires,
+                       report=replace(plan.report, denoising_strength=hires.denoising_strength))
     return plan
 
 
@@ -137,9 +142,8 @@ def hires_checkpoint(req: Txt2ImgRequest, models: ModelRegistry, current: ModelE
     return entry
 
 
-def _plan(req: GenerationRequest, options: Mapping[str, Any], sigmas_for, steps_schedule=None,
-          styles=None) -> GenerationPlan:
-    """The fields txt2img and img2img share; `steps_schedule(sampler, scheduler, steps)` overrides the sigmas."""
+def _plan(req: GenerationRequest, options: JobOptions, styles=None) -> GenerationPlan:
+    """The fields txt2img and img2img share."""
     width = _positive_multiple_of_8("width", req.width, 512)
     height = _positive_multiple_of_8("height", req.height, 512)
     steps = _at_least("steps", req.steps, 50, 1, 1000)
@@ -148,15 +152,14 @@ def _plan(req: GenerationRequest, options: Mapping[str, Any], sigmas_for, steps_
     if batch_size * n_iter > MAX_IMAGES:
         raise InvalidRequest("n_iter", f"batch_size × n_iter must be at most {MAX_IMAGES}")
     cfg_scale = _finite("cfg_scale", req.cfg_scale, 7.0)
-    clip_skip = int(options.get("CLIP_stop_at_last_layers", 1))
+    clip_skip = options.CLIP_stop_at_last_layers
     if not 1 <= clip_skip <= 12:
         raise InvalidRequest("CLIP_stop_at_last_layers", f"must be between 1 and 12, got {clip_skip}")
     sampler, scheduler = resolve_sampler(req.sampler_name or req.sampler_index, req.scheduler)
     count = batch_size * n_iter
     seeds, subseeds = seeds_for(req, count)
     prompt, negative = prompt_texts(req.prompt, req.negative_prompt, req.styles, options, styles)
-    settings = sampler_settings(options, req.s_min_uncond)
-    schedule = steps_schedule or (lambda sampler, scheduler, steps: sigmas_for(sampler, scheduler, steps, settings))
+    settings = options.sampler_settings(req.s_min_uncond)
     plan = GenerationPlan(
         prompts=(prompt,) * count,
         negative_prompts=(negative,) * count,
@@ -171,26 +174,40 @@ def _plan(req: GenerationRequest, options: Mapping[str, Any], sigmas_for, steps_
         cfg_scale=cfg_scale,
         sampler=sampler,
         scheduler=scheduler,
-        sigmas=tuple(float(s) for s in schedule(sampler, scheduler, steps)),
         batch_size=batch_size,
         n_iter=n_iter,
         clip_skip=clip_skip,
         eta=req.eta,
-        s_churn=_option_or_request(options, "s_churn", req.s_churn, 0.0),
-        s_tmin=_option_or_request(options, "s_tmin", req.s_tmin, 0.0),
-        s_tmax=_option_or_request(options, "s_tmax", req.s_tmax, 0.0) or float("inf"),
-        s_noise=_option_or_request(options, "s_noise", req.s_noise, 1.0),
-        randn_source=str(options.get("randn_source", "GPU")),
-        inpainting_mask_weight=float(options.get("inpainting_mask_weight", 1.0)),
-        eta_noise_seed_delta=int(options.get("eta_noise_seed_delta", 0) or 0),
+        s_churn=_option_or_request("s_churn", options.s_churn, req.s_churn, 0.0),
+        s_tmin=_option_or_request("s_tmin", options.s_tmin, req.s_tmin, 0.0),
+        s_tmax=_option_or_request("s_tmax", options.s_tmax, req.s_tmax, 0.0) or float("inf"),
+        s_noise=_option_or_request("s_noise", options.s_noise, req.s_noise, 1.0),
+        randn_source=options.randn_source,
+        inpainting_mask_weight=options.inpainting_mask_weight,
+        eta_noise_seed_delta=options.eta_noise_seed_delta,
         sampler_settings=settings,
-        emphasis=str(options.get("emphasis", "Original")),
-        comma_padding_backtrack=int(options.get("comma_padding_backtrack", 20)),
-        use_old_scheduling=bool(options.get("use_old_scheduling", False)),
+        emphasis=options.emphasis,
+        comma_padding_backtrack=options.comma_padding_backtrack,
+        use_old_scheduling=options.use_old_scheduling,
         extra_networks=batch_extra_networks([prompt]),
+        report=_report(req, options),
     )
     _check_schedules(plan.prompts[0], plan.negative_prompts[0], plan.total_steps, None, plan.use_old_scheduling)
     return plan
+
+
+def _report(req: GenerationRequest, options: JobOptions) -> Report:
+    """What the response reports beyond the plan (A1111 `Processed.__init__`, `create_infotext`); txt2img's
+    denoising_strength as sent, replaced by the pass's strength when one runs."""
+    return Report(
+        styles=tuple(req.styles or ()),
+        denoising_strength=req.denoising_strength,
+        restore_faces=options.face_restoration,
+        model_hash=options.add_model_hash_to_info,
+        model_name=options.add_model_name_to_info,
+        version=options.add_version_to_infotext,
+        warnings=options.unimplemented,
+    )
 
 
 def _check_schedules(prompt: str, negative: str, steps: int, hires_steps: int | None, old: bool) -> None:
@@ -202,9 +219,8 @@ def _check_schedules(prompt: str, negative: str, steps: int, hires_steps: int | 
             raise InvalidRequest(field, str(exc)) from None
 
 
-def _option_or_request(options: Mapping[str, Any], key: str, requested: float | None, neutral: float) -> float:
+def _option_or_request(key: str, option: float, requested: float | None, neutral: float) -> float:
     """A1111 quirk: the option wins when it differs from its neutral value, else the request's value."""
-    option = float(options.get(key, neutral))
     if option != neutral:
         return option
     return _finite(key, requested, option)
@@ -217,8 +233,8 @@ def _strength(value: float | None, default: float) -> float:
     return strength
 
 
-def _hires(req: Txt2ImgRequest, plan: GenerationPlan, options: Mapping[str, Any], sigmas_for,
-           upscalers=None, styles=None) -> HiresPlan:
+def _hires(req: Txt2ImgRequest, plan: GenerationPlan, options: JobOptions, upscalers=None,
+           styles=None) -> HiresPlan:
     """Hires fix (a1111-sampling.md §9). A1111 crashes without denoising_strength: we take the UI's 0.7."""
     strength = _strength(req.denoising_strength, 0.7)
     scale = _finite("hr_scale", req.hr_scale, 2.0)
@@ -245,30 +261,43 @@ def _hires(req: Txt2ImgRequest, plan: GenerationPlan, options: Mapping[str, Any]
         scheduler = plan.scheduler
     else:
         scheduler = resolve_sampler(sampler, req.hr_scheduler)[1]
-    steps = _at_least("hr_second_pass_steps", req.hr_second_pass_steps, 0, 0, 1000) or plan.steps
+    requested_steps = _at_least("hr_second_pass_steps", req.hr_second_pass_steps, 0, 0, 1000)
+    steps = requested_steps or plan.steps
     # The second pass is given its step count explicitly, so A1111's fixed-steps formula always applies.
-    settings = plan.sampler_settings
-    def full(n: int) -> list[float]:
-        return sigmas_for(sampler, scheduler, n, settings)
-
-    sigmas = denoising_schedule(full, steps, strength, fix_steps=True)
+    check_denoising_schedule("denoising_strength", sampler, steps, strength, fix_steps=True)
     count = len(plan.prompts)
     hr_prompt, hr_negative = prompt_texts(req.hr_prompt, req.hr_negative_prompt, req.styles, options, styles)
     hires = HiresPlan(
         width=size.width, height=size.height, truncate_x=size.truncate_x, truncate_y=size.truncate_y,
-        upscaler=upscaler, image_upscaler=model, sampler=sampler, scheduler=scheduler, steps=steps, sigmas=sigmas,
-        denoising_strength=strength, brownian_span=brownian_span(full, steps, strength, fix_steps=True),
+        upscaler=upscaler, image_upscaler=model, sampler=sampler, scheduler=scheduler, steps=steps,
+        denoising_strength=strength,
         prompts=(hr_prompt,) * count if req.hr_prompt else plan.prompts,
         negative_prompts=(hr_negative,) * count if req.hr_negative_prompt else plan.negative_prompts,
+        resize_x=resize_x, resize_y=resize_y, scale=scale, requested_steps=requested_steps,
+        upscaler_label=req.hr_upscaler,
     )
     _check_schedules(hires.prompts[0], hires.negative_prompts[0], plan.total_steps,
                      SAMPLERS[sampler].total_steps(steps), plan.use_old_scheduling)
     return hires
 
 
-def _image(field: str, value: Any, options: Mapping[str, Any]):
+MAX_SCHEDULE_STEPS = 100_000  # a fixed-steps schedule for a tiny strength; A1111 builds it however long
+
+
+def check_denoising_schedule(field: str, sampler: str, steps: int, strength: float, fix_steps: bool) -> None:
+    """Refuse a strength whose schedule the pipeline could not build, without the model's σ (a1111-sampling.md
+    §8.3): fixed steps build int(steps / strength) σ, and timestep samplers have at most one per training timestep
+    (A1111 fails there, `range()` with step 0: engine.timestep_samplers.ddim_timesteps)."""
+    total, _ = img2img_steps(steps, strength, fix_steps)
+    limit = 1000 if SAMPLERS[sampler].kind == TIMESTEPS else MAX_SCHEDULE_STEPS
+    if total > limit:
+        raise InvalidRequest(field, f"{strength} with {steps} fixed steps needs a schedule of {total} steps; "
+                                    f"{sampler} allows at most {limit}")
+
+
+def _image(field: str, value: Any, options: JobOptions):
     try:
-        return decode_image(value, limits_from_options(options))
+        return decode_image(value, options.image_limits())
     except ImageInputError as exc:
         raise InvalidRequest(field, str(exc), exc.status_code) from None
 
@@ -276,9 +305,10 @@ def _image(field: str, value: Any, options: Mapping[str, Any]):
 MAX_MASK_BLUR = 64  # A1111's UI slider maximum; the blur costs O(kernel) per pixel
 
 
-def plan_img2img(req: Img2ImgRequest, options: Mapping[str, Any], sigmas_for,
-                 edit_model: bool = False, styles=None) -> GenerationPlan:
+def plan_img2img(req: Img2ImgRequest, options: JobOptions | Mapping[str, Any], edit_model: bool = False,
+                 styles=None) -> GenerationPlan:
     """Validate and resolve an img2img request: decode images, check the mask, count steps for the strength."""
+    options = JobOptions.of(options)
     if req.init_images is None:
         raise HTTPException(status_code=404, detail="Init image not found")
     if not req.init_images:
@@ -312,15 +342,9 @@ def plan_img2img(req: Img2ImgRequest, options: Mapping[str, Any], sigmas_for,
         )
     if resize_mode == image_ops.LATENT_UPSCALE and len({im.size for im in images}) > 1:
         raise InvalidRequest("init_images", "resize_mode 3 (latent upscale) needs init images of one size")
-    fix_steps = bool(options.get("img2img_fix_steps", False))
-
-    settings = sampler_settings(options, req.s_min_uncond)
-
-    def schedule(sampler: str, scheduler: str, steps: int) -> list[float]:
-        return list(denoising_schedule(lambda n: sigmas_for(sampler, scheduler, n, settings), steps, strength,
-                                       fix_steps))
-
-    plan = _plan(req, options, sigmas_for, schedule, styles=styles)
+    fix_steps = options.img2img_fix_steps
+    plan = _plan(req, options, styles=styles)
+    check_denoising_schedule("denoising_strength", plan.sampler, plan.steps, strength, fix_steps)
     if mask is not None and not mask.only_masked and resize_mode == image_ops.LATENT_UPSCALE:
         if any(image.size != (plan.width, plan.height) for image in images):
             raise InvalidRequest("resize_mode", "3 (latent upscale) with a whole-picture mask needs init images "
@@ -331,17 +355,16 @@ def plan_img2img(req: Img2ImgRequest, options: Mapping[str, Any], sigmas_for,
         resize_mode=resize_mode,
         mask=mask,
         initial_noise_multiplier=_finite(
-            "initial_noise_multiplier", req.initial_noise_multiplier, float(options.get("initial_noise_multiplier", 1.0))
+            "initial_noise_multiplier", req.initial_noise_multiplier, options.initial_noise_multiplier
         ),
         # Only instruct-pix2pix models read it; A1111 forces it to None for every other model.
         image_cfg_scale=(_finite("image_cfg_scale", req.image_cfg_scale, 1.0)
                          if edit_model and req.image_cfg_scale is not None else None),
-        background_color=str(options.get("img2img_background_color", "#ffffff")),
-        overlay=bool(options.get("overlay_inpaint", True)),
-        color_correction=bool(options.get("img2img_color_correction", False)),
-        brownian_span=brownian_span(lambda n: sigmas_for(plan.sampler, plan.scheduler, n, settings),
-                                    plan.steps, strength, fix_steps),
+        background_color=options.img2img_background_color,
+        overlay=options.overlay_inpaint,
+        color_correction=options.img2img_color_correction,
         fix_steps=fix_steps,
     )
     # One init image serves the whole batch; several set the batch size (A1111's seeds stay as counted before).
-    return replace(plan, img2img=img2img, batch_size=batch_size if len(images) == 1 else len(images))
+    return replace(plan, img2img=img2img, batch_size=batch_size if len(images) == 1 else len(images),
+                   report=replace(plan.report, denoising_strength=strength))

@@ -166,10 +166,9 @@ def test_pipeline_sde_samplers_use_the_seeded_trees(demo_pipeline, sampler):
 
     if sampler not in SAMPLERS or not SAMPLERS[sampler].options.get("brownian_noise"):
         pytest.skip(f"{sampler} is not registered as a Brownian-noise sampler")
-    sigmas = tuple(float(s) for s in demo_pipeline.sigmas(sampler, "automatic", 3))
     plan = GenerationPlan(
         prompts=("a red circle",), negative_prompts=("",), seeds=(5,), subseeds=(5,), width=64, height=64,
-        steps=3, cfg_scale=7.0, sampler=sampler, scheduler="automatic", sigmas=sigmas,
+        steps=3, cfg_scale=7.0, sampler=sampler, scheduler="automatic",
     )
     base = demo_pipeline.txt2img(plan).latents[0]
     np.testing.assert_array_equal(demo_pipeline.txt2img(replace(plan, eta_noise_seed_delta=31337)).latents[0], base)

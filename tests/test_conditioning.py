@@ -241,10 +241,9 @@ class RecordingUNet:
 def run(pipeline, monkeypatch, prompt, negative="", steps=4, sampler="Euler", cfg_scale=7.0):
     recorder = RecordingUNet(pipeline.unet)
     monkeypatch.setattr(pipeline, "unet", recorder)
-    sigmas = tuple(float(s) for s in pipeline.sigmas(sampler, "automatic", steps))
     plan = GenerationPlan(
         prompts=(prompt,), negative_prompts=(negative,), seeds=(1,), subseeds=(1,), width=64, height=64,
-        steps=steps, cfg_scale=cfg_scale, sampler=sampler, scheduler="automatic", sigmas=sigmas,
+        steps=steps, cfg_scale=cfg_scale, sampler=sampler, scheduler="automatic",
     )
     pipeline.txt2img(plan)
     return recorder.contexts
@@ -297,16 +296,14 @@ def test_break_and_and_through_the_pipeline(demo_pipeline, reference, monkeypatc
 def test_img2img_schedules_over_the_full_step_count(demo_pipeline, reference, monkeypatch):
     from PIL import Image
 
-    from engine.img2img import denoising_schedule
     from engine.plan import Img2ImgPlan
 
     recorder = RecordingUNet(demo_pipeline.unet)
     monkeypatch.setattr(demo_pipeline, "unet", recorder)
     # steps 4, strength 0.5: the sampler walks t_enc + 1 = 3 steps; "[cat:dog:1]" still counts over all 4 (§8.3)
-    sigmas = denoising_schedule(lambda k: demo_pipeline.sigmas("Euler", "automatic", k), 4, 0.5, False)
     plan = GenerationPlan(
         prompts=("a [cat:dog:1]",), negative_prompts=("",), seeds=(1,), subseeds=(1,), width=64, height=64,
-        steps=4, cfg_scale=7.0, sampler="Euler", scheduler="automatic", sigmas=sigmas,
+        steps=4, cfg_scale=7.0, sampler="Euler", scheduler="automatic",
         img2img=Img2ImgPlan((Image.new("RGB", (64, 64), (200, 30, 30)),), 0.5),
     )
     demo_pipeline.img2img(plan)
@@ -320,21 +317,18 @@ def test_img2img_schedules_over_the_full_step_count(demo_pipeline, reference, mo
 def test_hires_pass_schedules(demo_pipeline, reference, monkeypatch, old_rules):
     from dataclasses import replace
 
-    from engine.img2img import denoising_schedule
     from engine.plan import HiresPlan
 
     recorder = RecordingUNet(demo_pipeline.unet)
     monkeypatch.setattr(demo_pipeline, "unet", recorder)
     prompt = "a [cat:dog:6]"  # integer steps count on from the first pass's 4 (new rules)
-    sigmas = tuple(float(s) for s in demo_pipeline.sigmas("Euler", "automatic", 4))
     hires = HiresPlan(
         width=64, height=64, upscaler="Latent", sampler="Euler", scheduler="automatic", steps=4,
-        sigmas=denoising_schedule(lambda k: demo_pipeline.sigmas("Euler", "automatic", k), 4, 0.5, True),
         denoising_strength=0.5, prompts=(prompt,), negative_prompts=("",),
     )
     plan = GenerationPlan(
         prompts=(prompt,), negative_prompts=("",), seeds=(1,), subseeds=(1,), width=64, height=64, steps=4,
-        cfg_scale=7.0, sampler="Euler", scheduler="automatic", sigmas=sigmas, hires=hires,
+        cfg_scale=7.0, sampler="Euler", scheduler="automatic", hires=hires,
     )
     demo_pipeline.txt2img(replace(plan, use_old_scheduling=old_rules))
     cat, dog = reference_encode(reference, [[("a cat", 1.0)], [("a dog", 1.0)]])

@@ -7,12 +7,11 @@ from engine.plan import GenerationPlan
 
 
 def make_plan(pipeline, width=64, height=64, steps=4, sampler="Euler", batch_size=1, seeds=(1,)):
-    sigmas = tuple(float(s) for s in pipeline.sigmas(sampler, "automatic", steps))
     n = len(seeds)
     return GenerationPlan(
         prompts=("a red circle",) * n, negative_prompts=("",) * n, seeds=tuple(seeds), subseeds=tuple(seeds),
         width=width, height=height, steps=steps, cfg_scale=7.0, sampler=sampler, scheduler="automatic",
-        sigmas=sigmas, batch_size=batch_size, n_iter=n // batch_size,
+        batch_size=batch_size, n_iter=n // batch_size,
     )
 
 

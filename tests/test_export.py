@@ -195,7 +195,7 @@ def copying_export(demo_bundle: Path, crash_on: str | None, crash):
     """Stands in for `_export`: copies the finished component from the demo bundle (so the half-written
     bundle looks real), then crashes after writing `crash_on`."""
 
-    def fake_export(module, args, path: Path, inputs, outputs):
+    def fake_export(module, args, path: Path, inputs, outputs, *layout):
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(demo_bundle / path.parent.name / "model.onnx", path)
         if path.parent.name == crash_on:
@@ -241,7 +241,7 @@ import export.onnx_export as onnx_export
 
 demo_bundle, source, out = map(Path, sys.argv[1:4])
 
-def fake_export(module, args, path, inputs, outputs):
+def fake_export(module, args, path, inputs, outputs, *layout):
     path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(demo_bundle / path.parent.name / "model.onnx", path)
     if path.parent.name == "vae_decoder":

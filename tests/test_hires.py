@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from engine.image_ops import LATENT_UPSCALE_MODES, resize_latents
-from engine.img2img import denoising_schedule, hires_size
+from engine.img2img import hires_size
 from engine.plan import GenerationPlan, HiresPlan
+from tests.schedules import plan_sigmas
 
 
 @pytest.mark.parametrize("size,scale,resize,target,final", [
@@ -54,13 +55,12 @@ def hires_plan(pipeline, width=64, height=64, scale=1.5, resize=(0, 0), upscaler
     hires = HiresPlan(
         width=hs.width, height=hs.height, truncate_x=hs.truncate_x, truncate_y=hs.truncate_y, upscaler=upscaler,
         sampler=hr_sampler, scheduler="automatic", steps=second, denoising_strength=strength,
-        sigmas=denoising_schedule(lambda k: pipeline.sigmas(hr_sampler, "automatic", k), second, strength, True),
         prompts=("a red circle",) * n, negative_prompts=("",) * n,
     )
     return GenerationPlan(
         prompts=("a red circle",) * n, negative_prompts=("",) * n, seeds=tuple(seeds), subseeds=tuple(seeds),
         width=width, height=height, steps=steps, cfg_scale=7.0, sampler="Euler", scheduler="automatic",
-        sigmas=tuple(float(s) for s in pipeline.sigmas("Euler", "automatic", steps)), batch_size=n, hires=hires,
+        batch_size=n, hires=hires,
     )
 
 
@@ -87,7 +87,7 @@ def test_second_pass_runs_exactly_its_steps(demo_pipeline, steps, hr_steps, stre
     assert per_job == {0: steps, 1: hr_steps or steps}
     assert {e.job_count for e in events} == {2}
     # A1111 passes the steps explicitly, so int(steps / strength) steps are built and the last ones run.
-    assert len(plan.hires.sigmas) == (hr_steps or steps) + 1
+    assert len(plan_sigmas(demo_pipeline, plan, hires=True)) == (hr_steps or steps) + 1
 
 
 def test_hires_batch_independence(demo_pipeline):
@@ -139,7 +139,8 @@ def test_hires_request_sizes_and_infotext(api):
 def test_legacy_firstphase_size(api):
     r = post(api, width=96, height=96, firstphase_width=64, firstphase_height=64)
     assert r.status_code == 200, r.text
-    assert image_of(r).size == (96, 96)
+    # A1111's calculate_target_resolution recomputes the target from hr_scale (2.0): width×height are dropped.
+    assert image_of(r).size == (128, 128)
     assert "Size: 64x64" in json.loads(r.json()["info"])["infotexts"][0]
 
 
@@ -199,7 +200,7 @@ def test_hires_brownian_trees_span_the_second_pass_full_schedule(demo_pipeline, 
 
     req = Txt2ImgRequest(prompt="a", seed=2, steps=4, width=64, height=64, sampler_name="DPM++ SDE",
                          enable_hr=True, hr_scale=1.5, denoising_strength=0.5)
-    plan = plan_txt2img(req, DEFAULTS, demo_pipeline.sigmas)
+    plan = plan_txt2img(req, DEFAULTS)
     demo_pipeline.txt2img(plan)
     first = demo_pipeline.sigmas("DPM++ SDE", "karras", 4).astype(np.float32)
     second = demo_pipeline.sigmas("DPM++ SDE", "karras", 8).astype(np.float32)  # int(4 / 0.5)

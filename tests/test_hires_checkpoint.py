@@ -153,7 +153,7 @@ def test_the_next_request_runs_on_its_own_checkpoint(server):
 
 
 def test_the_hires_schedule_comes_from_the_hires_model():
-    from engine.img2img import denoising_schedule
+    from engine.img2img import denoising_schedule, resolve_schedule
     from service.models import ModelEntry
     from service.options import DEFAULTS
     from service.sdapi_models import Txt2ImgRequest
@@ -164,11 +164,33 @@ def test_the_hires_schedule_comes_from_the_hires_model():
 
     req = Txt2ImgRequest(**FIRST, enable_hr=True, denoising_strength=0.5, hr_second_pass_steps=4)
     entry = ModelEntry(name="other", path=Path("/nowhere"), sha256=B_SHA256)
-    plan = plan_txt2img(req, DEFAULTS, sigmas_of(10.0), hires_model=entry, hires_sigmas_for=sigmas_of(20.0))
-    assert plan.sigmas[0] == pytest.approx(10.0)
+    plan = plan_txt2img(req, DEFAULTS, hires_model=entry)
+    # Each pass's schedule is resolved by the model that runs it (test below): here two stand-in models.
+    assert resolve_schedule(plan.schedule, sigmas_of(10.0)).sigmas[0] == pytest.approx(10.0)
     expected = denoising_schedule(lambda n: sigmas_of(20.0)("Euler", "automatic", n), 4, 0.5, fix_steps=True)
-    np.testing.assert_allclose(plan.hires.sigmas, expected)
+    np.testing.assert_allclose(resolve_schedule(plan.hires_schedule, sigmas_of(20.0)).sigmas, expected)
     assert plan.hires.checkpoint == "other [bbbbbbbbbb]"
+
+
+def test_each_pipeline_resolves_the_schedule_of_its_pass(demo_pipeline, monkeypatch):
+    import copy
+    from dataclasses import replace
+
+    from engine.pipeline import Pipeline
+    from tests.test_hires import hires_plan
+
+    other = copy.copy(demo_pipeline)  # the hires checkpoint's pipeline (the same weights will do)
+    resolved = []
+    for pipeline in (demo_pipeline, other):
+        def recording(spec, pipeline=pipeline):
+            resolved.append((pipeline, spec))
+            return Pipeline.resolve_schedule(pipeline, spec)
+
+        monkeypatch.setattr(pipeline, "resolve_schedule", recording)
+    plan = hires_plan(demo_pipeline)
+    plan = replace(plan, hires=replace(plan.hires, checkpoint="other [bbbbbbbbbb]"))
+    demo_pipeline.txt2img(plan, hires_pipeline=other)
+    assert resolved == [(demo_pipeline, plan.schedule), (other, plan.hires_schedule)]
 
 
 def test_the_engine_wants_the_hires_pipeline(demo_pipeline):

@@ -19,20 +19,20 @@ from engine.images import encode_images
 from engine.img2img import denoising_schedule, encoder_noise, img2img_steps
 from engine.plan import GenerationPlan, Img2ImgPlan
 from tests.images import b64, noise_image
+from tests.schedules import plan_sigmas
 
 CFG = 7.0
 
 
 def img2img_plan(pipeline, images, strength=0.5, steps=6, seeds=(1,), fix_steps=False, width=64, height=64,
                  sampler="Euler", **img2img) -> GenerationPlan:
-    sigmas = denoising_schedule(lambda n: pipeline.sigmas(sampler, "automatic", n), steps, strength, fix_steps)
     n = len(seeds)
     batch = n if len(images) == 1 else len(images)
     return GenerationPlan(
         prompts=("a red circle",) * n, negative_prompts=("",) * n, seeds=tuple(seeds), subseeds=tuple(seeds),
         width=width, height=height, steps=steps, cfg_scale=CFG, sampler=sampler, scheduler="automatic",
-        sigmas=sigmas, batch_size=batch, n_iter=n // batch,
-        img2img=Img2ImgPlan(tuple(images), strength, **img2img),
+        batch_size=batch, n_iter=n // batch,
+        img2img=Img2ImgPlan(tuple(images), strength, fix_steps=fix_steps, **img2img),
     )
 
 
@@ -120,7 +120,7 @@ def test_trajectory_matches_diffusers_img2img(demo_pipeline, torch_pipeline, ste
             strength=min(1.0, (t_enc + 1.5) / steps), generator=torch.Generator().manual_seed(0),
             output_type="latent",
         ).images.numpy()
-    assert len(plan.sigmas) - 1 == t_enc + 1
+    assert len(plan_sigmas(demo_pipeline, plan)) - 1 == t_enc + 1
     assert np.abs(ours - expected).max() <= 5e-6 * np.abs(expected).max()
 
 
@@ -133,7 +133,7 @@ def test_strength_zero_is_the_reconstruction(demo_pipeline):
     np.testing.assert_array_equal(np.asarray(fixed.images[0]), np.asarray(decoded))
     # Without fixed steps A1111 still runs one step, from the smallest σ of the schedule.
     plan = img2img_plan(demo_pipeline, [image], 0.0, 5)
-    assert plan.sigmas == (float(demo_pipeline.sigmas("Euler", "automatic", 5)[-2]), 0.0)
+    assert plan_sigmas(demo_pipeline, plan) == (float(demo_pipeline.sigmas("Euler", "automatic", 5)[-2]), 0.0)
 
 
 def test_strength_one_starts_from_noise(demo_pipeline):
@@ -144,7 +144,8 @@ def test_strength_one_starts_from_noise(demo_pipeline):
     for strength in (1.0, 0.5):
         plan = img2img_plan(demo_pipeline, [Image.new("RGB", (64, 64), (255, 255, 255))], strength, 6, seeds=(3,))
         if strength == 1.0:
-            assert plan.sigmas == make_plan(demo_pipeline, steps=6).sigmas  # the full txt2img schedule
+            # the full txt2img schedule
+            assert plan_sigmas(demo_pipeline, plan) == plan_sigmas(demo_pipeline, make_plan(demo_pipeline, steps=6))
         out = demo_pipeline.img2img(plan).images[0]
         diffs[strength] = np.abs(np.asarray(out, float) - np.asarray(txt2img.images[0], float)).mean()
     assert diffs[1.0] < 1.0 < diffs[0.5]
@@ -276,9 +277,9 @@ def test_sde_brownian_trees_span_the_full_schedule(demo_pipeline, brownian_spans
 
     req = Img2ImgRequest(init_images=[b64(noise_image(64, 64))], denoising_strength=strength, steps=6, seed=1,
                          sampler_name="DPM++ 2M SDE", width=64, height=64)
-    plan = plan_img2img(req, {**DEFAULTS, "img2img_fix_steps": fix_steps}, demo_pipeline.sigmas)
+    plan = plan_img2img(req, {**DEFAULTS, "img2img_fix_steps": fix_steps})
     demo_pipeline.img2img(plan)
     full = demo_pipeline.sigmas("DPM++ 2M SDE", "exponential", total).astype(np.float32)
     assert len(full) == total + 1
     assert brownian_spans == [(float(full[full > 0].min()), float(full.max()))]
-    assert brownian_spans[0][1] > plan.sigmas[0]  # the tail starts below the trees' top
+    assert brownian_spans[0][1] > plan_sigmas(demo_pipeline, plan)[0]  # the tail starts below the trees' top

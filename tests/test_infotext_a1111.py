@@ -13,7 +13,6 @@ from service.image_metadata import read_info_from_image, user_comment
 from service.infotext import create_infotext, generation_parameters, parse_infotext
 from service.options import DEFAULTS
 from service.sdapi_models import Txt2ImgRequest
-from service.state import placeholder_sigmas
 from service.translate import plan_txt2img
 from tests.infotext_examples import EXAMPLE_2
 
@@ -39,8 +38,8 @@ DEFAULTS_AFTER_PROMPT = [
 
 def test_example_1_from_an_api_request():
     req = Txt2ImgRequest(prompt="a photo of a cat", negative_prompt="blurry", seed=1234)
-    plan = plan_txt2img(req, DEFAULTS, placeholder_sigmas)
-    params = generation_parameters(plan, 0, "v1-5-pruned-emaonly", "6ce0161689", DEFAULTS)
+    plan = plan_txt2img(req, DEFAULTS)
+    params = generation_parameters(plan, 0, "v1-5-pruned-emaonly", "6ce0161689")
     assert create_infotext(plan.prompts[0], plan.negative_prompts[0], params) == EXAMPLE_1
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from engine import image_ops
 from engine.images import encode_images
-from engine.img2img import denoising_schedule, inpainting_conditioning
+from engine.img2img import inpainting_conditioning
 from engine.plan import GenerationPlan, Img2ImgPlan, MaskPlan
 from tests.images import b64, box_mask, noise_image
 
@@ -22,11 +22,10 @@ W = H = 64
 
 
 def inpaint_plan(pipeline, image, mask_spec, strength=0.75, steps=4, seeds=(1,)) -> GenerationPlan:
-    sigmas = denoising_schedule(lambda n: pipeline.sigmas("Euler", "automatic", n), steps, strength, False)
     n = len(seeds)
     return GenerationPlan(
         prompts=("a red circle",) * n, negative_prompts=("",) * n, seeds=tuple(seeds), subseeds=tuple(seeds),
-        width=W, height=H, steps=steps, cfg_scale=7.0, sampler="Euler", scheduler="automatic", sigmas=sigmas,
+        width=W, height=H, steps=steps, cfg_scale=7.0, sampler="Euler", scheduler="automatic",
         batch_size=n, img2img=Img2ImgPlan((image,), strength, mask=mask_spec),
     )
 

@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from engine import image_ops
-from engine.img2img import denoising_schedule
 from engine.plan import GenerationPlan, Img2ImgPlan, MaskPlan
 from tests.images import b64, box_mask, noise_image
 
@@ -68,10 +67,9 @@ def test_mask_weight_conditions_the_unet_on_the_lerped_image(inpaint_pipeline, i
     mask = box_mask((W, H), (12, 20, 44, 52))
     # "original" content: the conditioning image is the init image itself, no fill.
     spec = MaskPlan(mask, blur_x=0, blur_y=0, masked_content="original", only_masked=False)
-    sigmas = denoising_schedule(lambda n: inpaint_pipeline.sigmas("Euler", "automatic", n), 2, 0.5, False)
     plan = GenerationPlan(
         prompts=("a hat",), negative_prompts=("",), seeds=(3,), subseeds=(3,), width=W, height=H, steps=2,
-        cfg_scale=7.0, sampler="Euler", scheduler="automatic", sigmas=sigmas,
+        cfg_scale=7.0, sampler="Euler", scheduler="automatic",
         img2img=Img2ImgPlan((image,), 0.5, mask=spec), inpainting_mask_weight=weight,
     )
     inpaint_pipeline.img2img(plan)
@@ -109,7 +107,7 @@ def hires_plan(pipeline, upscaler: str, weight: float, seed: int = 5) -> Generat
 
     req = Txt2ImgRequest(prompt="a hat", steps=2, width=W, height=H, seed=seed, enable_hr=True, hr_scale=1.5,
                          hr_upscaler=upscaler, denoising_strength=0.5, hr_second_pass_steps=1)
-    plan = plan_txt2img(req, {"inpainting_mask_weight": weight}, pipeline.sigmas)
+    plan = plan_txt2img(req, {"inpainting_mask_weight": weight})
     assert plan.inpainting_mask_weight == weight  # read from the options into the plan
     return plan
 
@@ -164,10 +162,9 @@ def test_composite_is_made_from_the_result_before_the_overlay(inpaint_pipeline, 
     size = (96, 80) if only_masked else (W, H)
     image, mask = noise_image(*size, 16), box_mask(size, (30, 20, 60, 50))
     spec = MaskPlan(mask, blur_x=4, blur_y=4, only_masked=only_masked)
-    sigmas = denoising_schedule(lambda n: inpaint_pipeline.sigmas("Euler", "automatic", n), 2, 0.75, False)
     plan = GenerationPlan(
         prompts=("a hat",), negative_prompts=("",), seeds=(3,), subseeds=(3,), width=W, height=H, steps=2,
-        cfg_scale=7.0, sampler="Euler", scheduler="automatic", sigmas=sigmas,
+        cfg_scale=7.0, sampler="Euler", scheduler="automatic",
         img2img=Img2ImgPlan((image,), 0.75, mask=spec),
     )
     result = inpaint_pipeline.img2img(plan)

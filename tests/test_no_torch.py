@@ -51,11 +51,10 @@ from engine.plan import GenerationPlan  # noqa: E402
 
 pipeline = Pipeline.from_path(sys.argv[1], "cpu")
 steps = 3
-sigmas = tuple(float(s) for s in pipeline.sigmas("Euler a", "automatic", steps))
 plan = GenerationPlan(
     prompts=("a red circle", "a red circle"), negative_prompts=("blurry", "blurry"), seeds=(1, 2),
     subseeds=(1, 2), width=64, height=48, steps=steps, cfg_scale=7.0, sampler="Euler a",
-    scheduler="automatic", sigmas=sigmas, batch_size=2,
+    scheduler="automatic", batch_size=2,
 )
 result = pipeline.txt2img(plan)
 report["sizes"] = [list(image.size) for image in result.images]

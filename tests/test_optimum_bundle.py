@@ -19,11 +19,10 @@ def optimum_pipeline(optimum_bundle):
 
 
 def make_plan(pipeline, sampler="Euler", steps=6, clip_skip=1, width=64, height=64) -> GenerationPlan:
-    sigmas = tuple(float(s) for s in pipeline.sigmas(sampler, "automatic", steps))
     return GenerationPlan(
         prompts=("a red circle", "a blue square"), negative_prompts=("blurry", ""), seeds=(11, 12),
         subseeds=(11, 12), width=width, height=height, steps=steps, cfg_scale=7.0, sampler=sampler,
-        scheduler="automatic", sigmas=sigmas, batch_size=2, clip_skip=clip_skip,
+        scheduler="automatic", batch_size=2, clip_skip=clip_skip,
     )
 
 

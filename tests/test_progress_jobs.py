@@ -143,7 +143,7 @@ def test_skip_is_used_up_by_one_poll():
 
 def _plan(pipeline, n_iter: int):
     req = Txt2ImgRequest(prompt="a", seed=3, steps=3, width=64, height=64, n_iter=n_iter, sampler_name="Euler")
-    return plan_txt2img(req, DEFAULTS, pipeline.sigmas)
+    return plan_txt2img(req, DEFAULTS)
 
 
 @pytest.mark.parametrize("action, images", [("skip", 3), ("interrupt", 1)])

@@ -37,12 +37,11 @@ def euler_reference(torch_pipeline):
 
 
 def make_plan(pipeline, prompts, negative_prompts, width, height) -> GenerationPlan:
-    sigmas = get_sigmas_uniform(pipeline.schedule, STEPS)
     n = len(prompts)
     return GenerationPlan(
         prompts=tuple(prompts), negative_prompts=tuple(negative_prompts), seeds=tuple(range(n)),
         subseeds=tuple(range(n)), width=width, height=height, steps=STEPS, cfg_scale=CFG, sampler="Euler",
-        scheduler="automatic", sigmas=tuple(float(s) for s in sigmas), batch_size=n,
+        scheduler="automatic", batch_size=n,
     )
 
 
@@ -58,14 +57,15 @@ def run_both(demo_pipeline, torch_pipeline, prompts, negative_prompts, width, he
     images = decode_latents(demo_pipeline.backend, demo_pipeline.manifest, latents)
 
     reference = euler_reference(torch_pipeline)
+    sigmas = tuple(float(s) for s in get_sigmas_uniform(demo_pipeline.schedule, STEPS))
     common = dict(
         prompt=list(prompts), negative_prompt=list(negative_prompts), width=width, height=height,
-        guidance_scale=CFG, sigmas=list(plan.sigmas),
+        guidance_scale=CFG, sigmas=list(sigmas),
     )
     with torch.no_grad():
         ref_latents = reference(**common, latents=torch.from_numpy(noise), output_type="latent").images.numpy()
         ref_images = reference(**common, latents=torch.from_numpy(noise), output_type="np").images
-    assert float(reference.scheduler.init_noise_sigma) == pytest.approx(plan.sigmas[0], rel=1e-6)
+    assert float(reference.scheduler.init_noise_sigma) == pytest.approx(sigmas[0], rel=1e-6)
     return result, latents, images, ref_latents, np.moveaxis(ref_images, -1, 1)
 
 

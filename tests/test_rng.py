@@ -333,10 +333,9 @@ def test_pipeline_draws_initial_noise_with_the_plan_extras(demo_pipeline):
 
     from engine.plan import GenerationPlan
 
-    sigmas = tuple(float(s) for s in demo_pipeline.sigmas("Euler", "automatic", 2))
     plain = GenerationPlan(
         prompts=("a red circle",), negative_prompts=("",), seeds=(5,), subseeds=(6,), width=64, height=64,
-        steps=2, cfg_scale=7.0, sampler="Euler", scheduler="automatic", sigmas=sigmas,
+        steps=2, cfg_scale=7.0, sampler="Euler", scheduler="automatic",
     )
     plan = replace(plain, subseed_strength=0.5, seed_resize_from_w=96, seed_resize_from_h=32, randn_source="CPU")
     expected = ImageRNG((4, 8, 8), (5,), "CPU", subseeds=(6,), subseed_strength=0.5,

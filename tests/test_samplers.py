@@ -14,6 +14,7 @@ from engine import timestep_samplers as T
 from engine.plan import GenerationPlan
 from engine.samplers import SAMPLERS, SamplerSettings
 from engine.schedules import SCHEDULERS, get_sigmas_karras, scaled_linear_alphas_cumprod
+from tests.schedules import plan_sigmas
 
 # ---- the toy model of §5.22 ----
 
@@ -258,11 +259,9 @@ def test_stochastic_samplers_require_a_noise_sampler():
 
 
 def make_plan(pipeline, sampler, scheduler, steps, seed=3, **fields) -> GenerationPlan:
-    sigmas = pipeline.sigmas(sampler, scheduler, steps)
     return GenerationPlan(
         prompts=("a red circle",), negative_prompts=("blurry",), seeds=(seed,), subseeds=(seed,), width=64,
-        height=64, steps=steps, cfg_scale=7.0, sampler=sampler, scheduler=scheduler,
-        sigmas=tuple(float(s) for s in sigmas), **fields,
+        height=64, steps=steps, cfg_scale=7.0, sampler=sampler, scheduler=scheduler, **fields,
     )
 
 
@@ -346,7 +345,7 @@ def test_euler_ancestral_matches_diffusers(demo_pipeline, torch_pipeline, monkey
 
     ref_noise = FixedNoise(shape, steps)
     monkeypatch.setattr(module, "randn_tensor", lambda *a, **k: torch.from_numpy(ref_noise()))
-    cls = with_sigmas(EulerAncestralDiscreteScheduler, np.asarray(plan.sigmas), demo_pipeline.schedule)
+    cls = with_sigmas(EulerAncestralDiscreteScheduler, np.asarray(plan_sigmas(demo_pipeline, plan)), demo_pipeline.schedule)
     scheduler = cls.from_config(torch_pipeline.scheduler.config, timestep_spacing="linspace")
     ref = run_diffusers(diffusers_pipe(torch_pipeline, scheduler), noise[None], steps)
     assert_latents_match(latents, ref)
@@ -360,7 +359,7 @@ def test_euler_karras_matches_diffusers(demo_pipeline, torch_pipeline, monkeypat
     noise = np.random.default_rng(2).standard_normal(demo_pipeline.latent_shape(64, 64)).astype(np.float32)
     latents = run_engine(demo_pipeline, plan, noise, FixedNoise(noise.shape, steps), monkeypatch)
     scheduler = EulerDiscreteScheduler.from_config(torch_pipeline.scheduler.config, timestep_spacing="linspace")
-    ref = run_diffusers(diffusers_pipe(torch_pipeline, scheduler), noise[None], None, sigmas=list(plan.sigmas))
+    ref = run_diffusers(diffusers_pipe(torch_pipeline, scheduler), noise[None], None, sigmas=list(plan_sigmas(demo_pipeline, plan)))
     assert_latents_match(latents, ref)
 
 
@@ -371,7 +370,7 @@ def test_dpmpp_2m_karras_matches_diffusers(demo_pipeline, torch_pipeline, monkey
 
     steps = 8
     plan = make_plan(demo_pipeline, "DPM++ 2M", "automatic", steps)
-    sigmas = np.asarray(plan.sigmas)
+    sigmas = np.asarray(plan_sigmas(demo_pipeline, plan))
     np.testing.assert_allclose(sigmas, demo_pipeline.sigmas("Euler", "karras", steps))  # Automatic → Karras
     noise = np.random.default_rng(3).standard_normal(demo_pipeline.latent_shape(64, 64)).astype(np.float32)
     latents = run_engine(demo_pipeline, plan, noise, FixedNoise(noise.shape, steps), monkeypatch)
@@ -441,13 +440,10 @@ def test_img2img_with_every_kind_of_sampler(demo_pipeline, sampler):
     from engine.plan import Img2ImgPlan
 
     init = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    from engine.img2img import denoising_schedule
-
     steps = 6
-    sigmas = denoising_schedule(lambda n: demo_pipeline.sigmas(sampler, "automatic", n), steps, 0.5, False)
     plan = GenerationPlan(
         prompts=("a red circle",), negative_prompts=("",), seeds=(1,), subseeds=(1,), width=64, height=64,
-        steps=steps, cfg_scale=7.0, sampler=sampler, scheduler="automatic", sigmas=sigmas,
+        steps=steps, cfg_scale=7.0, sampler=sampler, scheduler="automatic",
         img2img=Img2ImgPlan(init_images=(init,), denoising_strength=0.5),
     )
     result = demo_pipeline.img2img(plan)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.img2img import denoising_schedule
 from engine.plan import GenerationPlan, Img2ImgPlan
 from engine.samplers import SamplerSettings
 from engine.schedules import ZERO_TERMINAL_SNR, rescale_zero_terminal_snr, scaled_linear_alphas_cumprod
 from tests.images import b64, noise_image
+from tests.schedules import plan_sigmas
 
 ZTSNR = SamplerSettings(noise_schedule=ZERO_TERMINAL_SNR)
 ZTSNR_LAST = 4.8973451890853435e-08  # a1111-sampling.md §2.1
@@ -39,21 +39,18 @@ def spec_ztsnr(ac: np.ndarray) -> np.ndarray:
 
 
 def txt2img_plan(pipeline, sampler="Euler", steps=3, settings=SamplerSettings(), seed=3, **fields) -> GenerationPlan:
-    sigmas = pipeline.sigmas(sampler, "automatic", steps, settings)
     return GenerationPlan(
         prompts=("a red circle",), negative_prompts=("blurry",), seeds=(seed,), subseeds=(seed,), width=64,
         height=64, steps=steps, cfg_scale=7.0, sampler=sampler, scheduler="automatic",
-        sigmas=tuple(float(s) for s in sigmas), sampler_settings=settings, **fields,
+        sampler_settings=settings, **fields,
     )
 
 
 def img2img_plan(pipeline, image, sampler="Euler", steps=10, strength=0.5, fix_steps=False,
                  settings=SamplerSettings(), seed=5) -> GenerationPlan:
-    sigmas = denoising_schedule(lambda n: pipeline.sigmas(sampler, "automatic", n, settings), steps, strength,
-                                fix_steps)
     return GenerationPlan(
         prompts=("a red circle",), negative_prompts=("blurry",), seeds=(seed,), subseeds=(seed,), width=64,
-        height=64, steps=steps, cfg_scale=7.0, sampler=sampler, scheduler="automatic", sigmas=sigmas,
+        height=64, steps=steps, cfg_scale=7.0, sampler=sampler, scheduler="automatic",
         sampler_settings=settings, randn_source="CPU",
         img2img=Img2ImgPlan(init_images=(image,), denoising_strength=strength, fix_steps=fix_steps),
     )
@@ -139,11 +136,11 @@ def test_zero_terminal_snr_timesteps_reach_the_rescaled_table(demo_pipeline, une
     assert np.isfinite(latents).all()
     ac = spec_ztsnr(spec_alphas_cumprod())
     log_sigmas = np.log(np.sqrt((1 - ac) / ac))
-    expected_t = np.interp(np.log(plan.sigmas[:-1]), log_sigmas, np.arange(1000))
+    expected_t = np.interp(np.log(plan_sigmas(demo_pipeline, plan)[:-1]), log_sigmas, np.arange(1000))
     seen_t = [float(call["timestep"][0]) for call in unet_inputs]
     np.testing.assert_allclose(seen_t, expected_t, atol=1e-3)
     assert seen_t[0] == pytest.approx(999.0)
-    sigma0 = plan.sigmas[0]
+    sigma0 = plan_sigmas(demo_pipeline, plan)[0]
     np.testing.assert_allclose(unet_inputs[0]["sample"][0], noise[0] * sigma0 / np.sqrt(sigma0**2 + 1), rtol=1e-5,
                                atol=1e-6)
 
@@ -228,7 +225,7 @@ def test_skip_early_cond_restarts_in_the_hires_pass(demo_pipeline, unet_inputs):
     req = Txt2ImgRequest(prompt="a red circle", negative_prompt="blurry", seed=2, steps=2, width=64, height=64,
                          sampler_name="Euler", enable_hr=True, hr_scale=1.5, hr_second_pass_steps=4,
                          denoising_strength=0.5)
-    plan = plan_txt2img(req, {**DEFAULTS, "skip_early_cond": 0.5}, demo_pipeline.sigmas)
+    plan = plan_txt2img(req, {**DEFAULTS, "skip_early_cond": 0.5})
     assert plan.sampler_settings.skip_early_cond == 0.5
     demo_pipeline.txt2img(plan)
     rows = [call["sample"].shape[0] for call in unet_inputs]
@@ -253,7 +250,7 @@ def test_extra_noise_k_diffusion_img2img_start(demo_pipeline, torch_pipeline, un
     demo_pipeline.img2img(plan)
     noise = torch_randn((4, 8, 8), seed)
     init = torch_init_latent(torch_pipeline, image)[0]
-    sigma0 = np.float32(plan.sigmas[0])
+    sigma0 = np.float32(plan_sigmas(demo_pipeline, plan)[0])
     expected = (init + noise * sigma0 + noise * e) / np.sqrt(sigma0**2 + 1)
     np.testing.assert_allclose(unet_inputs[0]["sample"][0], expected, atol=5e-5)
     without = np.asarray(unet_inputs[0]["sample"][0])
@@ -287,8 +284,8 @@ def test_extra_noise_applies_to_the_hires_pass(demo_pipeline, unet_inputs):
     req = Txt2ImgRequest(prompt="a red circle", seed=seed, steps=2, width=64, height=64, sampler_name="Euler",
                          enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", denoising_strength=0.5)
     options = {**DEFAULTS, "randn_source": "CPU"}
-    plain = plan_txt2img(req, options, demo_pipeline.sigmas)
-    extra = plan_txt2img(req, {**options, "img2img_extra_noise": e}, demo_pipeline.sigmas)
+    plain = plan_txt2img(req, options)
+    extra = plan_txt2img(req, {**options, "img2img_extra_noise": e})
     assert extra.sampler_settings.img2img_extra_noise == e
     demo_pipeline.txt2img(plain)
     first = [np.asarray(c["sample"]) for c in unet_inputs]
@@ -297,7 +294,7 @@ def test_extra_noise_applies_to_the_hires_pass(demo_pipeline, unet_inputs):
     second = [np.asarray(c["sample"]) for c in unet_inputs]
     np.testing.assert_array_equal(second[0], first[0])  # txt2img's own start has no extra noise
     np.testing.assert_array_equal(second[1], first[1])
-    sigma0 = np.float32(extra.hires.sigmas[0])
+    sigma0 = np.float32(plan_sigmas(demo_pipeline, extra, hires=True)[0])
     hires_noise = torch_randn((4, 12, 12), seed)  # the hires pass's noise: a fresh generator of the seed
     np.testing.assert_allclose(second[2][0] - first[2][0], hires_noise * e / np.sqrt(sigma0**2 + 1), atol=1e-5)
 
@@ -307,7 +304,7 @@ def test_extra_noise_stays_when_nothing_is_denoised(demo_pipeline, unet_inputs):
     image, seed, e = noise_image(64, 64, 4), 7, 0.5
     plan = img2img_plan(demo_pipeline, image, "Euler", 4, 0.0, fix_steps=True,
                         settings=SamplerSettings(img2img_extra_noise=e), seed=seed)
-    assert plan.sigmas == (0.0,)
+    assert plan_sigmas(demo_pipeline, plan) == (0.0,)
     plain = demo_pipeline.img2img(replace(plan, sampler_settings=SamplerSettings())).latents[0]
     noisy = demo_pipeline.img2img(plan).latents[0]
     assert unet_inputs == []
@@ -325,7 +322,7 @@ def test_sgm_noise_multiplier_scales_the_txt2img_start(demo_pipeline, unet_input
     np.testing.assert_allclose(unet_inputs[0]["sample"][0], noise[0], rtol=1e-6, atol=1e-6)
     unet_inputs.clear()
     demo_pipeline.txt2img(replace(plan, sampler_settings=SamplerSettings()), initial_noise=noise)
-    sigma0 = plan.sigmas[0]
+    sigma0 = plan_sigmas(demo_pipeline, plan)[0]
     np.testing.assert_allclose(unet_inputs[0]["sample"][0], noise[0] * sigma0 / np.sqrt(sigma0**2 + 1), rtol=1e-6)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from service.options import DEFAULTS
 from service.sdapi_models import Txt2ImgRequest
-from service.state import placeholder_sigmas
 from service.styles import StyleDatabase
 from service.translate import plan_txt2img
 
@@ -17,7 +16,7 @@ def test_styles_comments_and_tags(tmp_path):
     # Styles first, then comments (A1111's order): a comment on the last line would swallow an appended style.
     req = Txt2ImgRequest(prompt="a cat <lora:detail:0.8> # a comment\nred", negative_prompt="ugly",
                          styles=["photo", "sharp", "missing"], steps=2, width=64, height=64)
-    plan = plan_txt2img(req, DEFAULTS, placeholder_sigmas, styles=styles)
+    plan = plan_txt2img(req, DEFAULTS, styles=styles)
     assert "# a comment" not in plan.prompts[0]
     assert plan.prompts[0].startswith("a photo of a cat <lora:detail:0.8>")
     assert plan.prompts[0].endswith("\nred, sharp")
@@ -29,7 +28,7 @@ def test_prompt_options_reach_the_plan():
     options = dict(DEFAULTS, emphasis="No norm", comma_padding_backtrack=5, use_old_scheduling=True,
                    always_discard_next_to_last_sigma=True)
     req = Txt2ImgRequest(prompt="(a:1.2)", steps=4, width=64, height=64, sampler_name="Euler")
-    plan = plan_txt2img(req, options, placeholder_sigmas)
+    plan = plan_txt2img(req, options)
     assert plan.emphasis == "No norm" and plan.comma_padding_backtrack == 5 and plan.use_old_scheduling
     assert plan.sampler_settings.always_discard_next_to_last_sigma
 
@@ -39,12 +38,12 @@ def test_infotext_sampling_entries():
 
     options = dict(DEFAULTS, emphasis="No norm", eta_ancestral=0.5)
     req = Txt2ImgRequest(prompt="(a:1.2)", steps=4, width=64, height=64, sampler_name="Euler a")
-    plan = plan_txt2img(req, options, placeholder_sigmas)
-    parsed = parse_infotext(create_infotext(plan.prompts[0], "", generation_parameters(plan, 0, "m", "h", options)))
+    plan = plan_txt2img(req, options)
+    parsed = parse_infotext(create_infotext(plan.prompts[0], "", generation_parameters(plan, 0, "m", "h")))
     assert parsed["Eta"] == "0.5" and parsed["Emphasis"] == "No norm"
     plain = plan_txt2img(Txt2ImgRequest(prompt="a", steps=4, width=64, height=64, sampler_name="Euler a"),
-                         DEFAULTS, placeholder_sigmas)
-    text = create_infotext("a", "", generation_parameters(plain, 0, "m", "h", DEFAULTS))
+                         DEFAULTS)
+    text = create_infotext("a", "", generation_parameters(plain, 0, "m", "h"))
     assert "Eta" not in text and "Emphasis" not in text and "Sigma" not in text
 
 

@@ -29,13 +29,12 @@ def shapes_pipeline(shapes_bundle):
 
 def make_plan(pipeline, prompts, seeds=SEEDS, sampler="Euler a", steps=20, cfg_scale=7.0, size=(64, 64),
               **extra) -> GenerationPlan:
-    sigmas = tuple(float(s) for s in pipeline.sigmas(sampler, "automatic", steps))
     if isinstance(prompts, str):
         prompts = (prompts,) * len(seeds)
     return GenerationPlan(
         prompts=tuple(prompts), negative_prompts=("",) * len(seeds), seeds=tuple(seeds),
         subseeds=tuple(seeds), width=size[0], height=size[1], steps=steps, cfg_scale=cfg_scale,
-        sampler=sampler, scheduler="automatic", sigmas=sigmas, batch_size=len(seeds), **extra,
+        sampler=sampler, scheduler="automatic", batch_size=len(seeds), **extra,
     )
 
 
@@ -135,13 +134,11 @@ def test_other_sizes_still_draw_the_colour(shapes_pipeline, size):
 
 
 def img2img_plan(pipeline, init, prompt, strength, seeds=SEEDS, mask=None, sampler="Euler a", steps=20):
-    from engine.img2img import denoising_schedule
     from engine.plan import Img2ImgPlan
 
-    sigmas = denoising_schedule(lambda n: pipeline.sigmas(sampler, "automatic", n), steps, strength, False)
     plan = make_plan(pipeline, prompt, seeds=seeds, sampler=sampler, steps=steps)
     spec = Img2ImgPlan(init_images=(init,), denoising_strength=strength, mask=mask)
-    return dataclasses.replace(plan, sigmas=sigmas, img2img=spec)
+    return dataclasses.replace(plan, img2img=spec)
 
 
 def vivid_mask(image) -> np.ndarray:

@@ -13,6 +13,7 @@ from service.encode import encode_image, to_base64
 from service.extras import ExtrasOutput, ExtrasPlan, check_size, plaintext_to_html, plan_extras, run_one
 from service.generate import enqueue
 from service.image_io import ImageInputError, decode_image, limits_from_options
+from service.job_options import JobOptions
 from service.jobs import Job
 from service.routes.generation import TASK_ID_HEADER, wait_for
 from service.sdapi_models import LenientInt
@@ -95,19 +96,18 @@ def extras_job(images: list[tuple[object, str | None]], plan: ExtrasPlan, regist
     return Job(kind="extras", run=run)
 
 
-def _encode(outputs: list[ExtrasOutput], options) -> list[str]:
-    fmt = str(options.get("samples_format", "png"))
-    quality = int(options.get("jpeg_quality", 80))
-    return [to_base64(encode_image(o.image, fmt, None, quality, bool(options.get("webp_lossless", False)),
+def _encode(outputs: list[ExtrasOutput], options: JobOptions) -> list[str]:
+    fmt, quality = options.samples_format, options.jpeg_quality
+    return [to_base64(encode_image(o.image, fmt, None, quality, options.webp_lossless,
                                    text=o.text)) for o in outputs]
 
 
 async def _run(request: Request, response: Response, images: list[tuple[object, str | None]], plan: ExtrasPlan):
     state = request.app.state.sdedge
-    options = state.options.snapshot()
+    options = JobOptions.from_mapping(state.options.snapshot())
     for image, _ in images:
         check_size(plan, image.width, image.height)
-    job = enqueue(state, extras_job(images, plan, state.upscalers, bool(options.get("enable_pnginfo", True))))
+    job = enqueue(state, extras_job(images, plan, state.upscalers, options.enable_pnginfo))
     response.headers[TASK_ID_HEADER] = job.id
     outputs, html_info = await wait_for(job, state, request)
     return await run_in_threadpool(_encode, outputs, options), html_info

@@ -7,13 +7,8 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from service.generate import (  # noqa: F401 (shared helpers)
-    enqueue,
-    job_options,
-    progress_hook,
-    submit_img2img,
-    submit_txt2img,
-)
+from service.generate import enqueue, job_options, progress_hook  # noqa: F401 (shared helpers)
+from service.generate import submit as submit_generation
 from service.jobs import Job, JobCancelled
 from service.sdapi_models import GenerationResponse, Img2ImgRequest, Txt2ImgRequest
 from service.state import ServerState
@@ -42,7 +37,7 @@ def submit(state: ServerState, job: Job) -> Job:
 @router.post("/sdapi/v1/txt2img", response_model=GenerationResponse)
 async def txt2img(req: Txt2ImgRequest, request: Request, response: Response):
     state: ServerState = request.app.state.sdedge
-    job, finish = submit_txt2img(state, req)
+    job, finish = submit_generation(state, req)
     response.headers[TASK_ID_HEADER] = job.id
     result = await wait_for(job, state, request)
     return await run_in_threadpool(finish, result)
@@ -52,7 +47,7 @@ async def txt2img(req: Txt2ImgRequest, request: Request, response: Response):
 async def img2img(req: Img2ImgRequest, request: Request, response: Response):
     state: ServerState = request.app.state.sdedge
     # Decoding init images and masks is CPU work: off the event loop.
-    job, finish = await run_in_threadpool(submit_img2img, state, req)
+    job, finish = await run_in_threadpool(submit_generation, state, req)
     response.headers[TASK_ID_HEADER] = job.id
     result = await wait_for(job, state, request)
     return await run_in_threadpool(finish, result)

@@ -43,6 +43,6 @@ def unload_checkpoint(request: Request) -> dict:
 @router.post("/sdapi/v1/reload-checkpoint")
 def reload_checkpoint(request: Request) -> dict:
     state = _state(request)
-    entry = checkpoint(state, state.options.snapshot())
+    entry = checkpoint(state, state.job_options(None))
     enqueue(state, state.switch_checkpoint(entry)).future.result()
     return {}

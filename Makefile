@@ -8,7 +8,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 DEMO_BUNDLE ?= models/sdedge-shapes
 PORT ?= 7860
 
-.PHONY: serve test test-slow bench lint export demo proto clean fuzz
+.PHONY: serve test test-fast test-slow bench lint export demo proto clean fuzz
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ test: $(STAMP_DEV)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m "not fullsize" $(PYTEST_ARGS)
 
+# The quick loop while editing: everything but `slow`/`fullsize` tests and the suites that start a real server
+# (tests/server/); under a minute once the demo bundles are cached.
+test-fast: $(STAMP_DEV)
+	$(PY) -m pytest -q -m "not slow and not fullsize" --ignore=tests/server $(PYTEST_ARGS)
+
 # Full-size and multi-minute checks (marker `fullsize`: large images, full-size random-weight models), kept out of
 # `make test` so CI stays well under its limit.
 test-slow: $(STAMP_DEV)
@@ -57,7 +62,7 @@ export: $(STAMP_DEV)
 	$(PY) -m export convert "$(SRC)" --out "$(OUT)"
 
 # gRPC stubs: committed in service/generated/ (a runtime install has no grpcio-tools); regenerate after editing
-# proto/. tests/test_grpc.py checks that regenerating gives the committed bytes.
+# proto/. tests/server/test_grpc.py checks that regenerating gives the committed bytes.
 proto: $(STAMP_DEV)
 	$(PY) proto/generate.py
 
@@ -65,8 +70,8 @@ proto: $(STAMP_DEV)
 # prompt-parser and tokenizer properties with fresh random examples (`make test` replays fixed ones).
 FUZZ_EXAMPLES ?= 100
 fuzz: $(STAMP_DEV)
-	SDEDGE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) SDEDGE_HYPOTHESIS=explore $(PY) -m pytest -q tests/test_fuzz_sdapi.py \
-		tests/test_prompt_parser.py tests/test_tokenizer.py $(PYTEST_ARGS)
+	SDEDGE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) SDEDGE_HYPOTHESIS=explore $(PY) -m pytest -q tests/server/test_fuzz_sdapi.py \
+		tests/engine/test_prompt_parser.py tests/engine/test_tokenizer.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) models/sdedge-shapes .pytest_cache

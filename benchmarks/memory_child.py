@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
-    from service.state import ServerConfig, ServerState
+    from service.http.app import create_app
+    from service.runtime.state import ServerConfig, ServerState
 
     with tempfile.TemporaryDirectory() as tmp:
         extra = {} if args.memory_budget is None else {"memory_budget": int(args.memory_budget * 2**30)}

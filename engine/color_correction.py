@@ -8,7 +8,7 @@ saturation of the matched image, luminosity of the generated one.
 A1111 uses OpenCV, scikit-image and blendmodes for this; the engine uses none of them, so each step is written
 here in NumPy to give the same bytes: OpenCV's 8-bit RGB↔LAB (its bit-exact fixed-point path, with the lookup
 tables it builds), scikit-image's histogram matching for unsigned integers, and blendmodes' blend and its
-truncation to 8 bits. tests/test_color_correction.py checks each against the library itself.
+truncation to 8 bits. tests/engine/test_color_correction.py checks each against the library itself.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""How much memory one generation job needs at its peak, estimated before it runs (service/admission.py).
+"""How much memory one generation job needs at its peak, estimated before it runs (service/runtime/admission.py).
 
 The estimate is the job's peak RSS above the loaded server (models, sessions, Python): the largest of the
 component calls it makes (UNet on the CFG batch at the first-pass and hires sizes, VAE decode/encode of one
@@ -23,7 +23,7 @@ Estimate / measured with SAFETY: UNet 1.8, 1.0, 1.14, 1.18; decoder 1.9, 2.9, 1.
 its single 64 MiB attention block is counted as three copies).
 
 `SAFETY` covers what the points do not show (allocator fragmentation, other models' layouts); tests check the
-estimate against fresh measurements within a stated factor (tests/test_memory_admission.py).
+estimate against fresh measurements within a stated factor (tests/service/runtime/test_memory_admission.py).
 """
 
 from __future__ import annotations

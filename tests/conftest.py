@@ -175,8 +175,8 @@ def grpc_in_process(demo_bundle, tmp_path_factory):
     import grpc
 
     from service.generated import sdedge_pb2_grpc as pb_grpc
-    from service.grpc_server import GrpcConfig, GrpcServer
-    from service.state import ServerConfig, ServerState
+    from service.rpc.server import GrpcConfig, GrpcServer
+    from service.runtime.state import ServerConfig, ServerState
 
     state = ServerState(ServerConfig(model=demo_bundle, models_dir=tmp_path_factory.mktemp("models")))
     state.load_default()
@@ -194,8 +194,8 @@ def api(demo_bundle, tmp_path_factory):
     """The sdapi app on the demo bundle through FastAPI's TestClient; a fresh server state per test module."""
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
-    from service.state import ServerConfig, ServerState
+    from service.http.app import create_app
+    from service.runtime.state import ServerConfig, ServerState
 
     tmp = tmp_path_factory.mktemp("api")
     state = ServerState(ServerConfig(model=demo_bundle, models_dir=tmp / "models", options_file=tmp / "o.json"))

@@ -1,0 +1,147 @@
+"""The options one job runs with, typed and frozen: built once per job from the merged option values (server
+options + the request's `override_settings`), so the job path reads attributes, not a dict with defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from engine.samplers import SamplerSettings
+from engine.schedules import ScheduleOptions
+from service.a1111.image_io import ImageLimits
+from service.runtime.options import DEFAULTS, unimplemented_warnings
+
+
+def _cast(value: Any, default: Any) -> Any:
+    """A1111's `Options.cast_value`: to the type of the option's default; for a bool only the text "False" is
+    false. None (a key the mapping lacks) is the default."""
+    if value is None:
+        value = default
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        return False if value == "False" else bool(value)
+    if isinstance(default, list | tuple):
+        return tuple(value)
+    return type(default)(value)
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """The options the job path reads, each under its A1111 key. Defaults are service.runtime.options.DEFAULTS."""
+
+    sd_model_checkpoint: str | None = DEFAULTS["sd_model_checkpoint"]
+    # prompts and conditioning
+    CLIP_stop_at_last_layers: int = DEFAULTS["CLIP_stop_at_last_layers"]
+    enable_prompt_comments: bool = DEFAULTS["enable_prompt_comments"]
+    emphasis: str = DEFAULTS["emphasis"]
+    comma_padding_backtrack: int = DEFAULTS["comma_padding_backtrack"]
+    use_old_scheduling: bool = DEFAULTS["use_old_scheduling"]
+    # noise
+    randn_source: str = DEFAULTS["randn_source"]
+    eta_noise_seed_delta: int = DEFAULTS["eta_noise_seed_delta"]
+    # sampler settings (→ SamplerSettings)
+    eta_ancestral: float = DEFAULTS["eta_ancestral"]
+    eta_ddim: float = DEFAULTS["eta_ddim"]
+    s_churn: float = DEFAULTS["s_churn"]
+    s_tmin: float = DEFAULTS["s_tmin"]
+    s_tmax: float = DEFAULTS["s_tmax"]
+    s_noise: float = DEFAULTS["s_noise"]
+    s_min_uncond: float = DEFAULTS["s_min_uncond"]
+    s_min_uncond_all: bool = DEFAULTS["s_min_uncond_all"]
+    always_discard_next_to_last_sigma: bool = DEFAULTS["always_discard_next_to_last_sigma"]
+    sigma_min: float = DEFAULTS["sigma_min"]
+    sigma_max: float = DEFAULTS["sigma_max"]
+    rho: float = DEFAULTS["rho"]
+    beta_dist_alpha: float = DEFAULTS["beta_dist_alpha"]
+    beta_dist_beta: float = DEFAULTS["beta_dist_beta"]
+    use_old_karras_scheduler_sigmas: bool = DEFAULTS["use_old_karras_scheduler_sigmas"]
+    skip_early_cond: float = DEFAULTS["skip_early_cond"]
+    img2img_extra_noise: float = DEFAULTS["img2img_extra_noise"]
+    sgm_noise_multiplier: bool = DEFAULTS["sgm_noise_multiplier"]
+    sd_noise_schedule: str = DEFAULTS["sd_noise_schedule"]
+    uni_pc_variant: str = DEFAULTS["uni_pc_variant"]
+    uni_pc_skip_type: str = DEFAULTS["uni_pc_skip_type"]
+    uni_pc_order: int = DEFAULTS["uni_pc_order"]
+    uni_pc_lower_order_final: bool = DEFAULTS["uni_pc_lower_order_final"]
+    # img2img and inpainting
+    img2img_fix_steps: bool = DEFAULTS["img2img_fix_steps"]
+    initial_noise_multiplier: float = DEFAULTS["initial_noise_multiplier"]
+    inpainting_mask_weight: float = DEFAULTS["inpainting_mask_weight"]
+    img2img_background_color: str = DEFAULTS["img2img_background_color"]
+    overlay_inpaint: bool = DEFAULTS["overlay_inpaint"]
+    img2img_color_correction: bool = DEFAULTS["img2img_color_correction"]
+    # input images (A1111 `api_*`, restricted: only the server's options set them)
+    api_enable_requests: bool = DEFAULTS["api_enable_requests"]
+    api_forbid_local_requests: bool = DEFAULTS["api_forbid_local_requests"]
+    api_useragent: str = DEFAULTS["api_useragent"]
+    # the response: images and infotext
+    samples_format: str = DEFAULTS["samples_format"]
+    jpeg_quality: int = DEFAULTS["jpeg_quality"]
+    webp_lossless: bool = DEFAULTS["webp_lossless"]
+    enable_pnginfo: bool = DEFAULTS["enable_pnginfo"]
+    return_mask: bool = DEFAULTS["return_mask"]
+    return_mask_composite: bool = DEFAULTS["return_mask_composite"]
+    face_restoration: bool = DEFAULTS["face_restoration"]
+    add_model_hash_to_info: bool = DEFAULTS["add_model_hash_to_info"]
+    add_model_name_to_info: bool = DEFAULTS["add_model_name_to_info"]
+    add_version_to_infotext: bool = DEFAULTS["add_version_to_infotext"]
+    live_previews_image_format: str = DEFAULTS["live_previews_image_format"]
+    # reading a pasted infotext
+    infotext_styles: str = DEFAULTS["infotext_styles"]
+    use_old_hires_fix_width_height: bool = DEFAULTS["use_old_hires_fix_width_height"]
+    auto_backcompat: bool = DEFAULTS["auto_backcompat"]
+    infotext_skip_pasting: tuple[str, ...] = tuple(DEFAULTS["infotext_skip_pasting"])
+    disable_weights_auto_swap: bool = DEFAULTS["disable_weights_auto_swap"]
+    # Not an option: one sentence per option in effect that sdedge stores but does not implement.
+    unimplemented: tuple[str, ...] = ()
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> JobOptions:
+        """The typed options of `values` (option key → value; keys it lacks take their default)."""
+        typed = {name: _cast(values.get(name), DEFAULTS[name]) for name in OPTION_KEYS}
+        warnings = tuple(unimplemented_warnings(values)) if isinstance(values, Mapping) else ()
+        return cls(**typed, unimplemented=warnings)
+
+    @classmethod
+    def of(cls, options: JobOptions | Mapping[str, Any] | None) -> JobOptions:
+        """`options` as JobOptions; a mapping (a caller outside the job path, a test) is converted once."""
+        if isinstance(options, JobOptions):
+            return options
+        return cls.from_mapping(options or {})
+
+    def sampler_settings(self, s_min_uncond: float | None = None) -> SamplerSettings:
+        """The sampler settings among these options (a1111-api.md §9.4); `s_min_uncond` is the request's value,
+        which wins over the option's."""
+        return SamplerSettings(
+            eta_ancestral=self.eta_ancestral,
+            eta_ddim=self.eta_ddim,
+            s_min_uncond=float(s_min_uncond) if s_min_uncond is not None else self.s_min_uncond,
+            s_min_uncond_all=self.s_min_uncond_all,
+            always_discard_next_to_last_sigma=self.always_discard_next_to_last_sigma,
+            uni_pc_variant=self.uni_pc_variant,
+            uni_pc_skip_type=self.uni_pc_skip_type,
+            uni_pc_order=self.uni_pc_order,
+            uni_pc_lower_order_final=self.uni_pc_lower_order_final,
+            schedule=ScheduleOptions(
+                sigma_min=self.sigma_min,
+                sigma_max=self.sigma_max,
+                rho=self.rho,
+                beta_alpha=self.beta_dist_alpha,
+                beta_beta=self.beta_dist_beta,
+                old_karras_sigmas=self.use_old_karras_scheduler_sigmas,
+            ),
+            skip_early_cond=self.skip_early_cond,
+            img2img_extra_noise=self.img2img_extra_noise,
+            sgm_noise_multiplier=self.sgm_noise_multiplier,
+            noise_schedule=self.sd_noise_schedule,
+        )
+
+    def image_limits(self) -> ImageLimits:
+        """What an input image string may be (URLs fetched or not, and how)."""
+        return ImageLimits(allow_urls=self.api_enable_requests, forbid_local_urls=self.api_forbid_local_requests,
+                           user_agent=self.api_useragent)
+
+
+OPTION_KEYS: tuple[str, ...] = tuple(f.name for f in fields(JobOptions) if f.name != "unimplemented")

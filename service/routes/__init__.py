@@ -1,1 +1,0 @@
-"""One APIRouter per concern; service/app.py includes them."""

@@ -1,0 +1,504 @@
+"""The job queue every front door submits to: FIFO, bounded, one worker thread per execution backend.
+
+A job carries its id, state, progress (job_no/job_count, sampling step/steps), the latest latents for previews,
+interrupt/skip/cancel flags and its result. REST and gRPC both submit here, so their jobs interleave in one FIFO.
+
+The worker cannot die silently: whatever a job raises (BaseExceptions, exceptions whose message cannot be
+rendered, a failing listener) fails that job only. A watchdog thread gives every running job a deadline
+(interrupted when it passes, abandoned and the worker replaced when it still does not stop) and restarts a worker
+thread that died anyway; `healthy()` is false meanwhile (/internal/ping and gRPC health report it).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import random
+import string
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from service.a1111.errors import JobFailed, JobTimeout
+
+log = logging.getLogger(__name__)
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class QueueFull(Exception):
+    """The queue holds its maximum number of waiting jobs."""
+
+
+class JobCancelled(Exception):
+    """The job was removed before it started."""
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message`, even for an exception whose `__str__` itself raises."""
+    try:
+        message = str(exc)
+    except BaseException:  # noqa: BLE001 - any failure to render is reported, never propagated
+        message = "<the exception's message could not be rendered>"
+    return f"{type(exc).__name__}: {message}"
+
+
+def reportable(exc: BaseException) -> Exception:
+    """The exception a job's caller receives: an ordinary Exception whose message renders, else a JobFailed
+    saying what was raised (the front doors and asyncio's futures handle only Exceptions, and error bodies
+    render the message)."""
+    if isinstance(exc, Exception):
+        try:
+            str(exc)
+            return exc
+        except BaseException:  # noqa: BLE001
+            pass
+    failed = JobFailed(f"the job raised {describe(exc)}")
+    failed.__cause__ = exc  # its traceback stays in the server's log
+    return failed
+
+
+def _finished(job: Job) -> None:
+    raise RuntimeError(f"job {job.id} has already run")
+
+
+def new_task_id(kind: str) -> str:
+    """A1111's generated id: `task(txt2img-XXXXXXX)` with 7 characters from A–Z0–9."""
+    suffix = "".join(random.choices(string.ascii_uppercase + string.digits, k=7))
+    return f"task({kind}-{suffix})"
+
+
+@dataclass
+class Progress:
+    """What /progress reports. `job_count` is -1 from the job's start until its work is counted (A1111)."""
+
+    job_no: int = 0
+    job_count: int = 0
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    time_start: float | None = None
+    latents: np.ndarray | None = None
+    textinfo: str | None = None
+    job_timestamp: str = "0"
+
+
+@dataclass
+class Preview:
+    """The job's live preview, decoded lazily when someone asks (A1111 `set_current_image`)."""
+
+    image: Any = None
+    id: int = 0
+    job_no: int = 0
+    step: int = 0
+
+
+@dataclass
+class Job:
+    """One queued unit of work; `run(job)` executes on the worker thread and returns the result."""
+
+    kind: str
+    run: Callable[[Job], Any]
+    id: str = ""
+    state: JobState = JobState.QUEUED
+    progress: Progress = field(default_factory=Progress)
+    interrupted: bool = False
+    skipped: bool = False
+    future: Future = field(default_factory=Future)
+    sequence: int = 0
+    listeners: list[Callable[[Job], None]] = field(default_factory=list)
+    preview: Preview = field(default_factory=Preview)
+    enqueued_at: float = 0.0
+    finished_at: float | None = None
+    error: str | None = None  # "ExceptionType: message" of a failed job
+    deadline: float | None = None  # time.time() by which a running job must be done (None: no deadline)
+    timed_out: bool = False  # the watchdog interrupted it at its deadline
+    _skip_pending: bool = False
+    _finalized: bool = False  # its end is recorded (by its worker, or by the watchdog that abandoned it)
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = new_task_id(self.kind)
+
+    def should_stop(self) -> bool:
+        """Polled by the denoiser before every step: true ends the current batch.
+
+        A skip ends one batch only, so it is used up by the poll that acts on it; the pipeline polls once more
+        after an ended batch and goes on when that answers false. An interrupt ends every remaining batch.
+        """
+        if self.interrupted:
+            return True
+        if self._skip_pending:
+            self._skip_pending = False
+            return True
+        return False
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+
+    def summary(self) -> Job:
+        """A light copy kept after the job ends: its state, flags and counters, not its result, latents or preview
+        (the finished-jobs memory must not hold images)."""
+        done: Future = Future()
+        done.set_result(None)
+        return replace(self, run=_finished, future=done, listeners=[], preview=Preview(),
+                       progress=replace(self.progress, latents=None))
+
+    def skip(self) -> None:
+        # `skipped` stays set for /progress until the job ends, as A1111's state flag does within a batch.
+        self.skipped = True
+        self._skip_pending = True
+
+    def notify(self) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(self)
+            except BaseException as exc:  # noqa: BLE001 - a broken listener must not kill the job or the worker
+                log.error("progress listener of %s failed: %s", self.id, describe(exc))
+
+
+def _minimal_summary(job: Job) -> Job:
+    """A summary built field by field, for when `job.summary()` itself fails."""
+    done: Future = Future()
+    done.set_result(None)
+    return Job(kind=job.kind, run=_finished, id=job.id, state=job.state, future=done, sequence=job.sequence,
+               interrupted=job.interrupted, skipped=job.skipped, enqueued_at=job.enqueued_at,
+               finished_at=job.finished_at, error=job.error, timed_out=job.timed_out, _finalized=True)
+
+
+class JobQueue:
+    """FIFO of jobs with a bounded number waiting; a single worker runs them one at a time, a watchdog keeps
+    the worker alive and every running job within its deadline.
+
+    `timeout()` gives the deadline in seconds of a job as it starts (0: none). A job still running
+    `abandon_after` seconds after its deadline (a native call that cannot be interrupted) is failed and left to
+    its thread, and a new worker takes the queue.
+    """
+
+    RECENT = 16  # finished jobs remembered for /internal/progress `completed` and the SSE stream
+
+    def __init__(self, max_pending: int = 64, name: str = "worker", timeout: Callable[[], float] | None = None,
+                 abandon_after: float = 10.0, watch_every: float = 0.25):
+        self.max_pending = max_pending
+        self.name = name
+        self.timeout = timeout or (lambda: 0.0)
+        self.abandon_after = abandon_after
+        self.watch_every = watch_every
+        self.restarts = 0  # worker threads started after the first (died or abandoned)
+        self._pending: deque[Job] = deque()
+        self._jobs: dict[str, Job] = {}
+        self._current: Job | None = None
+        self._recent: OrderedDict[str, Job] = OrderedDict()
+        self._watchers: dict[str, list[Callable[[Job], None]]] = {}  # listeners of task ids not submitted yet
+        self._last: Job | None = None
+        self.started: deque[tuple[int, str]] = deque(maxlen=1024)  # (arrival sequence, id) in start order
+        self._cond = threading.Condition()
+        self._sequence = itertools.count()
+        self._closed = False
+        self._stop = threading.Event()
+        self._generation = 0  # which worker thread owns the queue; an abandoned one sees it change and leaves
+        self._worker: threading.Thread
+        with self._cond:
+            self._start_worker()
+        self.restarts = 0
+        self._watchdog = threading.Thread(target=self._watch, name=f"sdedge-{name}-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def submit(self, job: Job) -> Job:
+        with self._cond:
+            if len(self._pending) >= self.max_pending:
+                raise QueueFull(f"queue is full ({self.max_pending} jobs waiting)")
+            job.sequence = next(self._sequence)
+            job.enqueued_at = time.time()
+            self._pending.append(job)
+            self._jobs[job.id] = job
+            watchers = self._watchers.pop(job.id, [])
+            job.listeners.extend(watchers)
+            self._cond.notify()
+        for watcher in watchers:  # a subscriber that came first sees the job queued, then every change
+            watcher(job)
+        return job
+
+    def watch(self, job_id: str, listener: Callable[[Job], None]) -> Job | None:
+        """Follow a task by id: the listener joins the job's listeners now if it is waiting or running, or when
+        it is submitted. Returns the job when it is known already (finished ones as their summary, which never
+        changes again); None means the listener waits for the submission until `unwatch`."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.listeners.append(listener)
+                return job
+            finished = self._recent.get(job_id)
+            if finished is not None:
+                return finished
+            self._watchers.setdefault(job_id, []).append(listener)
+            return None
+
+    def unwatch(self, job_id: str, listener: Callable[[Job], None]) -> None:
+        with self._cond:
+            waiting = self._watchers.get(job_id, [])
+            if listener in waiting:
+                waiting.remove(listener)
+                if not waiting:
+                    del self._watchers[job_id]
+            job = self._jobs.get(job_id)
+            if job is not None and listener in job.listeners:
+                job.listeners.remove(listener)
+
+    def cancel(self, job: Job) -> None:
+        """A queued job is removed; a running one is interrupted at its next step."""
+        with self._cond:
+            if job in self._pending:
+                self._pending.remove(job)
+                job.state = JobState.CANCELLED
+                job._finalized = True
+                self._jobs.pop(job.id, None)
+                _resolve(job, None, JobCancelled(job.id))
+                cancelled = True
+            else:
+                cancelled = False
+        if cancelled:
+            job.notify()  # e.g. an SSE stream waiting for this job ends now
+            return
+        if job.state == JobState.RUNNING:
+            job.interrupt()
+
+    @property
+    def current(self) -> Job | None:
+        return self._current
+
+    @property
+    def last(self) -> Job | None:
+        """The running job, else the one that ran last (its flags and counters are what idle /progress shows)."""
+        return self._current or self._last
+
+    def pending(self) -> list[Job]:
+        with self._cond:
+            return list(self._pending)
+
+    def position(self, job: Job) -> int | None:
+        """1-based place among the waiting jobs, None when not waiting."""
+        with self._cond:
+            for i, waiting in enumerate(self._pending):
+                if waiting is job:
+                    return i + 1
+        return None
+
+    def get(self, job_id: str) -> Job | None:
+        """A waiting or running job, or one of the last finished ones."""
+        with self._cond:
+            return self._jobs.get(job_id) or self._recent.get(job_id)
+
+    def recent(self) -> list[Job]:
+        with self._cond:
+            return list(self._recent.values())
+
+    def interrupt_current(self) -> Job | None:
+        """A1111's /interrupt: whatever job runs now ends after its current step; queued jobs are untouched."""
+        job = self._current
+        if job is not None:
+            job.interrupt()
+        return job
+
+    def skip_current(self) -> Job | None:
+        job = self._current
+        if job is not None:
+            job.skip()
+        return job
+
+    def healthy(self) -> bool:
+        """False while the worker thread is dead (until the watchdog restarts it) or its job is overdue."""
+        if self._closed:
+            return False
+        job = self._current
+        overdue = job is not None and job.deadline is not None and time.time() >= job.deadline
+        return self._worker.is_alive() and not overdue
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._stop.set()
+            self._cond.notify_all()
+
+    # -- the worker -----------------------------------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        """A new worker thread owns the queue from now on (call with the lock held)."""
+        self._generation += 1
+        self.restarts += 1
+        self._worker = threading.Thread(target=self._work, args=(self._generation,),
+                                        name=f"sdedge-{self.name}-{self._generation}", daemon=True)
+        self._worker.start()
+
+    def _work(self, generation: int) -> None:
+        while True:
+            job = self._next(generation)
+            if job is None:
+                return
+            try:
+                self._execute(job, generation)
+            except BaseException as exc:  # noqa: BLE001 - last resort: the job fails, the worker goes on
+                log.error("worker failed around job %s: %s", job.id, describe(exc), exc_info=exc)
+                self._finish(job, generation, None, JobFailed(f"the worker failed: {describe(exc)}"))
+
+    def _next(self, generation: int) -> Job | None:
+        """The next job to run, marked running; None when the queue closed or this worker was replaced."""
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed and generation == self._generation:
+                    self._cond.wait()
+                if self._closed or generation != self._generation:
+                    return None
+                job = self._pending.popleft()
+                try:
+                    runnable = job.future.set_running_or_notify_cancel()
+                except RuntimeError:  # its future was resolved by someone else already
+                    runnable = False
+                if not runnable:  # cancelled through its future while waiting (e.g. asyncio.wrap_future)
+                    job.state = JobState.CANCELLED
+                    job._finalized = True
+                    if self._jobs.get(job.id) is job:
+                        del self._jobs[job.id]
+                else:
+                    now = time.time()
+                    job.state = JobState.RUNNING
+                    job.progress.time_start = now
+                    job.progress.job_timestamp = time.strftime("%Y%m%d%H%M%S")
+                    job.progress.job_count = -1
+                    seconds = self._timeout_seconds()
+                    job.deadline = now + seconds if seconds > 0 else None
+                    self._current = job
+                    self.started.append((job.sequence, job.id))
+            job.notify()
+            if runnable:
+                return job
+
+    def _timeout_seconds(self) -> float:
+        try:
+            seconds = float(self.timeout())
+        except Exception as exc:  # a broken setting must not stop the queue
+            log.error("job timeout unavailable: %s", describe(exc))
+            return 0.0
+        return seconds if seconds > 0 and seconds != float("inf") else 0.0
+
+    def _execute(self, job: Job, generation: int) -> None:
+        error: BaseException | None = None
+        result = None
+        try:
+            result = job.run(job)
+        except BaseException as exc:  # noqa: BLE001 - the worker keeps serving whatever a job raises
+            error = exc
+        self._finish(job, generation, result, error)
+
+    def _finish(self, job: Job, generation: int, result: Any, error: BaseException | None) -> None:
+        """Record the job's end and hand its result to the caller. The job leaves /progress before its caller
+        sees the result: a client that polls right after its response finds the server idle (A1111 ends its
+        state before answering)."""
+        with self._cond:
+            if job._finalized:  # the watchdog abandoned it meanwhile and answered its caller already
+                return
+            if job.timed_out:
+                result, error = None, JobTimeout(job.id, self._deadline_seconds(job))
+            if error is not None and not isinstance(error, Exception):
+                log.error("job %s raised %s", job.id, describe(error), exc_info=error)
+            self._record_end(job, error)
+            if generation == self._generation and self._current is job:
+                self._current = None
+        _resolve(job, result, error)
+        job.notify()
+
+    def _record_end(self, job: Job, error: BaseException | None) -> None:
+        """Mark the job finished and remember its summary (call with the lock held)."""
+        job._finalized = True
+        job.state = JobState.FAILED if error is not None else JobState.DONE
+        job.error = describe(error) if error is not None else None
+        job.finished_at = time.time()
+        try:
+            summary = job.summary()
+        except BaseException as exc:  # noqa: BLE001
+            log.error("summary of job %s failed: %s", job.id, describe(exc))
+            summary = _minimal_summary(job)
+        self._last = summary
+        if self._jobs.get(job.id) is job:
+            del self._jobs[job.id]
+        self._recent[job.id] = summary
+        self._recent.move_to_end(job.id)
+        while len(self._recent) > self.RECENT:
+            self._recent.popitem(last=False)
+
+    @staticmethod
+    def _deadline_seconds(job: Job) -> float:
+        start = job.progress.time_start or 0.0
+        return (job.deadline - start) if job.deadline is not None else 0.0
+
+    # -- the watchdog ---------------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.watch_every):
+            try:
+                self.supervise()
+            except BaseException as exc:  # noqa: BLE001 - the watchdog itself must not die either
+                log.error("job watchdog failed: %s", describe(exc), exc_info=exc)
+
+    def supervise(self) -> None:
+        """One watchdog round: restart a dead worker; interrupt a job at its deadline; abandon one that is still
+        running `abandon_after` seconds later."""
+        now = time.time()
+        with self._cond:
+            if self._closed:
+                return
+            job = self._current
+            dead = not self._worker.is_alive()
+        if dead:
+            log.error("worker thread %s died; starting a new one", self._worker.name)
+            self._replace_worker(job, JobFailed("the worker thread died while running this job") if job else None)
+            return
+        if job is None or job.deadline is None or now < job.deadline:
+            return
+        seconds = self._deadline_seconds(job)
+        if not job.timed_out:
+            log.warning("job %s passed its deadline of %g s; interrupting it", job.id, seconds)
+            job.timed_out = True
+            job.interrupt()
+        elif now >= job.deadline + self.abandon_after:
+            log.error("job %s did not stop %g s after its deadline; abandoning it and replacing the worker",
+                      job.id, self.abandon_after)
+            self._replace_worker(job, JobTimeout(job.id, seconds, abandoned=True))
+
+    def _replace_worker(self, job: Job | None, error: BaseException | None) -> None:
+        """Fail `job` (if its end is not recorded yet) and give the queue to a new worker thread."""
+        with self._cond:
+            if self._closed:
+                return
+            if self._current is job:
+                self._current = None
+            record = job is not None and not job._finalized
+            if record:
+                self._record_end(job, error)
+            self._start_worker()
+        if record:
+            _resolve(job, None, error)
+            job.notify()
+
+
+def _resolve(job: Job, result: Any, error: BaseException | None) -> None:
+    """Hand the result to the job's caller; a future resolved already (cancelled, abandoned) is left as it is."""
+    try:
+        if error is not None:
+            job.future.set_exception(reportable(error))
+        else:
+            job.future.set_result(result)
+    except (InvalidStateError, RuntimeError) as exc:
+        log.warning("job %s: result not delivered (%s)", job.id, describe(exc))

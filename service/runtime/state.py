@@ -1,0 +1,126 @@
+"""What one server process holds: options, the model registry, the job queue; shared by REST and gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.upscalers import UpscalerRegistry
+from service.a1111.errors import InvalidRequest
+from service.a1111.job_options import JobOptions
+from service.runtime.jobs import Job, JobQueue
+from service.runtime.models import ModelEntry, ModelRegistry
+from service.runtime.options import Options
+
+
+class NoModelLoaded(Exception):
+    pass
+
+
+@dataclass
+class ServerConfig:
+    model: Path | None = None
+    models_dir: Path | None = None
+    providers: str = "cpu"
+    max_queue: int = 64
+    options_file: Path | None = None
+    api_auth: str | None = None
+    api_log: bool = False
+    cors_allow_origins: str | None = None
+    cors_allow_origins_regex: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 7860
+    listen: bool = False
+    upscalers_dir: Path | None = None
+    max_body_size: int = 64 * 1024 * 1024  # bytes of one HTTP request body (--max-body-size)
+    max_side: int = 4096  # px per side of any image size a request asks for (--max-side)
+    # Bytes one job may use on top of the loaded server (--memory-budget); None: from the machine's RAM when the
+    # first job is admitted (service/runtime/admission.py). Larger jobs are refused with a 413.
+    memory_budget: int | None = None
+    job_timeout: float = 3600.0  # seconds a running job may take (0: no deadline); option sdedge_job_timeout wins
+    api_server_stop: bool = False  # A1111's --api-server-stop: /sdapi/v1/server-kill|restart|stop exist
+    extra: dict = field(default_factory=dict)
+
+
+class ServerState:
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.options = Options(config.options_file)
+        self.models = ModelRegistry(config.models_dir, [config.model] if config.model else [], config.providers)
+        self.queue = JobQueue(max_pending=config.max_queue, timeout=self.job_timeout)
+        self.upscalers = UpscalerRegistry(config.upscalers_dir, config.providers)
+
+    def job_timeout(self) -> float:
+        """A running job's deadline in seconds: option `sdedge_job_timeout` if set (> 0), else `--job-timeout`;
+        0 means none."""
+        seconds = self.options.get("sdedge_job_timeout") or 0
+        return float(seconds) if seconds > 0 else float(self.config.job_timeout or 0)
+
+    def default_entry(self) -> ModelEntry:
+        """The checkpoint named by the option `sd_model_checkpoint`, else the first known one."""
+        return self.checkpoint_for(JobOptions(sd_model_checkpoint=self.options.get("sd_model_checkpoint")))
+
+    def checkpoint_for(self, options: JobOptions) -> ModelEntry:
+        """The checkpoint a job with these options runs on (its `sd_model_checkpoint`, else the first known)."""
+        wanted = options.sd_model_checkpoint
+        entry = self.models.find(str(wanted)) if wanted else None
+        if entry is None:
+            entries = self.models.entries()
+            if not entries:
+                raise NoModelLoaded("no model available")
+            entry = entries[0]
+        return entry
+
+    def load_default(self):
+        entry = self.default_entry()
+        pipeline = self.models.load(entry)
+        if self.options.get("sd_model_checkpoint") != entry.title:
+            self.options.update({"sd_model_checkpoint": entry.title, "sd_checkpoint_hash": entry.sha256 or ""},
+                                from_api=False, persist=False)
+        return entry, pipeline
+
+    def job_options(self, overrides: Mapping[str, Any] | None) -> JobOptions:
+        """The options one job sees, typed once: current values plus its `override_settings`. A checkpoint
+        override that names no known checkpoint is a 422 naming it (A1111 drops it and runs the configured model,
+        §9.3: a deliberate deviation, docs/compatibility.md)."""
+        overrides = dict(overrides or {})
+        wanted = overrides.get("sd_model_checkpoint")
+        if wanted is not None and self.models.find(str(wanted)) is None:
+            raise InvalidRequest("override_settings", f"sd_model_checkpoint: no checkpoint named {wanted!r} "
+                                 "(GET /sdapi/v1/sd-models lists them)")
+        return JobOptions.from_mapping(self.options.with_overrides(overrides))
+
+    def pipeline_for(self, entry: ModelEntry):
+        """The loaded pipeline of `entry`, loading it first. Call it on the worker, so loads queue with jobs."""
+        return self.models.load(entry)
+
+    def hires_pipelines_for(self, entry: ModelEntry, hires: ModelEntry):
+        """`entry`'s pipeline and, for this job only, `hires`'s (hr_checkpoint_name). Like A1111, which loads
+        the request's checkpoint back after the hires pass, `entry` stays loaded for the next request. On the
+        worker, like `pipeline_for`."""
+        return self.models.load_beside(entry, hires)
+
+    def keep_overrides(self, overrides: Mapping[str, Any] | None, entry: ModelEntry) -> None:
+        """`override_settings_restore_afterwards: false`: the job's overrides become the server's options."""
+        changes = {k: v for k, v in (overrides or {}).items() if k in self.options.defaults and v is not None}
+        if "sd_model_checkpoint" in changes:
+            changes.update(sd_model_checkpoint=entry.title, sd_checkpoint_hash=entry.sha256 or "")
+        if changes:
+            self.options.update(changes)
+
+    def switch_checkpoint(self, entry: ModelEntry) -> Job:
+        """A job that loads `entry` and makes it the configured checkpoint; it queues behind earlier jobs."""
+
+        def run(job: Job) -> ModelEntry:
+            job.progress.job_count = 1
+            self.models.load(entry)
+            self.options.update({"sd_model_checkpoint": entry.title, "sd_checkpoint_hash": entry.sha256 or ""},
+                                from_api=False)
+            return entry
+
+        return Job(kind="load-checkpoint", run=run)
+
+    def close(self) -> None:
+        self.queue.close()

@@ -1,4 +1,5 @@
-"""Brownian-tree noise for the SDE samplers: torchsde 0.2.6's `BrownianTree` in NumPy (a1111-sampling.md §6.6).
+"""Brownian-tree noise for the SDE samplers: torchsde 0.2.6's `BrownianTree` in NumPy (A1111
+k_diffusion/sampling.py: BrownianTreeNoiseSampler, modules/sd_samplers_common.py: torchsde_randn).
 
 The tree is a dyadic split of [σ_lo, σ_hi] whose node draws are seeded by `SeedSequence` from the image's seed,
 so the noise depends only on the seed and the queried interval, never on query order or batch composition.

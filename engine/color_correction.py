@@ -1,4 +1,5 @@
-"""img2img colour correction (option `img2img_color_correction`, a1111-sampling.md §8.1 step 3 and §8.8).
+"""img2img colour correction (option `img2img_color_correction`, A1111 modules/processing.py:
+setup_color_correction, apply_color_correction).
 
 A1111 keeps the LAB form of each processed init image (`setup_color_correction`), and for each result
 (`apply_color_correction`): converts it to LAB, matches its histograms channel by channel to the kept one
@@ -216,7 +217,7 @@ def correction_target(image: np.ndarray) -> np.ndarray:
 
 def apply_color_correction(target: np.ndarray, image: Image.Image) -> Image.Image:
     """`apply_color_correction`: `image`'s LAB histograms matched to `target`, back to RGB, then its own
-    luminosity restored (a1111-sampling.md §8.8)."""
+    luminosity restored (A1111 modules/processing.py: apply_color_correction)."""
     rgb = np.asarray(image.convert("RGB"))
     matched = lab_to_rgb(match_histograms(rgb_to_lab(rgb), target))
     return blend_luminosity(Image.fromarray(matched), image)

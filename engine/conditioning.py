@@ -1,6 +1,7 @@
 """Prompts → text-encoder embeddings as A1111 builds them, and the per-step conditioning the CFG denoiser reads.
 
-a1111-sampling.md §7: prompt schedules, AND sub-prompts, emphasis, 75-token chunks with comma backtracking and
+A1111 modules/prompt_parser.py and modules/sd_hijack_clip.py: prompt schedules, AND sub-prompts, emphasis,
+75-token chunks with comma backtracking and
 BREAK, encoding with clip skip and mean restoration; chunks are concatenated along the token axis (77·k tokens).
 """
 
@@ -100,7 +101,8 @@ class PromptEncoder:
         return parse_prompt_attention(line)
 
     def tokenize_line(self, line: str, options: TextEncoderOptions = TextEncoderOptions()) -> list[PromptChunk]:
-        """One prompt text → its 77-token chunks (a1111-sampling.md §7.5)."""
+        """One prompt text → its 77-token chunks (A1111 modules/sd_hijack_clip.py:
+        FrozenCLIPEmbedderWithCustomWordsBase.tokenize_line)."""
         m = self.manifest
         parsed = self.segments(line, options.emphasis)
         tokenized = self.tokenizer.encode_batch([s.text for s in parsed])
@@ -211,7 +213,8 @@ class PromptEncoder:
 
 
 def apply_emphasis(z: np.ndarray, multipliers: np.ndarray, emphasis: str) -> np.ndarray:
-    """z [B, 77, D] of one chunk index, multipliers [B, 77] → weighted z (a1111-sampling.md §7.6)."""
+    """z [B, 77, D] of one chunk index, multipliers [B, 77] → weighted z (A1111 modules/sd_hijack_clip.py:
+    FrozenCLIPEmbedderWithCustomWordsBase.process_tokens)."""
     if emphasis in ("None", "Ignore") or np.all(multipliers == 1.0):
         return z  # unweighted: A1111's rescale is mean/mean of the same tensor, exactly 1
     weighted = z * multipliers[..., None]

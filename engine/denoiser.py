@@ -1,4 +1,6 @@
-"""The UNet as a denoiser D(x, σ), and the classifier-free-guidance combination around it (a1111-sampling.md §2.3, §3)."""
+"""The UNet as a denoiser D(x, σ), and the classifier-free-guidance combination around it (A1111
+k_diffusion/external.py: DiscreteEpsDDPMDenoiser; modules/sd_samplers_cfg_denoiser.py:
+CFGDenoiser.forward)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ class UNet:
     def __call__(
         self, sample: np.ndarray, t: float, context: np.ndarray, image_cond: np.ndarray | None = None
     ) -> np.ndarray:
-        # Inpainting (9-channel) and instruct-pix2pix (8-channel) UNets read image_cond beside x (§2.5).
+        # Inpainting (9-channel) and instruct-pix2pix (8-channel) UNets read image_cond beside x (A1111
+        # modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward).
         if image_cond is not None:
             sample = np.concatenate([sample, image_cond.astype(sample.dtype, copy=False)], axis=1)
         if self.in_channels is not None and sample.shape[1] != self.in_channels:
@@ -63,7 +66,8 @@ def _pad_tokens(embeddings: list[np.ndarray], length: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LatentMask:
-    """Inpainting's latent blend (§8.6): `nmask` (1 = repaint) keeps the prediction, elsewhere `init_latent`."""
+    """Inpainting's latent blend (A1111 modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward): `nmask` (1
+    = repaint) keeps the prediction, elsewhere `init_latent`."""
 
     init_latent: np.ndarray
     nmask: np.ndarray
@@ -78,7 +82,8 @@ class CFGDenoiser:
     `image_cond` goes beside x into inpainting/edit UNets; `latent_mask` blends the clean init latent into every
     prediction (k-diffusion samplers); `image_cfg_scale` ≠ 1 runs instruct-pix2pix's three-way guidance.
     `eps(x, t)` is the same guidance over ε for the timestep samplers (DDIM, PLMS, UniPC); `s_min_uncond` > 0
-    skips the unconditional half below that σ on odd steps (NGMS, §3.5), and `skip_early_cond` > 0 while
+    skips the unconditional half below that σ on odd steps (NGMS, A1111 modules/sd_samplers_cfg_denoiser.py:
+    CFGDenoiser.forward), and `skip_early_cond` > 0 while
     step / `total_steps` ≤ it (`total_steps`: the calls A1111 expects, doubled for second-order samplers).
     """
 
@@ -135,7 +140,8 @@ class CFGDenoiser:
             return c_skip * x + c_out * out
         x0 = x - sigma * out
         if self.schedule.lcm_boundary:
-            # LCM's boundary condition c_skip·x + c_out·x̂₀ at s = 10·t (A1111's LCMCompVisDenoiser, §5.21).
+            # LCM's boundary condition c_skip·x + c_out·x̂₀ at s = 10·t (A1111 modules/sd_samplers_lcm.py:
+            # LCMCompVisDenoiser).
             s = 10.0 * t
             return (0.25 / (s**2 + 0.25)) * x + (s / (s**2 + 0.25) ** 0.5) * x0
         return x0
@@ -156,14 +162,17 @@ class CFGDenoiser:
         return denoised
 
     def eps(self, x: np.ndarray, t: float) -> np.ndarray:
-        """Guided ε̂(x, t) for the timestep samplers (§2.4): the UNet sees x unscaled at timestep t. A mask is
-        applied to x before the call, with the clean init latent (§3.3, as A1111 does)."""
+        """Guided ε̂(x, t) for the timestep samplers (A1111 modules/sd_samplers_timesteps.py:
+        CompVisTimestepsDenoiser): the UNet sees x unscaled at timestep t. A mask is
+        applied to x before the call, with the clean init latent (as A1111's
+        modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward does)."""
         if self.latent_mask is not None:
             x = self.latent_mask.blend(x)
         return self._step(x, t, self._model_eps)
 
     def eps_and_uncond(self, x: np.ndarray, t: float, cfg_scale_multiplier: float) -> tuple[np.ndarray, np.ndarray]:
-        """(guided ε̂ with the scale × `cfg_scale_multiplier`, the unconditional ε̂) for DDIM CFG++ (§5.19)."""
+        """(guided ε̂ with the scale × `cfg_scale_multiplier`, the unconditional ε̂) for DDIM CFG++ (A1111
+        modules/sd_samplers_timesteps_impl.py: ddim_cfgpp)."""
         self.cfg_scale_multiplier = cfg_scale_multiplier
         self.need_last_uncond = True
         eps = self.eps(x, t)
@@ -227,7 +236,8 @@ class CFGDenoiser:
         return denoised
 
     def _edit_guided(self, x: np.ndarray, sigma: float, cond, predict=None) -> np.ndarray:
-        """instruct-pix2pix (§3.8): rows [text + image, no text + image, no text + no image] →
+        """instruct-pix2pix (A1111 modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward): rows [text +
+        image, no text + image, no text + no image] →
         D = O_u + cfg·(O_c − O_i) + image_cfg·(O_i − O_u). AND is not supported, as in A1111."""
         if any(len(sub_prompts) != 1 for sub_prompts in cond.cond):
             raise ValueError("AND is not supported with instruct-pix2pix models")

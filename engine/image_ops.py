@@ -1,4 +1,6 @@
-"""A1111's PIL image operations for img2img, inpainting and hires fix (a1111-sampling.md §8.1, §8.4, §8.8, §9).
+"""A1111's PIL image operations for img2img, inpainting and hires fix (A1111 modules/processing.py:
+StableDiffusionProcessingImg2Img.init, apply_color_correction, apply_overlay,
+StableDiffusionProcessingTxt2Img.sample_hr_pass).
 
 Resize modes, upscalers, mask preparation (binary mask, Gaussian blur, "only masked" crop region), the fill of
 masked areas and the final overlay, each written to reproduce A1111's pixels (`images.py`, `masking.py`).
@@ -257,7 +259,8 @@ def is_blank(mask: Image.Image) -> bool:
     return not mask.getbbox()
 
 
-# Hires fix's latent upscalers: name → (torch interpolate mode, antialias), a1111-sampling.md §9.
+# Hires fix's latent upscalers: name → (torch interpolate mode, antialias), A1111 modules/shared.py:
+# latent_upscale_modes.
 LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
     "Latent": ("bilinear", False),
     "Latent (antialiased)": ("bilinear", True),

@@ -85,7 +85,8 @@ def decode_latents(backend: ExecutionBackend, manifest: Manifest, latents: np.nd
     """Latents [B, 4, h, w] → images in [0, 1], [B, 3, H, W] float32. One VAE call per image bounds memory;
     above `tiling.threshold` one call per tile.
 
-    `clamp=False` keeps the decoder's overshoot, as A1111's `decode_first_stage` hands it on (§9 step 1)."""
+    `clamp=False` keeps the decoder's overshoot, as A1111's `decode_first_stage` hands it on (A1111
+    modules/processing.py: StableDiffusionProcessingTxt2Img.sample_hr_pass)."""
 
     def decode(sample: np.ndarray) -> np.ndarray:
         return backend.run("vae_decoder", {"latent_sample": sample})["sample"].astype(np.float32)
@@ -141,7 +142,8 @@ def encode_images(
     noise: Callable[[tuple[int, ...]], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Images in [0, 1] → scaled latents. With `noise(shape)` the posterior is sampled, one draw per image in
-    order (A1111's `z = mean + std·ε`); without it the posterior mean is used (a1111-sampling.md §8.2)."""
+    order (A1111's `z = mean + std·ε`); without it the posterior mean is used (A1111 modules/processing.py:
+    StableDiffusionProcessingImg2Img.init)."""
     mean, logvar = vae_posterior(backend, images, scale_factor=manifest.vae_scale_factor)
     if noise is not None:
         eps = np.stack([noise(mean.shape[1:]) for _ in range(len(mean))]).astype(np.float32)

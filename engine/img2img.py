@@ -1,4 +1,6 @@
-"""img2img, inpainting and hires fix as A1111 prepares them (a1111-sampling.md §8–9): step counting for a
+"""img2img, inpainting and hires fix as A1111 prepares them (A1111 modules/processing.py:
+StableDiffusionProcessingImg2Img,
+StableDiffusionProcessingTxt2Img.sample_hr_pass): step counting for a
 denoising strength, init images and masks, latent masks, the inpainting/edit image conditioning, hires sizes.
 """
 
@@ -22,7 +24,8 @@ SigmasFor = Callable[[str, str, int, SamplerSettings], Sequence[float]]
 
 
 def img2img_steps(steps: int, strength: float, fix_steps: bool) -> tuple[int, int]:
-    """`setup_img2img_steps` (§8.3): (length of the schedule to build, t_enc). The sampler runs t_enc + 1 steps.
+    """`setup_img2img_steps` (A1111 modules/sd_samplers_common.py): (length of the schedule to build, t_enc).
+    The sampler runs t_enc + 1 steps.
 
     With `fix_steps` (option img2img_fix_steps, and always for the hires pass) exactly `steps` steps run.
     """
@@ -49,7 +52,8 @@ def brownian_span(
     sigmas_for: Callable[[int], Sequence[float]], steps: int, strength: float, fix_steps: bool
 ) -> tuple[float, float] | None:
     """[min positive σ, max σ] of the whole schedule `denoising_schedule` cuts its tail from: A1111's Brownian
-    trees span it, not the walked tail (§6.6, quirk §11.14). None when nothing is denoised."""
+    trees span it, not the walked tail (A1111 modules/sd_samplers_kdiffusion.py:
+    KDiffusionSampler.sample_img2img). None when nothing is denoised."""
     total, _ = img2img_steps(steps, strength, fix_steps)
     if total == 0:
         return None
@@ -81,7 +85,8 @@ def resolve_schedule(spec: ScheduleSpec, sigmas_for: SigmasFor) -> ResolvedSched
 
 @dataclass(frozen=True)
 class HiresSize:
-    """Hires fix's upscale target and the latent rows/columns to crop afterwards (§9)."""
+    """Hires fix's upscale target and the latent rows/columns to crop afterwards (A1111 modules/processing.py:
+    StableDiffusionProcessingTxt2Img.sample_hr_pass)."""
 
     width: int
     height: int
@@ -132,7 +137,8 @@ class PreparedInit:
 
 
 def prepare_init(plan: Img2ImgPlan, width: int, height: int) -> PreparedInit:
-    """Resize/crop init images, build the mask, overlay and fill as A1111's img2img `init()` does (§8.1, §8.4)."""
+    """Resize/crop init images, build the mask, overlay and fill as A1111's img2img `init()` does (A1111
+    modules/processing.py: StableDiffusionProcessingImg2Img.init)."""
     mask = mask_for_overlay = crop = paste_to = None
     spec = plan.mask
     if spec is not None:
@@ -189,7 +195,8 @@ def mask_composite(denoised: Image.Image, mask_for_overlay: Image.Image) -> Imag
 
 
 def latent_nmask(mask: Image.Image, height: int, width: int, round: bool = True) -> np.ndarray:
-    """§8.5: the mask at latent size (Pillow's default BICUBIC), 1 = repaint; [1, 1, h, w] float32."""
+    """A1111 modules/processing.py: StableDiffusionProcessingImg2Img.init: the mask at latent size (Pillow's
+    default BICUBIC), 1 = repaint; [1, 1, h, w] float32."""
     small = mask.convert("RGB").resize((width, height), resample=Image.Resampling.BICUBIC)
     nmask = np.asarray(small, dtype=np.float32)[..., 0] / 255
     if round:
@@ -199,7 +206,8 @@ def latent_nmask(mask: Image.Image, height: int, width: int, round: bool = True)
 
 def inpainting_conditioning(encode: Encode, images: np.ndarray, mask: Image.Image | None, latent_hw: tuple[int, int],
                             round: bool = True, mask_weight: float = 1.0) -> np.ndarray:
-    """§8.7: [mask, latent of the masked image] per image for 9-channel UNets. `images` are the init batch in
+    """A1111 modules/processing.py: StableDiffusionProcessing.img2img_image_conditioning: [mask, latent of the
+    masked image] per image for 9-channel UNets. `images` are the init batch in
     [0, 1]; masked pixels go to mid-grey (0 in [−1, 1]) by `mask_weight` (option inpainting_mask_weight, 1 = all
     the way); no mask means everything is masked."""
     source = 2.0 * images - 1.0
@@ -222,7 +230,8 @@ def encoder_noise(seeds: Sequence[int], randn_source: str) -> Callable[[tuple[in
 
     A1111 samples with torch's global CPU generator, which its `randn(seed)` re-seeds with each image's seed
     while drawing the initial noise: after `first()` it is a fresh CPU generator seeded with the batch's last
-    seed, drawn in order by every later encode of that batch (§8.2). The NV source never seeds it.
+    seed, drawn in order by every later encode of that batch (A1111 modules/processing.py:
+    StableDiffusionProcessingImg2Img.init). The NV source never seeds it.
     """
     if randn_source not in ("GPU", "CPU"):
         return None

@@ -111,19 +111,22 @@ class Pipeline:
         return cls(bundle, OrtBackend(bundle, providers))
 
     def model_schedule(self, settings: SamplerSettings | None = None) -> ModelSchedule:
-        """The model's ᾱ schedule, rescaled to zero terminal SNR when option sd_noise_schedule asks (§2.1);
+        """The model's ᾱ schedule, rescaled to zero terminal SNR when option sd_noise_schedule asks (A1111
+        modules/sd_models.py: rescale_zero_terminal_snr_abar);
         any other value is the default, as in A1111."""
         return self.schedules.get(settings.noise_schedule, self.schedule) if settings else self.schedule
 
     def schedule_for(self, sampler: str, settings: SamplerSettings | None = None) -> ModelSchedule:
-        """LCM runs on its own 50-timestep schedule (a1111-sampling.md §5.21); every other sampler on the model's."""
+        """LCM runs on its own 50-timestep schedule (A1111 modules/sd_samplers_lcm.py: LCMCompVisDenoiser);
+        every other sampler on the model's."""
         schedule = self.model_schedule(settings)
         return lcm_schedule(schedule) if sampler == "LCM" else schedule
 
     def sigmas(
         self, sampler: str, scheduler: str, steps: int, settings: SamplerSettings | None = None
     ) -> np.ndarray:
-        """The σ schedule `sampler` walks (steps + 1 values for most schedulers, §4).
+        """The σ schedule `sampler` walks (steps + 1 values for most schedulers, A1111
+        modules/sd_schedulers.py).
 
         Timestep samplers ignore the scheduler: their schedule is DDIM's grid as σ values (`grid_sigmas`), which
         img2img truncates like any other and the pipeline reads back as timesteps.
@@ -146,7 +149,8 @@ class Pipeline:
     def _start(
         self, plan: GenerationPlan, run: SamplingPass, noise: np.ndarray, init: np.ndarray | None = None
     ) -> np.ndarray:
-        """The sampler's first x (§1.5, §8.3): k-diffusion samplers take σ₀·noise in txt2img (√(1 + σ₀²)·noise
+        """The sampler's first x (A1111 modules/sd_samplers_kdiffusion.py: KDiffusionSampler.sample,
+        sample_img2img): k-diffusion samplers take σ₀·noise in txt2img (√(1 + σ₀²)·noise
         with sgm_noise_multiplier) and init + σ₀·noise in img2img; timestep samplers take the noise unscaled in
         txt2img and √ᾱ·init + √(1 − ᾱ)·noise at the noised timestep in img2img. img2img and the hires pass add
         img2img_extra_noise·noise (·√ᾱ for timestep samplers)."""
@@ -204,7 +208,9 @@ class Pipeline:
         sampler = SAMPLERS[run.sampler]
         settings = plan.sampler_settings
         schedule = self.schedule_for(run.sampler, settings)
-        # Prompt schedules span the first pass's total steps, also for img2img's shortened walk (§7.2, §8.3).
+        # Prompt schedules span the first pass's total steps, also for img2img's shortened walk (A1111
+        # modules/prompt_parser.py: get_learned_conditioning_prompt_schedules; modules/sd_samplers_common.py:
+        # setup_img2img_steps).
         conditioning = scheduled_conditioning(
             self.prompt_encoder, run.prompts, run.negative_prompts, plan.total_steps, run.hires_steps,
             plan.use_old_scheduling, plan.text_encoder_options,
@@ -242,7 +248,8 @@ class Pipeline:
             return last["x"], True
 
     def _txt2img_image_cond(self, batch: int, shape: tuple[int, ...], noise) -> np.ndarray | None:
-        """Inpainting models in txt2img see a fully masked mid-grey image (§8.7)."""
+        """Inpainting models in txt2img see a fully masked mid-grey image (A1111 modules/processing.py:
+        StableDiffusionProcessing.img2img_image_conditioning)."""
         if not self.manifest.is_inpainting:
             return None
         f = self.manifest.vae_scale_factor
@@ -293,7 +300,8 @@ class Pipeline:
 
     def _hires_pass(self, plan: GenerationPlan, images: slice, latents: np.ndarray, posterior_noise,
                     job_no: int, on_step, should_stop, first_pass: Pipeline | None = None) -> tuple[np.ndarray, bool]:
-        """§9: upscale the first pass (in latent space, or decode → upscaler → encode), crop, then img2img.
+        """A1111 modules/processing.py: StableDiffusionProcessingTxt2Img.sample_hr_pass: upscale the first
+        pass (in latent space, or decode → upscaler → encode), crop, then img2img.
         Runs on the hires model; `first_pass` (default: the same) is the model whose VAE decodes the first pass
         for an image upscaler, which A1111 does before it switches checkpoints."""
         hr = plan.hires
@@ -316,7 +324,8 @@ class Pipeline:
             x0 = self._encode(pixels, posterior_noise)
             image_cond = None
             if self.manifest.is_inpainting:
-                # A1111 hands the [0, 1] batch where img2img hands [−1, 1] (quirk §11.17): masked image = 2p − 1.
+                # A1111 hands the [0, 1] batch where img2img hands [−1, 1] (A1111 modules/processing.py:
+                # StableDiffusionProcessingTxt2Img.sample_hr_pass): masked image = 2p − 1.
                 image_cond = inpainting_conditioning(
                     lambda im: self._encode(im, posterior_noise), (pixels + 1.0) / 2.0, None, x0.shape[2:],
                     mask_weight=plan.inpainting_mask_weight,
@@ -340,7 +349,8 @@ class Pipeline:
         should_stop: Callable[[], bool] | None = None,
         initial_noise: np.ndarray | None = None,
     ) -> GenerationResult:
-        """img2img and inpainting (§8): init images → latents (posterior mean: A1111's draw there is not
+        """img2img and inpainting (A1111 modules/processing.py: StableDiffusionProcessingImg2Img): init images
+        → latents (posterior mean: A1111's draw there is not
         reproducible), then per batch: noise → sample from the strength's sigma → blend → decode → overlay."""
         spec = plan.img2img
         mask_spec = spec.mask
@@ -410,13 +420,15 @@ class Pipeline:
 
 def ends_all_batches(should_stop: Callable[[], bool] | None) -> bool:
     """Asked once more after `should_stop` ended a batch early: still true (an interrupt) drops the remaining
-    batches; false (a skip, used up by ending its batch) goes on with the next one (a1111-api.md §8.2)."""
+    batches; false (a skip, used up by ending its batch) goes on with the next one (A1111
+    modules/shared_state.py: State)."""
     return should_stop is None or should_stop()
 
 
 def launch_steps(plan: GenerationPlan, run: SamplingPass) -> int:
     """The step count A1111's sampler gives its CFG denoiser (`launch_sampling`, before second-order doubling):
-    the request's steps in txt2img, t_enc + 1 in img2img and in the hires pass (§8.3)."""
+    the request's steps in txt2img, t_enc + 1 in img2img and in the hires pass (A1111
+    modules/sd_samplers_common.py: setup_img2img_steps)."""
     if run.hires_steps is not None:
         return plan.hires.steps  # always fixed steps: t_enc + 1 = steps
     if run.img2img:
@@ -426,7 +438,9 @@ def launch_steps(plan: GenerationPlan, run: SamplingPass) -> int:
 
 
 def noise_sampler_for(sampler: str, x_shape: tuple[int, ...], sigmas: Sequence[float], rng: ImageRNG) -> NoiseSampler:
-    """The SDE samplers draw from per-image Brownian trees over the σ range of `sigmas` (§6.6); every other
+    """The SDE samplers draw from per-image Brownian trees over the σ range of `sigmas` (A1111
+    k_diffusion/sampling.py: BrownianTreeNoiseSampler, modules/sd_samplers_common.py: torchsde_randn); every
+    other
     sampler takes the next draw of the images' generators."""
     if SAMPLERS[sampler].options.get("brownian_noise"):
         return brownian_noise_sampler(x_shape, sigmas, rng.seeds, rng.source, rng.gpu_threads)
@@ -434,7 +448,8 @@ def noise_sampler_for(sampler: str, x_shape: tuple[int, ...], sigmas: Sequence[f
 
 
 def sampler_options(plan: GenerationPlan, sampler: SamplerSpec, img2img: bool, schedule: ModelSchedule) -> dict:
-    """The keyword options A1111 hands this sampler (a1111-sampling.md §5.1)."""
+    """The keyword options A1111 hands this sampler (A1111 modules/sd_samplers_kdiffusion.py:
+    samplers_k_diffusion)."""
     settings = plan.sampler_settings
     params = inspect.signature(sampler.function).parameters
     options: dict = {}

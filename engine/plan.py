@@ -32,7 +32,8 @@ class ScheduleSpec:
 
 @dataclass(frozen=True)
 class MaskPlan:
-    """An inpainting mask as sent (white = repaint) and how to prepare it (a1111-sampling.md §8.1, §8.4)."""
+    """An inpainting mask as sent (white = repaint) and how to prepare it (A1111 modules/processing.py:
+    StableDiffusionProcessingImg2Img.init)."""
 
     image: Image.Image
     blur_x: int = 4
@@ -46,7 +47,8 @@ class MaskPlan:
 
 @dataclass(frozen=True)
 class Img2ImgPlan:
-    """The img2img part of a plan; its schedule walks the tail for the strength (§8.3, `GenerationPlan.schedule`).
+    """The img2img part of a plan; its schedule walks the tail for the strength (A1111
+    modules/sd_samplers_common.py: setup_img2img_steps; see `GenerationPlan.schedule`).
 
     One init image is used for the whole batch, else one per image of a batch.
     """
@@ -60,13 +62,15 @@ class Img2ImgPlan:
     background_color: str = "#ffffff"
     overlay: bool = True
     fix_steps: bool = False  # option img2img_fix_steps (img2img.img2img_steps)
-    # Option img2img_color_correction: each result's colours matched to its processed init image (§8.8).
+    # Option img2img_color_correction: each result's colours matched to its processed init image (A1111
+    # modules/processing.py: apply_color_correction, apply_overlay).
     color_correction: bool = False
 
 
 @dataclass(frozen=True)
 class HiresPlan:
-    """txt2img's second pass (§9): upscale to width×height, crop the latent by truncate_x/y, then img2img."""
+    """txt2img's second pass (A1111 modules/processing.py: StableDiffusionProcessingTxt2Img.sample_hr_pass):
+    upscale to width×height, crop the latent by truncate_x/y, then img2img."""
 
     width: int
     height: int
@@ -144,14 +148,18 @@ class GenerationPlan:
     randn_source: str = "GPU"
     eta_noise_seed_delta: int = 0
     # "GPU" imitates torch's CUDA randn on a GPU with this many resident threads (SMs × max threads per SM);
-    # None gives NV, which equals it whenever a latent has at most that many elements (a1111-sampling.md §6.3).
+    # None gives NV, which equals it whenever a latent has at most that many elements (A1111
+    # modules/rng_philox.py).
     gpu_rng_threads: int | None = None
     img2img: Img2ImgPlan | None = None
     hires: HiresPlan | None = None
-    # Option inpainting_mask_weight: 9-channel UNets see lerp(image, masked image, weight) (§8.7, §9 step 1).
+    # Option inpainting_mask_weight: 9-channel UNets see lerp(image, masked image, weight) (A1111
+    # modules/processing.py: StableDiffusionProcessing.img2img_image_conditioning,
+    # StableDiffusionProcessingTxt2Img.sample_hr_pass).
     inpainting_mask_weight: float = 1.0
     sampler_settings: SamplerSettings = SamplerSettings()
-    # Prompt language (a1111-sampling.md §7): options `emphasis`, `comma_padding_backtrack`, `use_old_scheduling`;
+    # Prompt language (A1111 modules/prompt_parser.py): options `emphasis`, `comma_padding_backtrack`,
+    # `use_old_scheduling`;
     # the extra-network tags of the batch's first prompt (engine.prompt_parser.batch_extra_networks), not applied.
     emphasis: str = "Original"
     comma_padding_backtrack: int = 20
@@ -180,7 +188,9 @@ class GenerationPlan:
 
     @property
     def total_steps(self) -> int:
-        """The step count prompt-edit schedules span: doubled for second-order samplers (a1111-sampling.md §1)."""
+        """The step count prompt-edit schedules span: doubled for second-order samplers (A1111
+        modules/processing.py: StableDiffusionProcessing.setup_conds, via
+        sd_samplers_common.SamplerData.total_steps)."""
         return SAMPLERS[self.sampler].total_steps(self.steps)
 
     @property

@@ -1,6 +1,7 @@
 """A1111's prompt language: editing/alternation schedules, emphasis, AND, BREAK, extra-network tags, comments.
 
-Behaviour follows a1111-sampling.md §7.1–§7.4 and a1111-api.md §3.1; deliberate deviations are listed in
+Behaviour follows A1111 v1.10.1's modules/prompt_parser.py and the prompt fields of modules/api/models.py;
+deliberate deviations are listed in
 docs/compatibility.md ("Prompt language and conditioning").
 """
 
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
-# The schedule grammar of a1111-sampling.md §7.1, as A1111 gives it to lark's Earley parser. `_Parser` below
+# The schedule grammar of A1111 modules/prompt_parser.py: schedule_parser, as A1111 gives it to lark's Earley
+# parser. `_Parser` below
 # implements it; tests check it against lark with this grammar (the spec's vectors and a differential fuzz).
 _GRAMMAR = r"""
 !start: (prompt | /[][():]/+)*
@@ -273,7 +275,8 @@ def _parse(prompt: str) -> tuple | None:
 
 
 def _when(number: str, steps: int, int_offset: int, float_offset: float, use_old_scheduling: bool) -> int:
-    """The last step of a scheduled `before` part (a1111-sampling.md §7.2 number conversion)."""
+    """The last step of a scheduled `before` part (the number conversion of A1111 modules/prompt_parser.py:
+    get_learned_conditioning_prompt_schedules)."""
     v = float(number)
     if use_old_scheduling:
         v = v * steps if v < 1 else v
@@ -467,7 +470,8 @@ _RE_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*
 
 
 def split_and(prompt: str) -> list[tuple[str, float]]:
-    """Composable diffusion: `a AND b:0.5` → [("a", 1.0), (" b", 0.5)] (a1111-sampling.md §7.3)."""
+    """Composable diffusion: `a AND b:0.5` → [("a", 1.0), (" b", 0.5)] (A1111 modules/prompt_parser.py:
+    get_multicond_prompt_list)."""
     parts = []
     for sub in _RE_AND.split(prompt):
         m = _RE_WEIGHT.search(sub)

@@ -1,7 +1,7 @@
 """Seeded noise as A1111 draws it: the noise sources of `randn_source` and the per-image generators.
 
 NV is A1111's Philox 4x32-10 + Box–Muller; GPU is torch's CUDA generator (== NV up to the GPU's thread count);
-CPU is torch's CPU generator, bit for bit (a1111-sampling.md §6.2–6.5).
+CPU is torch's CPU generator, bit for bit (A1111 modules/rng.py, modules/rng_philox.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class Generator(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# NV: Philox 4x32-10 + Box–Muller in float64, as A1111's rng_philox (§6.3)
+# NV: Philox 4x32-10 + Box–Muller in float64, as A1111's rng_philox (A1111 modules/rng_philox.py)
 
 _PHILOX_M0 = np.uint64(0xD2511F53)
 _PHILOX_M1 = np.uint64(0xCD9E8D57)
@@ -81,7 +81,9 @@ class PhiloxGenerator:
 
 
 class CudaPhiloxGenerator:
-    """torch's CUDA `randn` on a GPU that runs `threads` resident threads (SMs × max threads per SM), §6.3.
+    """torch's CUDA `randn` on a GPU that runs `threads` resident threads (SMs × max threads per SM), A1111
+    modules/rng.py's
+    default randn_source.
 
     torch launches T = 256·min(threads/256, ⌈n/256⌉) threads; element li is component (li // T) mod 4 of
     `curand_normal4` on Philox subsequence li mod T at counter offset/4 + li // 4T, where the four components
@@ -110,7 +112,7 @@ class CudaPhiloxGenerator:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# CPU: torch's CPU generator (MT19937) and its normal kernel, §6.4
+# CPU: torch's CPU generator (MT19937) and its normal kernel, A1111 modules/rng.py: randn
 
 _F = np.float32
 _TIE_MASK = np.uint64((1 << 29) - 1)  # float64 mantissa bits below float32's
@@ -239,7 +241,7 @@ class TorchCpuGenerator:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# A1111's randn helpers and ImageRNG (§6.2, §6.5)
+# A1111's randn helpers and ImageRNG (A1111 modules/rng.py)
 
 
 def make_generator(seed: int, source: str = "GPU", gpu_threads: int | None = None) -> Generator:
@@ -259,7 +261,7 @@ def randn(seed: int, shape: Sequence[int], source: str = "GPU", gpu_threads: int
 
 
 def slerp(val: float, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """A1111's variation-seed slerp of two (C, h, w) noises, quirks kept (§6.2 step 4).
+    """A1111's variation-seed slerp of two (C, h, w) noises, quirks kept (A1111 modules/rng.py: slerp).
 
     Norms and dot products run over axis 1 (h) only, per (c, w) column; the nearly-parallel fallback weighs
     `low` by val and `high` by 1 − val, the opposite of the slerp branch.
@@ -279,7 +281,8 @@ def slerp(val: float, low: np.ndarray, high: np.ndarray) -> np.ndarray:
 
 
 def paste_centered(canvas: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """`noise` (C, h0, w0) centred on a copy of `canvas` (C, H, W), cropped where larger (§6.2 step 5)."""
+    """`noise` (C, h0, w0) centred on a copy of `canvas` (C, H, W), cropped where larger (A1111
+    modules/rng.py: ImageRNG.first)."""
     (_, height, width), (_, h0, w0) = canvas.shape, noise.shape
     dx, dy = (width - w0) // 2, (height - h0) // 2
     w = w0 if dx >= 0 else w0 + 2 * dx

@@ -1,4 +1,4 @@
-"""Samplers over NumPy latents, written like k-diffusion's `sampling.py` (a1111-sampling.md §5).
+"""Samplers over NumPy latents, written like k-diffusion's `sampling.py` (A1111 k_diffusion/sampling.py).
 
 Every sampler has the shape `sample_x(model, x, sigmas, callback=None, noise_sampler=None, **options)`:
 `model(x, sigma)` returns the CFG-combined denoised prediction D(x, σ); `noise_sampler(sigma, sigma_next)`
@@ -364,7 +364,7 @@ def sample_dpmpp_3m_sde(
     return x
 
 
-# ---- DPM-Solver (Lu et al. 2022) in t = −ln σ: the building blocks of DPM fast / adaptive (§5.13) ----
+# ---- DPM-Solver (Lu et al. 2022) in t = −ln σ: the building blocks of DPM fast / adaptive (A1111 k_diffusion/sampling.py: DPMSolver) ----
 
 
 class _Eps:
@@ -526,7 +526,8 @@ def sample_restart(
     model: Denoiser, x: np.ndarray, sigmas: np.ndarray, callback: StepCallback | None = None,
     noise_sampler: NoiseSampler | None = None, restart_list: dict[float, tuple[int, int, float]] | None = None,
 ) -> np.ndarray:
-    """Restart sampling (Xu et al. 2023) as A1111 implements it: Heun steps plus restart segments (§5.16).
+    """Restart sampling (Xu et al. 2023) as A1111 implements it: Heun steps plus restart segments (A1111
+    modules/sd_samplers_extra.py: restart_sampler).
 
     `restart_list` maps a σ to (restart steps, restart times, max σ). By default, from 20 steps on, the given
     schedule is *replaced* by Karras(steps − K·R) and one restart segment is placed at σ ≈ 0.1.
@@ -579,7 +580,8 @@ def sample_lcm(
     model: Denoiser, x: np.ndarray, sigmas: np.ndarray, callback: StepCallback | None = None,
     noise_sampler: NoiseSampler | None = None,
 ) -> np.ndarray:
-    """Latent Consistency Model sampling: jump to the prediction, re-noise to the next σ (§5.21)."""
+    """Latent Consistency Model sampling: jump to the prediction, re-noise to the next σ (A1111
+    modules/sd_samplers_lcm.py: LCMCompVisDenoiser)."""
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = model(x, sigma)
@@ -590,7 +592,7 @@ def sample_lcm(
     return x
 
 
-# ---- the registry: A1111's sampler table (a1111-api.md §12.1, a1111-sampling.md §5.1) ----
+# ---- the registry: A1111's sampler table (A1111 modules/sd_samplers_kdiffusion.py, modules/sd_samplers_timesteps.py) ----
 
 KDIFFUSION = "k-diffusion"
 TIMESTEPS = "timesteps"
@@ -598,7 +600,8 @@ TIMESTEPS = "timesteps"
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A sampler as A1111 lists it: display name, aliases, the function and its options (a1111-api.md §12.1).
+    """A sampler as A1111 lists it: display name, aliases, the function and its options (A1111
+    modules/sd_samplers_kdiffusion.py: samplers_k_diffusion).
 
     `options` is A1111's options dict as `/samplers` shows it. `extra_params` are the churn/noise settings A1111
     passes to this function (its `sampler_extra_params`); `eta` goes to every function that takes it.
@@ -639,7 +642,8 @@ class SamplerSpec:
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """A1111's sampler settings (options, not request fields), resolved once per job (a1111-api.md §9.4)."""
+    """A1111's sampler settings (options, not request fields), resolved once per job (A1111
+    modules/shared_options.py)."""
 
     eta_ancestral: float = 1.0  # eta of k-diffusion samplers when the request has none
     eta_ddim: float = 0.0  # eta of the timestep samplers when the request has none
@@ -651,10 +655,10 @@ class SamplerSettings:
     uni_pc_order: int = 3
     uni_pc_lower_order_final: bool = True
     schedule: ScheduleOptions = ScheduleOptions()
-    skip_early_cond: float = 0.0  # cfg 1 (no uncond) while denoiser step / total steps ≤ this (§3.5)
-    img2img_extra_noise: float = 0.0  # img2img and hires start: x += noise·e (§8.3)
-    sgm_noise_multiplier: bool = False  # txt2img, k-diffusion: start at noise·√(1 + σ₀²), not noise·σ₀ (§1.5)
-    noise_schedule: str = "Default"  # sd_noise_schedule; "Zero Terminal SNR" rescales ᾱ (§2.1)
+    skip_early_cond: float = 0.0  # cfg 1 (no uncond) while denoiser step / total steps ≤ this (A1111 modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward)
+    img2img_extra_noise: float = 0.0  # img2img and hires start: x += noise·e (A1111 KDiffusionSampler.sample_img2img)
+    sgm_noise_multiplier: bool = False  # txt2img, k-diffusion: start at noise·√(1 + σ₀²), not noise·σ₀ (A1111 modules/sd_samplers_kdiffusion.py: KDiffusionSampler.sample)
+    noise_schedule: str = "Default"  # sd_noise_schedule; "Zero Terminal SNR" rescales ᾱ (A1111 modules/sd_models.py: rescale_zero_terminal_snr_abar)
 
 
 _CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")

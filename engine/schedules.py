@@ -1,6 +1,7 @@
 """The model's noise schedule (alphas_cumprod → sigmas) and the sigma schedules samplers walk.
 
-k-diffusion's `DiscreteSchedule` in NumPy plus A1111's schedulers (a1111-sampling.md §2.1–2.2, §4, §5.21).
+k-diffusion's `DiscreteSchedule` in NumPy plus A1111's schedulers (A1111
+modules/sd_models.py, modules/sd_schedulers.py, modules/sd_samplers_lcm.py; k_diffusion/external.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ ZTSNR_LAST_ALPHA_CUMPROD = 4.8973451890853435e-08
 
 
 def rescale_zero_terminal_snr(alphas_cumprod: np.ndarray) -> np.ndarray:
-    """Lin et al. 2024 on ᾱ (A1111's `rescale_zero_terminal_snr_abar`, float32, §2.1): shift √ᾱ so its last
+    """Lin et al. 2024 on ᾱ (A1111 modules/sd_models.py: `rescale_zero_terminal_snr_abar`, float32): shift √ᾱ
+    so its last
     value is 0 and scale so its first is unchanged."""
     s = np.sqrt(np.asarray(alphas_cumprod, dtype=np.float32))
     first, last = s[0], s[-1]
@@ -89,14 +91,16 @@ class ModelSchedule:
         return np.exp(log_sigma)
 
     def get_sigmas(self, n: int) -> np.ndarray:
-        """The native schedule: t = linspace(t_max, 0, n) through t_to_sigma, then 0 (§2.2)."""
+        """The native schedule: t = linspace(t_max, 0, n) through t_to_sigma, then 0 (A1111
+        k_diffusion/external.py: DiscreteSchedule)."""
         t = np.linspace(len(self.sigmas) - 1, 0, n, dtype=np.float32)
         return append_zero(self.t_to_sigma(t).astype(np.float32))
 
 
 @dataclass(frozen=True)
 class LCMSchedule(ModelSchedule):
-    """A1111's LCM denoiser: only the 50 timesteps 20k+19 are valid, σ→t snaps to the nearest (§5.21)."""
+    """A1111's LCM denoiser: only the 50 timesteps 20k+19 are valid, σ→t snaps to the nearest (A1111
+    modules/sd_samplers_lcm.py: LCMCompVisDenoiser)."""
 
     original_steps: int = 50
 
@@ -132,7 +136,7 @@ def lcm_schedule(schedule: ModelSchedule) -> LCMSchedule:
     return LCMSchedule(schedule.alphas_cumprod)
 
 
-# ---- the schedulers (§4); all compute in float64, `get_sigmas` hands out float32 as A1111 does ----
+# ---- the schedulers (A1111 modules/sd_schedulers.py); all compute in float64, `get_sigmas` hands out float32 as A1111 does ----
 
 
 def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.ndarray:
@@ -156,7 +160,8 @@ def get_sigmas_polyexponential(n: int, sigma_min: float, sigma_max: float, rho: 
 def get_sigmas_normal(
     model: ModelSchedule, n: int, sigma_min: float, sigma_max: float, sgm: bool = False
 ) -> np.ndarray:
-    """Evenly spaced in t between t(σ_max) and t(σ_min); SGM drops the last of n+1 points instead (§4.5, §4.9)."""
+    """Evenly spaced in t between t(σ_max) and t(σ_min); SGM drops the last of n+1 points instead (A1111
+    modules/sd_schedulers.py: sgm_uniform, normal_scheduler)."""
     start, end = float(model.sigma_to_t(sigma_max)), float(model.sigma_to_t(sigma_min))
     t = np.linspace(start, end, n + 1, dtype=np.float32)[:-1] if sgm else np.linspace(start, end, n, dtype=np.float32)
     return append_zero(model.t_to_sigma(t).astype(np.float64))
@@ -173,7 +178,8 @@ AYS_SDXL = (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.11
 
 
 def get_sigmas_align_your_steps(n: int, sdxl: bool = False) -> np.ndarray:
-    """NVIDIA's Align Your Steps tables, log-linearly resampled to n values when n ≠ 11 (§4.7)."""
+    """NVIDIA's Align Your Steps tables, log-linearly resampled to n values when n ≠ 11 (A1111
+    modules/sd_schedulers.py: get_align_your_steps_sigmas)."""
     table = np.asarray(AYS_SDXL if sdxl else AYS_SD15, dtype=np.float64)
     if n != len(table):
         xs = np.linspace(0, 1, len(table))
@@ -182,19 +188,21 @@ def get_sigmas_align_your_steps(n: int, sdxl: bool = False) -> np.ndarray:
 
 
 def get_sigmas_simple(model: ModelSchedule, n: int) -> np.ndarray:
-    """Every (len/n)-th model sigma from the top (§4.8)."""
+    """Every (len/n)-th model sigma from the top (A1111 modules/sd_schedulers.py: simple_scheduler)."""
     step = len(model.sigmas) / n
     return append_zero(np.asarray([model.sigmas[-(1 + int(x * step))] for x in range(n)], dtype=np.float64))
 
 
 def get_sigmas_ddim(model: ModelSchedule, n: int) -> np.ndarray:
-    """The model sigmas at DDIM's timesteps 1, 1+s, 1+2s, …; may give more than n steps (§4.10)."""
+    """The model sigmas at DDIM's timesteps 1, 1+s, 1+2s, …; may give more than n steps (A1111
+    modules/sd_schedulers.py: ddim_scheduler)."""
     step = max(len(model.sigmas) // n, 1)
     return append_zero(np.asarray(model.sigmas[1::step][::-1], dtype=np.float64))
 
 
 def get_sigmas_beta(n: int, sigma_min: float, sigma_max: float, alpha: float = 0.6, beta: float = 0.6) -> np.ndarray:
-    """Beta-distribution quantiles, linear in σ as in A1111 v1.10.1 (§4.11)."""
+    """Beta-distribution quantiles, linear in σ as in A1111 v1.10.1 (A1111 modules/sd_schedulers.py:
+    beta_scheduler)."""
     q = np.asarray([beta_ppf(p, alpha, beta) for p in 1 - np.linspace(0, 1, n)])
     return append_zero(sigma_min + q * (sigma_max - sigma_min))
 
@@ -270,7 +278,7 @@ SigmaFunction = Callable[[ModelSchedule, int, float, float, float, ScheduleOptio
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    """A scheduler as A1111 lists it (a1111-api.md §12.2).
+    """A scheduler as A1111 lists it (A1111 modules/sd_schedulers.py: schedulers).
 
     `function(model, n, sigma_min, sigma_max, rho, options)` returns n+1 sigmas (float64); None for "automatic".
     """
@@ -342,7 +350,8 @@ def get_sigmas(
     discard_next_to_last_sigma: bool = False,
     options: ScheduleOptions = ScheduleOptions(),
 ) -> np.ndarray:
-    """The float32 schedule a k-diffusion sampler walks (§4.0).
+    """The float32 schedule a k-diffusion sampler walks (A1111 modules/sd_samplers_kdiffusion.py:
+    KDiffusionSampler.get_sigmas).
 
     `scheduler` by name or label; "automatic" → the sampler's default, and without one the model's native
     schedule. Discarding computes one step more and drops the penultimate sigma.

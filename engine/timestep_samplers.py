@@ -1,4 +1,5 @@
-"""A1111's "timesteps" samplers: DDIM, DDIM CFG++, PLMS and UniPC over ε(x, t) (a1111-sampling.md §5.17–5.20).
+"""A1111's "timesteps" samplers: DDIM, DDIM CFG++, PLMS and UniPC over ε(x, t) (A1111
+modules/sd_samplers_timesteps_impl.py, modules/models/diffusion/uni_pc/uni_pc.py).
 
 They walk DDIM's integer timestep grid in variance-preserving scale (x unscaled, no c_in). The model is an
 `EpsModel`: `model.eps(x, t)` returns the CFG-combined noise prediction at (possibly fractional) timestep t.
@@ -33,7 +34,8 @@ class GuidedEpsModel(EpsModel, Protocol):
 
 
 def ddim_timesteps(steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
-    """A1111's grid `range(0, 1000, 1000 // steps) + 1`: 20 steps → [1, 51, …, 951]; 30 → 31 entries (§5.17).
+    """A1111's grid `range(0, 1000, 1000 // steps) + 1`: 20 steps → [1, 51, …, 951]; 30 → 31 entries (A1111
+    modules/sd_samplers_timesteps_impl.py: ddim).
 
     Beyond 1000 steps A1111 fails (range step 0); here the grid then is every timestep.
     """
@@ -43,7 +45,8 @@ def ddim_timesteps(steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
 
 def grid_sigmas(schedule: ModelSchedule, steps: int, grid_steps: int | None = None) -> np.ndarray:
     """DDIM's grid for `grid_steps` (default `steps`) as the σ it walks, top down, then 0 — the last steps + 1
-    entries, so that img2img's tail `σ[steps − t_enc − 1:]` is the grid's lowest t_enc + 1 points (§8.3).
+    entries, so that img2img's tail `σ[steps − t_enc − 1:]` is the grid's lowest t_enc + 1 points (A1111
+    modules/sd_samplers_common.py: setup_img2img_steps).
 
     The grid can be longer than `steps` (30 → 31); txt2img restores its top from the spacing (`timestep_pass`).
     """
@@ -177,7 +180,7 @@ def plms(
     return x
 
 
-# ---- UniPC (Zhao et al. 2023), multistep, data prediction, as A1111's uni_pc module runs it (§5.20) ----
+# ---- UniPC (Zhao et al. 2023), multistep, data prediction, as A1111's uni_pc module runs it (A1111 modules/models/diffusion/uni_pc/uni_pc.py) ----
 
 
 @dataclass(frozen=True)

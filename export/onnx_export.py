@@ -1,6 +1,6 @@
 """Diffusers SD 1.x pipeline → sdedge bundle: portable fp32 ONNX (opset 17, standard ops) + manifest.
 
-IO contract (engines.md §5.2): the UNet takes a per-sample timestep [N] and has dynamic batch, height, width
+IO contract: the UNet takes a per-sample timestep [N] and has dynamic batch, height, width
 and token axes; it is traced at an odd latent size so that every multiple-of-8 pixel size works. The text
 encoder also returns `normed_hidden_states` [N, L, S, D] (every layer's output through the final layer norm)
 for A1111's clip skip. The bundle is written to a temporary folder and renamed into place, so a half-written

@@ -90,7 +90,8 @@ def sample_mask(rng: random.Random, scene: Scene, cfg: InpaintConfig) -> tuple[n
 def sample_example(rng: random.Random, cfg: InpaintConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """(target scene, masked scene, latent-grid mask, caption); images [3, H, W] in [−1, 1].
 
-    The masked part of the scene is set to 0 (mid-grey), as A1111 builds the conditioning image (§8.7). With a
+    The masked part of the scene is set to 0 (mid-grey), as A1111 builds the conditioning image (A1111
+    modules/processing.py: StableDiffusionProcessing.img2img_image_conditioning). With a
     half mask the kept half shows the bare background or another shape, uncaptioned: the caption describes what
     goes in the hole.
     """

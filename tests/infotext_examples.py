@@ -1,6 +1,7 @@
 """Infotexts quoted in the spec, shared by the parser and the `infotext` request-field tests."""
 
-# a1111-api.md §7.2 example 2: hires, clip skip, variation seed, external VAE.
+# As A1111 modules/processing.py: create_infotext writes it, through the API: hires, clip skip, variation
+# seed, external VAE.
 EXAMPLE_2 = (
     "1girl, <lora:add_detail:0.8>\n"
     "Negative prompt: easynegative\n"

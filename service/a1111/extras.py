@@ -1,4 +1,5 @@
-"""Extras (postprocessing) requests → upscaled images with A1111's infotext (a1111-api.md §11.1): the one place
+"""Extras (postprocessing) requests → upscaled images with A1111's infotext (A1111 modules/api/api.py:
+Api.extras_single_image_api): the one place
 extra-single-image / extra-batch-images fields are interpreted."""
 
 from __future__ import annotations

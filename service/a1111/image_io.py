@@ -1,5 +1,6 @@
 """Images sent in requests (init_images, mask): base64, `data:` URLs and, when enabled, http(s) — with limits
-(a1111-api.md §4.1). Every failure is an `ImageInputError`, which the routes turn into a 4xx.
+(A1111 modules/api/api.py: decode_base64_to_image). Every failure is an `ImageInputError`, which the routes
+turn into a 4xx.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The generation text an image file carries, read as A1111's `read_info_from_image` reads it (a1111-api.md
-§11.2): PNG `parameters`, else EXIF UserComment (JPEG/WebP), else a GIF comment; NovelAI PNGs converted."""
+"""The generation text an image file carries, read as A1111's `read_info_from_image` reads it (A1111
+modules/images.py): PNG `parameters`, else EXIF UserComment (JPEG/WebP), else a GIF comment; NovelAI PNGs
+converted."""
 
 from __future__ import annotations
 

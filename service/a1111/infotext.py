@@ -1,4 +1,5 @@
-"""A1111's infotext: the `parameters` text written into every image, and its parser (a1111-api.md §7)."""
+"""A1111's infotext: the `parameters` text written into every image, and its parser (A1111
+modules/processing.py: create_infotext)."""
 
 from __future__ import annotations
 
@@ -117,7 +118,8 @@ def _uses_emphasis(prompt: str, negative_prompt: str) -> bool:
 
 def parse_infotext(text: str, options: JobOptions | Mapping[str, Any] | None = None,
                    extract_styles: StyleExtractor | None = None) -> dict[str, Any]:
-    """`parse_generation_parameters` (§7.3): infotext → dict, key for key and in A1111's key order.
+    """`parse_generation_parameters` (A1111 modules/infotext_utils.py: parse_generation_parameters): infotext
+    → dict, key for key and in A1111's key order.
 
     Parsed values are strings; the defaults A1111 adds keep their types. `extract_styles(prompt, negative)`
     returns (style names, prompt, negative) with those styles taken out, as `PromptStyles` does.

@@ -160,7 +160,8 @@ def _beta(key: str) -> Writer:
 
 
 def _sgm(s: Source) -> bool | None:
-    # The first pass of txt2img only, and only k-diffusion samplers scale the initial noise (§1.5).
+    # The first pass of txt2img only, and only k-diffusion samplers scale the initial noise (A1111
+    # modules/sd_samplers_kdiffusion.py: KDiffusionSampler.sample).
     plan = s.plan
     on = plan.sampler_settings.sgm_noise_multiplier and plan.img2img is None
     return True if on and SAMPLERS[plan.sampler].kind != TIMESTEPS else None

@@ -1,4 +1,5 @@
-"""The `infotext` request field (a1111-api.md §6.7): a pasted infotext fills the fields a client did not send and
+"""The `infotext` request field (A1111 modules/api/api.py: Api.apply_infotext): a pasted infotext fills the
+fields a client did not send and
 adds the settings it names to `override_settings`, as A1111's `Api.apply_infotext` does. Which label fills which
 field or option is service.a1111.infotext_fields.FIELDS, the table the infotext is written from."""
 
@@ -77,7 +78,8 @@ def override_settings(params: Params, options: Mapping[str, Any],
 
 def apply_infotext(req: Request, options: Mapping[str, Any], extract_styles: StyleExtractor | None = None,
                    checkpoint_title: CheckpointTitle | None = None) -> Request:
-    """The request with its `infotext` applied (a1111-api.md §6.7): each mapped field the client did not send
+    """The request with its `infotext` applied (A1111 modules/api/api.py: Api.apply_infotext): each mapped
+    field the client did not send
     takes the pasted value, cast to the field's type; labelled settings join `override_settings` unless the
     client set that key. `options` are the server's current option values (not this request's overrides);
     `checkpoint_title(name)` finds the checkpoint a pasted `Refiner` names."""

@@ -112,7 +112,8 @@ class JobOptions:
         return cls.from_mapping(options or {})
 
     def sampler_settings(self, s_min_uncond: float | None = None) -> SamplerSettings:
-        """The sampler settings among these options (a1111-api.md §9.4); `s_min_uncond` is the request's value,
+        """The sampler settings among these options (A1111 modules/shared_options.py); `s_min_uncond` is the
+        request's value,
         which wins over the option's."""
         return SamplerSettings(
             eta_ancestral=self.eta_ancestral,

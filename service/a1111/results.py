@@ -1,4 +1,5 @@
-"""Engine results → the sdapi response: encoded images with infotexts and A1111's `info` JSON (§5)."""
+"""Engine results → the sdapi response: encoded images with infotexts and A1111's `info` JSON (A1111
+modules/api/api.py: Api.text2imgapi)."""
 
 from __future__ import annotations
 
@@ -89,7 +90,8 @@ def build_response(plan: GenerationPlan, result: GenerationResult, entry: ModelE
 
 
 def mask_images(result: GenerationResult, index: int, output: JobOptions) -> list[Image.Image]:
-    """What A1111 appends after inpainted image `index` (a1111-api.md §5.1): the mask if option `return_mask`,
+    """What A1111 appends after inpainted image `index` (A1111 modules/processing.py: process_images_inner):
+    the mask if option `return_mask`,
     the masked composite if `return_mask_composite`. They carry no infotext and take no `infotexts` entry."""
     mask = result.mask_for_overlay
     if mask is None:

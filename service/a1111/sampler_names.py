@@ -1,4 +1,5 @@
-"""Sampler and scheduler names as A1111's API resolves them (a1111-api.md §6.2), and its sampler settings."""
+"""Sampler and scheduler names as A1111's API resolves them (A1111 modules/sd_samplers.py:
+get_sampler_and_scheduler), and its sampler settings."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def resolve_sampler(name: str | None, scheduler: str | None) -> tuple[str, str]:
     """(sampler name, scheduler name) for a request's `sampler_name or sampler_index` and `scheduler`.
 
     The request's `scheduler` wins when given; else the legacy suffix ("DPM++ 2M Karras") chooses; unknown
-    schedulers are "automatic". Never an error: that is A1111's behaviour (a1111-api.md §3.4).
+    schedulers are "automatic". Never an error: that is A1111's behaviour (A1111 modules/sd_samplers.py:
+    get_sampler_and_scheduler).
     """
     sampler, label = get_sampler_and_scheduler(name, scheduler)
     requested = scheduler or (label if label != AUTOMATIC.label else None)
@@ -49,7 +51,8 @@ def resolve_sampler(name: str | None, scheduler: str | None) -> tuple[str, str]:
 
 
 def sampler_settings(options: Mapping[str, Any], s_min_uncond: float | None = None) -> SamplerSettings:
-    """The sampler settings among A1111's options (a1111-api.md §9.4); `s_min_uncond` is the request's value."""
+    """The sampler settings among A1111's options (A1111 modules/shared_options.py); `s_min_uncond` is the
+    request's value."""
     return JobOptions.of(options).sampler_settings(s_min_uncond)
 
 

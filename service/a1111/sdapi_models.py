@@ -1,4 +1,5 @@
-"""Pydantic models of A1111's sdapi wire format (a1111-api.md §3, §5), quirks and defaults included.
+"""Pydantic models of A1111's sdapi wire format (A1111 modules/api/models.py; modules/api/api.py:
+Api.text2imgapi), quirks and defaults included.
 
 A1111 validates with pydantic v1: every generation field is optional (explicit nulls pass), unknown keys are
 ignored, "512" becomes 512 and 20.7 becomes 20 for int fields. The aliases below give pydantic v2 the same
@@ -37,7 +38,8 @@ def configure_limits(limits: RequestLimits) -> None:
 
 
 # A1111's seeds go to torch.manual_seed, which takes [-2**63, 2**64 - 1] (negatives wrap) and raises on
-# anything wider; CPU noise keeps seed mod 2**32, GPU/NV noise the 64-bit key (a1111-sampling.md §6.3, §6.4).
+# anything wider; CPU noise keeps seed mod 2**32, GPU/NV noise the 64-bit key (A1111 modules/rng_philox.py;
+# modules/rng.py: randn).
 MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
 MAX_STEPS = 1000  # A1111's UI stops at 150
 MAX_IMAGES = 64  # batch_size × n_iter

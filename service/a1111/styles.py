@@ -1,4 +1,5 @@
-"""A1111's prompt styles: styles.csv files (a1111-api.md §13), applied to prompts (§6.3) and found in them (§7.3)."""
+"""A1111's prompt styles: styles.csv files (A1111 modules/styles.py: StyleDatabase), applied to prompts
+(`StyleDatabase.apply_styles_to_prompt`) and found in them (`StyleDatabase.extract_styles_from_prompt`)."""
 
 from __future__ import annotations
 

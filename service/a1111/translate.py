@@ -1,4 +1,5 @@
-"""sdapi request → engine plan: the one place a request field is interpreted (a1111-api.md §3, §6)."""
+"""sdapi request → engine plan: the one place a request field is interpreted (A1111 modules/api/models.py;
+modules/api/api.py: Api.text2imgapi)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def _finite(field: str, value: float | None, default: float) -> float:
 
 
 def seeds_for(req: GenerationRequest, count: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """all_seeds and all_subseeds (§6.1): seed + i, but every image gets `seed` when subseed_strength > 0."""
+    """all_seeds and all_subseeds (A1111 modules/processing.py: process_images_inner): seed + i, but every
+    image gets `seed` when subseed_strength > 0."""
     seed = resolve_seed(req.seed)
     subseed = resolve_seed(req.subseed)
     strength = req.subseed_strength or 0.0
@@ -72,7 +74,8 @@ def seeds_for(req: GenerationRequest, count: int) -> tuple[tuple[int, ...], tupl
 
 def prompt_texts(prompt: str | None, negative: str | None, style_names: list[str] | None,
                  options: JobOptions | Mapping[str, Any], styles=None) -> tuple[str, str]:
-    """The prompts as encoded and written to the infotext: styles applied (§6.3), then `#` comments stripped."""
+    """The prompts as encoded and written to the infotext: styles applied (A1111 modules/styles.py:
+    StyleDatabase.apply_styles_to_prompt), then `#` comments stripped."""
     prompt, negative = prompt or "", negative or ""
     if styles is not None:
         prompt, negative = styles.apply(prompt, negative, style_names)
@@ -116,10 +119,12 @@ SAME_CHECKPOINT = "Use same checkpoint"
 
 
 def hires_checkpoint(req: Txt2ImgRequest, models: ModelRegistry, current: ModelEntry) -> ModelEntry | None:
-    """`hr_checkpoint_name` (a1111-api.md §3.2): the checkpoint of the hires pass when it is not the job's own.
+    """`hr_checkpoint_name` (A1111 modules/api/models.py: StableDiffusionTxt2ImgProcessingAPI): the checkpoint
+    of the hires pass when it is not the job's own.
 
     Read only with `enable_hr`, as A1111 does. Null, "" and "Use same checkpoint" mean the same model, and so does
-    a name of the job's checkpoint (the dev branch's rule, §14: no switch, no `Hires checkpoint`). Names resolve
+    a name of the job's checkpoint (the rule of A1111's dev branch, 1937682a: no switch, no
+    `Hires checkpoint`). Names resolve
     as `sd_model_checkpoint` does (title, name, folder, hash). Unknown: a 422 where A1111 fails with a 500; a
     checkpoint whose latents the first pass's cannot continue (another architecture, latent channel count or
     VAE factor): a 422.
@@ -233,7 +238,8 @@ def _strength(value: float | None, default: float) -> float:
 
 def _hires(req: Txt2ImgRequest, plan: GenerationPlan, options: JobOptions, upscalers=None,
            styles=None) -> HiresPlan:
-    """Hires fix (a1111-sampling.md §9). A1111 crashes without denoising_strength: we take the UI's 0.7."""
+    """Hires fix (A1111 modules/processing.py: StableDiffusionProcessingTxt2Img.sample_hr_pass). A1111 crashes
+    without denoising_strength: we take the UI's 0.7."""
     strength = _strength(req.denoising_strength, 0.7)
     scale = _finite("hr_scale", req.hr_scale, 2.0)
     resize_x = _at_least("hr_resize_x", req.hr_resize_x, 0, 0, LIMITS.max_side)
@@ -283,8 +289,9 @@ MAX_SCHEDULE_STEPS = 100_000  # a fixed-steps schedule for a tiny strength; A111
 
 
 def check_denoising_schedule(field: str, sampler: str, steps: int, strength: float, fix_steps: bool) -> None:
-    """Refuse a strength whose schedule the pipeline could not build, without the model's σ (a1111-sampling.md
-    §8.3): fixed steps build int(steps / strength) σ, and timestep samplers have at most one per training timestep
+    """Refuse a strength whose schedule the pipeline could not build, without the model's σ (A1111
+    modules/sd_samplers_common.py: setup_img2img_steps): fixed steps build int(steps / strength) σ, and
+    timestep samplers have at most one per training timestep
     (A1111 fails there, `range()` with step 0: engine.timestep_samplers.ddim_timesteps)."""
     total, _ = img2img_steps(steps, strength, fix_steps)
     limit = 1000 if SAMPLERS[sampler].kind == TIMESTEPS else MAX_SCHEDULE_STEPS

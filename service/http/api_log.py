@@ -1,4 +1,5 @@
-"""Timing and `--api-log` (a1111-api.md §1.3): every response gets `X-Process-Time`; with --api-log, one line
+"""Timing and `--api-log` (A1111 modules/api/api.py: api_middleware): every response gets `X-Process-Time`;
+with --api-log, one line
 per /sdapi request in A1111's format. A plain ASGI middleware: Starlette's BaseHTTPMiddleware would hide client
 disconnects from the routes (a queued job must leave when its client goes)."""
 

@@ -1,5 +1,6 @@
-"""HTTP Basic auth for the API (`--api-auth user:pass[,user2:pass2]`) with A1111's 401 bodies (a1111-api.md
-§1.4). An ASGI middleware, so every route of every router is covered without each declaring it."""
+"""HTTP Basic auth for the API (`--api-auth user:pass[,user2:pass2]`) with A1111's 401 bodies (A1111
+modules/api/api.py: Api.auth). An ASGI middleware, so every route of every router is covered without each
+declaring it."""
 
 from __future__ import annotations
 

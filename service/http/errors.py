@@ -1,4 +1,5 @@
-"""A1111's error response shape `{error, detail, body, errors}` (a1111-api.md §1.5) for every failure, the
+"""A1111's error response shape `{error, detail, body, errors}` (A1111 modules/api/api.py: api_middleware) for
+every failure, the
 domain exceptions of service/a1111/errors.py included."""
 
 from __future__ import annotations

@@ -131,6 +131,7 @@ def submit(state: ServerState, req: GenerationRequest, listener: Listener | None
 
 
 def with_infotext(state: ServerState, req: Request) -> Request:
-    """The request with its pasted `infotext` applied (§6.7), so plan and `parameters` echo both see it."""
+    """The request with its pasted `infotext` applied (A1111 modules/api/api.py: Api.apply_infotext), so plan
+    and `parameters` echo both see it."""
     return apply_infotext(req, state.options.snapshot(), styles_of(state).extract_styles,
                           lambda name: getattr(state.models.find(name), "title", None))

@@ -1,4 +1,5 @@
-"""Server options with A1111's names and defaults (a1111-api.md §9), persisted atomically to a JSON file."""
+"""Server options with A1111's names and defaults (A1111 modules/shared_options.py), persisted atomically to a
+JSON file."""
 
 from __future__ import annotations
 
@@ -174,7 +175,8 @@ def coerce_option(key: str, value: Any, default: Any) -> Any:
 
 
 def api_view(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """GET /options as A1111 serves it: options with a non-zero int default come out as floats (§9.1)."""
+    """GET /options as A1111 serves it: options with a non-zero int default come out as floats (A1111
+    modules/api/api.py: Api.get_config)."""
     out = {}
     for key, value in values.items():
         default = defaults.get(key)

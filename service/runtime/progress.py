@@ -1,5 +1,7 @@
-"""A running job seen from outside: A1111's /progress and /internal/progress (a1111-api.md §8), live previews
-with the "Approx cheap" latent → RGB projection (a1111-sampling.md §10), and the task snapshots the SSE stream
+"""A running job seen from outside: A1111's /progress and /internal/progress (A1111 modules/api/api.py:
+Api.progressapi), live previews
+with the "Approx cheap" latent → RGB projection (A1111 modules/sd_vae_approx.py: cheap_approximation), and the
+task snapshots the SSE stream
 sends. REST and gRPC both read progress through here, never from route code.
 """
 
@@ -18,7 +20,8 @@ from PIL import Image
 from service.a1111.encode import encode_image, to_base64
 from service.runtime.jobs import Job, JobQueue, JobState
 
-# a1111-sampling.md §10: latent channel l → RGB weights K[l][r]; SD1 and SD2 share a table.
+# A1111 modules/sd_vae_approx.py: cheap_approximation: latent channel l → RGB weights K[l][r]; SD1 and SD2
+# share a table.
 APPROX_CHEAP: dict[str, tuple[tuple[float, float, float], ...]] = {
     "sd1": ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473)),
     "sdxl": ((0.3448, 0.4168, 0.4395), (-0.1953, -0.0290, 0.0250), (0.1074, 0.0886, -0.0163),

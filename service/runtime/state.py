@@ -84,7 +84,7 @@ class ServerState:
     def job_options(self, overrides: Mapping[str, Any] | None) -> JobOptions:
         """The options one job sees, typed once: current values plus its `override_settings`. A checkpoint
         override that names no known checkpoint is a 422 naming it (A1111 drops it and runs the configured model,
-        §9.3: a deliberate deviation, docs/compatibility.md)."""
+        A1111 modules/processing.py: process_images; a deliberate deviation, docs/compatibility.md)."""
         overrides = dict(overrides or {})
         wanted = overrides.get("sd_model_checkpoint")
         if wanted is not None and self.models.find(str(wanted)) is None:

@@ -36,7 +36,8 @@ def queries(sigmas: np.ndarray) -> list[tuple[float, float]]:
 
 @pytest.fixture
 def nv_torchsde(monkeypatch):
-    """torchsde with its node draws routed to the NV source, as A1111 patches `_randn` (§6.6)."""
+    """torchsde with its node draws routed to the NV source, as A1111 patches `_randn` (A1111
+    modules/sd_samplers_common.py: torchsde_randn)."""
     monkeypatch.setattr(brownian_interval, "_randn", lambda size, dtype, device, seed: torch.from_numpy(
         PhiloxGenerator(int(seed)).randn(size)).to(dtype))
 

@@ -1,4 +1,6 @@
-"""Prompts → conditioning against an independent torch reference of A1111's algorithm (a1111-sampling.md §7.5–7.6),
+"""Prompts → conditioning against an independent torch reference of A1111's algorithm (A1111
+modules/sd_hijack_clip.py: FrozenCLIPEmbedderWithCustomWordsBase.tokenize_line,
+process_tokens),
 and the conditioning the UNet really receives step by step through the pipeline."""
 
 from pathlib import Path
@@ -112,7 +114,9 @@ def reference_chunks(tokenizer, segments, backtrack=20):
 
 @torch.no_grad()
 def reference_encode(reference, batch_segments, clip_skip=1, emphasis="Original", backtrack=20):
-    """Texts encoded together (§7.6): per chunk index, encode, weight, restore the batch mean; concatenate."""
+    """Texts encoded together (A1111 modules/sd_hijack_clip.py:
+    FrozenCLIPEmbedderWithCustomWordsBase.process_tokens): per chunk index, encode, weight, restore the batch
+    mean; concatenate."""
     tokenizer, model = reference
     per_text = [reference_chunks(tokenizer, segs, backtrack) for segs in batch_segments]
     count = max(len(c) for c in per_text)
@@ -301,7 +305,8 @@ def test_img2img_schedules_over_the_full_step_count(demo_pipeline, reference, mo
 
     recorder = RecordingUNet(demo_pipeline.unet)
     monkeypatch.setattr(demo_pipeline, "unet", recorder)
-    # steps 4, strength 0.5: the sampler walks t_enc + 1 = 3 steps; "[cat:dog:1]" still counts over all 4 (§8.3)
+    # steps 4, strength 0.5: the sampler walks t_enc + 1 = 3 steps; "[cat:dog:1]" still counts over all 4
+    # (A1111 modules/sd_samplers_common.py: setup_img2img_steps)
     plan = GenerationPlan(
         prompts=("a [cat:dog:1]",), negative_prompts=("",), seeds=(1,), subseeds=(1,), width=64, height=64,
         steps=4, cfg_scale=7.0, sampler="Euler", scheduler="automatic",

@@ -1,4 +1,6 @@
-"""Hires fix with A1111's semantics (a1111-sampling.md §9, a1111-api.md §3.2, §6.5): target sizes and latent
+"""Hires fix with A1111's semantics (A1111 modules/processing.py:
+StableDiffusionProcessingTxt2Img.init, sample_hr_pass; modules/api/models.py:
+StableDiffusionTxt2ImgProcessingAPI): target sizes and latent
 crops, latent upscale modes (torch's interpolate as reference), image upscalers, the second pass's step count
 and the Hires infotext keys."""
 
@@ -198,7 +200,8 @@ def test_hires_with_a_model_upscaler(demo_bundle, tmp_path):
 
 
 def test_hires_brownian_trees_span_the_second_pass_full_schedule(demo_pipeline, brownian_spans):
-    # a1111-sampling.md §6.6 and quirk §11.14: the hires pass (fixed steps) builds int(steps / strength) sigmas
+    # A1111 modules/sd_samplers_kdiffusion.py: KDiffusionSampler.sample_img2img: the hires pass (fixed steps)
+    # builds int(steps / strength) sigmas
     # and walks their tail; its trees span the whole of them.
     from service.a1111.sdapi_models import Txt2ImgRequest
     from service.a1111.translate import plan_txt2img

@@ -1,5 +1,6 @@
 """A1111's PIL image operations: resize modes, upscalers, masks, blur (OpenCV as reference), crop regions,
-fill and overlay (a1111-sampling.md §8.1, §8.4, §8.8)."""
+fill and overlay (A1111 modules/processing.py: StableDiffusionProcessingImg2Img.init, apply_color_correction,
+apply_overlay)."""
 
 from __future__ import annotations
 

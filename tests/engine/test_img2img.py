@@ -1,6 +1,8 @@
-"""img2img with A1111's semantics: step counting for a denoising strength (a1111-sampling.md §8.3), the VAE
+"""img2img with A1111's semantics: step counting for a denoising strength (A1111
+modules/sd_samplers_common.py: setup_img2img_steps), the VAE
 encoder against diffusers, the sampled trajectory against diffusers' img2img, batches, resize modes, and
-POST /sdapi/v1/img2img with its 4xx answers to bad input (a1111-api.md §3.3, §4.1)."""
+POST /sdapi/v1/img2img with its 4xx answers to bad input (A1111 modules/api/models.py:
+StableDiffusionImg2ImgProcessingAPI; modules/api/api.py: decode_base64_to_image)."""
 
 from __future__ import annotations
 
@@ -52,7 +54,8 @@ class CountingBackend:
 
 
 def test_step_counting_matches_the_spec_example():
-    # a1111-sampling.md §8.3: steps 20, d 0.5 → t_enc 10 (11 model steps); with img2img_fix_steps 40 and 19.
+    # A1111 modules/sd_samplers_common.py: setup_img2img_steps: steps 20, d 0.5 → t_enc 10 (11 model steps);
+    # with img2img_fix_steps 40 and 19.
     assert img2img_steps(20, 0.5, False) == (20, 10)
     assert img2img_steps(20, 0.5, True) == (40, 19)
     assert img2img_steps(20, 0.0, True) == (0, 19)
@@ -274,7 +277,8 @@ def test_upscaler_listings(api):
 
 @pytest.mark.parametrize("strength, fix_steps, total", [(0.5, False, 6), (0.5, True, 12), (0.3, False, 6)])
 def test_sde_brownian_trees_span_the_full_schedule(demo_pipeline, brownian_spans, strength, fix_steps, total):
-    # a1111-sampling.md §6.6 and quirk §11.14: img2img's trees span the schedule its walked tail is cut from.
+    # A1111 modules/sd_samplers_kdiffusion.py: KDiffusionSampler.sample_img2img: img2img's trees span the
+    # schedule its walked tail is cut from.
     from service.a1111.sdapi_models import Img2ImgRequest
     from service.a1111.translate import plan_img2img
     from service.runtime.options import DEFAULTS

@@ -1,4 +1,5 @@
-"""Inpainting with A1111's semantics (a1111-sampling.md §8.1–8.8): masked content modes, "only masked" crops,
+"""Inpainting with A1111's semantics (A1111 modules/processing.py: StableDiffusionProcessingImg2Img.init,
+apply_color_correction, apply_overlay): masked content modes, "only masked" crops,
 inverted masks, the latent blend at every step, the final overlay, and 9-channel inpainting models that the
 exporter builds and the pipeline conditions (checked against diffusers/torch on the same weights)."""
 

@@ -1,6 +1,9 @@
-"""A1111's inpainting options: `inpainting_mask_weight` (a1111-sampling.md §8.7, §9 step 1; the masked-image
+"""A1111's inpainting options: `inpainting_mask_weight` (A1111 modules/processing.py:
+StableDiffusionProcessing.img2img_image_conditioning, StableDiffusionProcessingTxt2Img.sample_hr_pass; the
+masked-image
 latent checked against the torch VAE of the same weights) and `return_mask` / `return_mask_composite`
-(a1111-api.md §5.1: mask and masked composite appended after each inpainted image), over the engine and REST."""
+(A1111 modules/processing.py: process_images_inner: mask and masked composite appended after each inpainted
+image), over the engine and REST."""
 
 from __future__ import annotations
 
@@ -99,7 +102,7 @@ def test_mask_weight_conditions_the_unet_on_the_lerped_image(inpaint_pipeline, i
         assert np.abs(ours[:, 1:] - torch_latent_mean(inpaint_torch, img)).max() > 1e-2
 
 
-# ---- inpainting_mask_weight in txt2img's hires pass (§9 step 1) -----------------------------------------
+# ---- inpainting_mask_weight in txt2img's hires pass (A1111 modules/processing.py: StableDiffusionProcessingTxt2Img.sample_hr_pass) -----------------------------------------
 
 
 def hires_plan(pipeline, upscaler: str, weight: float, seed: int = 5) -> GenerationPlan:
@@ -148,7 +151,8 @@ def test_hires_image_upscaler_lerps_the_zero_to_one_batch(inpaint_pipeline, reco
     inpaint_pipeline.txt2img(hires_plan(inpaint_pipeline, "Lanczos", weight))
     first, cond = [c["sample"] for c in recorder.calls["vae_encoder"] if c["sample"].shape[-1] == 96]
     # The upscaled batch p ∈ [0, 1] is encoded as 2p − 1; A1111 hands the conditioning p itself, so the masked
-    # image is lerp(p, 0, w) = (1 − w)·p (quirk §11.17).
+    # image is lerp(p, 0, w) = (1 − w)·p (A1111 modules/processing.py:
+    # StableDiffusionProcessingTxt2Img.sample_hr_pass).
     pixels = (first + 1) / 2
     np.testing.assert_allclose(cond, (1 - weight) * pixels, atol=1e-6)
 
@@ -219,7 +223,8 @@ def decode(data: str) -> Image.Image:
 
 
 def blurred(mask: Image.Image, sigma: int) -> np.ndarray:
-    """A1111's mask blur with OpenCV itself: horizontal, then vertical Gaussian (a1111-sampling.md §8.1)."""
+    """A1111's mask blur with OpenCV itself: horizontal, then vertical Gaussian (A1111 modules/processing.py:
+    StableDiffusionProcessingImg2Img.init)."""
     import cv2
 
     k = 2 * int(2.5 * sigma + 0.5) + 1

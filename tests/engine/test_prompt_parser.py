@@ -1,4 +1,5 @@
-"""A1111's prompt language: the spec's doctest vectors (a1111-sampling.md §7.2, §7.4), AND, extra networks, fuzzing."""
+"""A1111's prompt language: A1111's doctest vectors (modules/prompt_parser.py:
+get_learned_conditioning_prompt_schedules, parse_prompt_attention), AND, extra networks, fuzzing."""
 
 import pytest
 from hypothesis import given, settings
@@ -16,7 +17,8 @@ from engine.prompt_parser import (
     strip_comments,
 )
 
-# a1111-sampling.md §7.2, verbatim: g(p) = schedules([p], 10)[0]
+# A1111 modules/prompt_parser.py: get_learned_conditioning_prompt_schedules doctests, verbatim: g(p) =
+# schedules([p], 10)[0]
 SCHEDULE_VECTORS = [
     ("test", [[10, "test"]]),
     ("a [b:3]", [[3, "a "], [10, "a b"]]),
@@ -52,7 +54,8 @@ def test_schedule_doctest_vectors(prompt, expected):
 
 def test_schedule_stale_doctest_vector_behaves_as_a1111_runs():
     # The spec also lists "a [{b|d{:.5] c" -> [[5, 'a  c'], [10, 'a {b|d{ c']], copied from a docstring A1111
-    # marks "# not handling this right now": its grammar (§7.1) excludes "|" from plain text, so A1111 v1.10.1
+    # marks "# not handling this right now": its grammar (A1111 modules/prompt_parser.py: schedule_parser)
+    # excludes "|" from plain text, so A1111 v1.10.1
     # with lark 1.1.2 cannot parse it and uses the prompt verbatim (checked by running that code).
     assert as_lists(prompt_schedule("a [{b|d{:.5] c", 10)) == [[10, "a [{b|d{:.5] c"]]
 
@@ -76,7 +79,8 @@ def test_schedule_module_comment_example():
 
 
 def test_schedule_number_rules():
-    # §7.2: integers are steps, fractions of `steps`; the hires pass (new rules) counts integers from the first
+    # A1111 modules/prompt_parser.py: get_learned_conditioning_prompt_schedules: integers are steps, fractions
+    # of `steps`; the hires pass (new rules) counts integers from the first
     # pass and maps fractions 1.0–2.0 onto its own steps; old rules ignore the hires offsets.
     assert as_lists(prompt_schedule("[a:b:12]", 20, hires_steps=10)) == [[10, "b"]]  # switched in pass 1
     assert as_lists(prompt_schedule("[a:b:25]", 20, hires_steps=10)) == [[5, "a"], [10, "b"]]
@@ -90,7 +94,7 @@ def test_schedule_number_rules():
     assert as_lists(prompt_schedule("[a:b:1e999]", 10)) == [[10, "a"]]
 
 
-# a1111-sampling.md §7.4, verbatim
+# A1111 modules/prompt_parser.py: parse_prompt_attention doctests, verbatim
 ATTENTION_VECTORS = [
     ("normal text", [["normal text", 1.0]]),
     ("an (important) word", [["an ", 1.0], ["important", 1.1], [" word", 1.0]]),
@@ -119,7 +123,8 @@ def test_attention_break_and_edge_cases():
 
 
 def test_split_and():
-    # §7.3: split on the word AND, optional trailing `:weight`, default 1.0, text before it lazily matched
+    # A1111 modules/prompt_parser.py: get_multicond_prompt_list: split on the word AND, optional trailing
+    # `:weight`, default 1.0, text before it lazily matched
     assert split_and("a cat AND a dog:0.5") == [("a cat", 1.0), (" a dog", 0.5)]
     assert split_and("a AND b : -1.5 ") == [("a", 1.0), (" b", -1.5)]
     assert split_and("(a:1.2)") == [("(a:1.2)", 1.0)]
@@ -183,7 +188,8 @@ REFERENCE = None
 
 
 def lark_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
-    """A1111's own method (a1111-sampling.md §7.1-7.2): lark's Earley parser on the grammar, texts per step."""
+    """A1111's own method (A1111 modules/prompt_parser.py: schedule_parser,
+    get_learned_conditioning_prompt_schedules): lark's Earley parser on the grammar, texts per step."""
     import lark
 
     global REFERENCE

@@ -1,7 +1,9 @@
 """Noise sources and per-image seeds against torch run here, a scalar Philox written here, and the spec's vectors.
 
-References: torch's CPU generator (`torch.randn`), a1111-sampling.md §6.2–6.5 (vectors and A1111's `ImageRNG`
-procedure, re-implemented below in torch), and a plain-int Philox 4x32-10 following §6.3 and torch's CUDA
+References: torch's CPU generator (`torch.randn`), A1111 modules/rng.py: ImageRNG.first, ImageRNG.next
+(vectors and A1111's `ImageRNG`
+procedure, re-implemented below in torch), and a plain-int Philox 4x32-10 following A1111
+modules/rng_philox.py and torch's CUDA
 kernel loop.
 """
 
@@ -121,7 +123,7 @@ _B = float(np.float32(2.3283064e-10 * 6.2831855))
 
 
 def philox_reference(counter: tuple[int, int, int, int], seed: int) -> tuple[int, int, int, int]:
-    """Philox 4x32-10 on Python ints, as §6.3 states it."""
+    """Philox 4x32-10 on Python ints, as A1111 modules/rng_philox.py states it."""
     c0, c1, c2, c3 = counter
     k0, k1 = seed & _M32, (seed >> 32) & _M32
     for round_no in range(10):
@@ -202,7 +204,8 @@ def test_unknown_source_is_rejected():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# ImageRNG: A1111's procedure (§6.2, §6.5) re-implemented in torch with the CPU generator
+# ImageRNG: A1111's procedure (A1111 modules/rng.py: ImageRNG.first, ImageRNG.next) re-implemented in torch
+# with the CPU generator
 
 
 def slerp_torch(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Samplers against A1111's numbers: the toy-model vectors of a1111-sampling.md §5.22 (float64, 1e-9), and the
+"""Samplers against A1111's numbers: toy-model vectors computed with k-diffusion's sampling.py
+(float64, 1e-9), and the
 demo model end to end against diffusers' schedulers driven with the same noise."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from engine.samplers import SAMPLERS, SamplerSettings
 from engine.schedules import SCHEDULERS, get_sigmas_karras, scaled_linear_alphas_cumprod
 from tests.schedules import plan_sigmas
 
-# ---- the toy model of §5.22 ----
+# ---- the toy model those vectors were computed on ----
 
 AC = scaled_linear_alphas_cumprod()
 SIGMA_MIN, SIGMA_MAX = 0.029167532920837402, 14.614642143249512  # float32 model extremes
@@ -100,7 +101,8 @@ def test_k_diffusion_sampler_matches_toy_vector(label, function, options, expect
 
 
 def test_restart_matches_toy_vector():
-    """Karras 20 steps: replaced by Karras(11) plus one 10-step restart segment at σ ≈ 0.1 (§5.16)."""
+    """Karras 20 steps: replaced by Karras(11) plus one 10-step restart segment at σ ≈ 0.1 (A1111
+    modules/sd_samplers_extra.py: restart_sampler)."""
     sigmas = get_sigmas_karras(20, SIGMA_MIN, SIGMA_MAX)
     model = Toy()
     x = S.sample_restart(model, X0 * sigmas[0], sigmas, noise_sampler=model.noise)
@@ -142,7 +144,8 @@ def test_timestep_sampler_matches_toy_vector(label, function, options, expected,
 
 
 def test_timestep_samplers_call_the_model_where_a1111_does():
-    """DDIM: t = 951 … 51; PLMS: 951, 901, 901, 851, …; UniPC: τ = 999, 949.05, …, 49.95 (§5.17–5.20)."""
+    """DDIM: t = 951 … 51; PLMS: 951, 901, 901, 851, …; UniPC: τ = 999, 949.05, …, 49.95 (A1111
+    modules/sd_samplers_timesteps_impl.py: ddim; modules/models/diffusion/uni_pc/uni_pc.py)."""
     grid = T.ddim_timesteps(20)
     ddim, plms, unipc = Toy(), Toy(), Toy()
     T.ddim(ddim, X0.copy(), grid, noise_sampler=ddim.noise)
@@ -154,7 +157,8 @@ def test_timestep_samplers_call_the_model_where_a1111_does():
 
 
 def test_ddim_cfgpp_guides_with_a_twelfth_and_steps_along_the_unconditional_eps():
-    """§5.19 on a toy with distinct cond/uncond predictions, written out step by step."""
+    """A1111 modules/sd_samplers_timesteps_impl.py: ddim_cfgpp on a toy with distinct cond/uncond predictions,
+    written out step by step."""
 
     class Guided(Toy):
         def __init__(self):
@@ -452,7 +456,8 @@ def test_img2img_with_every_kind_of_sampler(demo_pipeline, sampler):
 
 
 def test_ngms_skips_the_unconditional_half_on_odd_steps(demo_pipeline, monkeypatch):
-    """s_min_uncond: below that σ, every odd step runs the UNet on the cond rows only (§3.5)."""
+    """s_min_uncond: below that σ, every odd step runs the UNet on the cond rows only (A1111
+    modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward)."""
     batches: list[int] = []
     run = demo_pipeline.backend.run
 

@@ -1,5 +1,7 @@
 """A1111's sampling options `sd_noise_schedule` (Zero Terminal SNR), `skip_early_cond`, `img2img_extra_noise` and
-`sgm_noise_multiplier` (a1111-sampling.md §1.5, §2.1, §3.5, §8.3; infotext keys a1111-api.md §7.1)."""
+`sgm_noise_multiplier` (A1111 modules/sd_samplers_kdiffusion.py: KDiffusionSampler.sample,
+sample_img2img; modules/sd_models.py; modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward; infotext keys
+modules/processing.py: create_infotext)."""
 
 from __future__ import annotations
 
@@ -19,18 +21,20 @@ from tests.images import b64, noise_image
 from tests.schedules import plan_sigmas
 
 ZTSNR = SamplerSettings(noise_schedule=ZERO_TERMINAL_SNR)
-ZTSNR_LAST = 4.8973451890853435e-08  # a1111-sampling.md §2.1
+ZTSNR_LAST = 4.8973451890853435e-08  # A1111 modules/sd_models.py: rescale_zero_terminal_snr_abar
 
 
 def spec_alphas_cumprod() -> np.ndarray:
-    """§2.1: β_i = (√0.00085 + i·(√0.012 − √0.00085)/999)² in float64, ᾱ = cumprod(1 − β) stored as float32."""
+    """LDM's `make_beta_schedule("linear")`: β_i = (√0.00085 + i·(√0.012 − √0.00085)/999)² in float64, ᾱ =
+    cumprod(1 − β) stored as float32."""
     i = np.arange(1000, dtype=np.float64)
     betas = (0.00085**0.5 + i * (0.012**0.5 - 0.00085**0.5) / 999) ** 2
     return np.cumprod(1 - betas).astype(np.float32)
 
 
 def spec_ztsnr(ac: np.ndarray) -> np.ndarray:
-    """§2.1 in float64: s = √ᾱ, s ← (s − s[999])·s[0]/(s[0] − s[999]), ᾱ = s², ᾱ[999] = 4.897…e-8."""
+    """A1111 modules/sd_models.py: rescale_zero_terminal_snr_abar in float64: s = √ᾱ, s ← (s −
+    s[999])·s[0]/(s[0] − s[999]), ᾱ = s², ᾱ[999] = 4.897…e-8."""
     s = np.sqrt(ac.astype(np.float64))
     s = (s - s[-1]) * s[0] / (s[0] - s[-1])
     out = s**2
@@ -72,7 +76,8 @@ def unet_inputs(demo_pipeline, monkeypatch) -> list[dict[str, np.ndarray]]:
 
 
 def torch_randn(shape, seed: int) -> np.ndarray:
-    """A1111's CPU noise source: torch.randn(shape) from a generator seeded with the image's seed (§6)."""
+    """A1111's CPU noise source: torch.randn(shape) from a generator seeded with the image's seed (A1111
+    modules/rng.py)."""
     import torch
 
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).numpy()
@@ -129,7 +134,8 @@ def test_zero_terminal_snr_sigmas_and_cached_schedules(demo_pipeline):
 
 def test_zero_terminal_snr_timesteps_reach_the_rescaled_table(demo_pipeline, unet_inputs):
     """k-diffusion feeds the UNet t = σ→t on the rescaled σ table: log-linear interpolation between its
-    neighbours (§2.2), computed here from the spec's formula in float64."""
+    neighbours (A1111 k_diffusion/external.py: DiscreteSchedule), computed here from the spec's formula in
+    float64."""
     plan = txt2img_plan(demo_pipeline, "Euler", 4, ZTSNR)
     noise = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
     latents = demo_pipeline.txt2img(plan, initial_noise=noise).latents[0]
@@ -186,7 +192,8 @@ def test_zero_terminal_snr_ddim_matches_diffusers(demo_pipeline, torch_pipeline,
 
 
 def expected_rows(calls: int, total_steps: int, value: float) -> list[int]:
-    """§3.5: the uncond rows are dropped (cfg 1) while call k satisfies k / total_steps ≤ skip_early_cond."""
+    """A1111 modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward: the uncond rows are dropped (cfg 1)
+    while call k satisfies k / total_steps ≤ skip_early_cond."""
     return [1 if value != 0 and k / total_steps <= value else 2 for k in range(calls)]
 
 
@@ -209,7 +216,8 @@ def test_skip_early_cond_drops_the_uncond_rows(demo_pipeline, unet_inputs, sampl
 @pytest.mark.parametrize("steps,strength,fix_steps,calls", [(10, 0.5, False, 6), (4, 0.5, True, 4)])
 def test_skip_early_cond_in_img2img_counts_t_enc_plus_one(demo_pipeline, unet_inputs, steps, strength, fix_steps,
                                                           calls):
-    # A1111 launches img2img with t_enc + 1 steps (§8.3): int(0.5·10) + 1 = 6, or steps with fixed steps.
+    # A1111 launches img2img with t_enc + 1 steps (A1111 modules/sd_samplers_common.py: setup_img2img_steps):
+    # int(0.5·10) + 1 = 6, or steps with fixed steps.
     plan = img2img_plan(demo_pipeline, noise_image(64, 64, 1), "Euler", steps, strength, fix_steps,
                         SamplerSettings(skip_early_cond=0.5))
     demo_pipeline.img2img(plan)
@@ -243,7 +251,8 @@ def test_skipped_steps_are_the_conditional_prediction(demo_pipeline, unet_inputs
 
 
 def test_extra_noise_k_diffusion_img2img_start(demo_pipeline, torch_pipeline, unet_inputs):
-    """x_start = init + noise·σ₀ + noise·e (§8.3); the UNet sees x_start/√(σ₀² + 1)."""
+    """x_start = init + noise·σ₀ + noise·e (A1111 modules/sd_samplers_kdiffusion.py:
+    KDiffusionSampler.sample_img2img); the UNet sees x_start/√(σ₀² + 1)."""
     image, seed, e = noise_image(64, 64, 2), 5, 0.3
     plan = img2img_plan(demo_pipeline, image, "Euler", 10, 0.5, settings=SamplerSettings(img2img_extra_noise=e),
                         seed=seed)
@@ -260,12 +269,13 @@ def test_extra_noise_k_diffusion_img2img_start(demo_pipeline, torch_pipeline, un
 
 
 def test_extra_noise_timestep_sampler_img2img_start(demo_pipeline, torch_pipeline, unet_inputs):
-    """DDIM: x_start = √ᾱ·init + √(1 − ᾱ)·noise + noise·e·√ᾱ at ᾱ[T[t_enc]] (§8.3); the UNet sees x unscaled."""
+    """DDIM: x_start = √ᾱ·init + √(1 − ᾱ)·noise + noise·e·√ᾱ at ᾱ[T[t_enc]] (A1111
+    modules/sd_samplers_timesteps.py: CompVisSampler.sample_img2img); the UNet sees x unscaled."""
     image, seed, e, steps, strength = noise_image(64, 64, 3), 6, 0.25, 10, 0.5
     plan = img2img_plan(demo_pipeline, image, "DDIM", steps, strength, settings=SamplerSettings(img2img_extra_noise=e),
                         seed=seed)
     demo_pipeline.img2img(plan)
-    grid = np.arange(0, 1000, 1000 // steps) + 1  # A1111's DDIM timesteps (§5.17)
+    grid = np.arange(0, 1000, 1000 // steps) + 1  # A1111's DDIM timesteps (A1111 modules/sd_samplers_timesteps_impl.py: ddim)
     t_enc = int(strength * steps)
     a = spec_alphas_cumprod()[grid[t_enc]]
     noise = torch_randn((4, 8, 8), seed)
@@ -315,7 +325,8 @@ def test_extra_noise_stays_when_nothing_is_denoised(demo_pipeline, unet_inputs):
 
 
 def test_sgm_noise_multiplier_scales_the_txt2img_start(demo_pipeline, unet_inputs):
-    """k-diffusion txt2img starts at noise·√(1 + σ₀²) (§1.5), so the UNet's first input x·c_in is the noise."""
+    """k-diffusion txt2img starts at noise·√(1 + σ₀²) (A1111 modules/sd_samplers_kdiffusion.py:
+    KDiffusionSampler.sample), so the UNet's first input x·c_in is the noise."""
     noise = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
     plan = txt2img_plan(demo_pipeline, "Euler", 3, SamplerSettings(sgm_noise_multiplier=True))
     demo_pipeline.txt2img(plan, initial_noise=noise)

@@ -1,4 +1,5 @@
-"""Schedulers against a1111-sampling.md §2 and §4.13 (float32, 6 significant digits), and their options."""
+"""Schedulers against A1111's k_diffusion/external.py: DiscreteSchedule and modules/sd_schedulers.py (float32,
+6 significant digits), and their options."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from engine.timestep_samplers import ddim_timesteps, grid_sigmas, timestep_pass
 
 SD15 = ModelSchedule(scaled_linear_alphas_cumprod())
 
-# a1111-sampling.md §4.13, SD1.5 schedule, n = 10.
+# A1111 modules/sd_schedulers.py, SD1.5 schedule, n = 10.
 VECTORS = {
     "uniform": "14.6146 7.83988 4.60917 2.91831 1.95016 1.34493 0.932358 0.624977 0.368658 0.0291675 0",
     "normal": "14.6146 7.83988 4.60917 2.91831 1.95016 1.34493 0.932358 0.624977 0.368658 0.0291675 0",
@@ -60,7 +61,7 @@ def test_align_your_steps_eleven_steps_is_the_table():
 
 
 def test_model_schedule_constants():
-    """§2.1–2.2 [verified] values."""
+    """ᾱ and DiscreteSchedule values (A1111 modules/sd_models.py, k_diffusion/external.py)."""
     ac = SD15.alphas_cumprod
     assert ac.dtype == np.float32
     np.testing.assert_allclose(ac[[0, 1, 500, 998, 999]],
@@ -125,7 +126,7 @@ def test_beta_schedule_options():
 
 
 def test_registry_matches_a1111_schedulers_list():
-    """a1111-api.md §12.2: order, labels, aliases, default rho, need_inner_model."""
+    """A1111 modules/sd_schedulers.py: schedulers: order, labels, aliases, default rho, need_inner_model."""
     rows = [(s.name, s.label, s.aliases, s.default_rho, s.need_inner_model) for s in SCHEDULERS.values()]
     assert rows == [
         ("automatic", "Automatic", None, -1.0, False),
@@ -146,7 +147,8 @@ def test_registry_matches_a1111_schedulers_list():
 
 
 def test_lcm_schedule():
-    """§5.21: 50 valid timesteps 20k+19; Automatic = linspace(999, 19, n) through LCM's t → σ."""
+    """A1111 modules/sd_samplers_lcm.py: LCMCompVisDenoiser: 50 valid timesteps 20k+19; Automatic =
+    linspace(999, 19, n) through LCM's t → σ."""
     lcm = lcm_schedule(SD15)
     assert len(lcm.sigmas) == 50
     assert lcm.sigma_min == pytest.approx(float(SD15.sigmas[19]))
@@ -165,7 +167,8 @@ def test_lcm_schedule():
 
 
 def test_ddim_timestep_grid():
-    """§5.17: 20 → [1, 51, …, 951]; 30 → 31 values [1, 34, …, 991]; 7 → 8 values [1, 143, …, 995]."""
+    """A1111 modules/sd_samplers_timesteps_impl.py: ddim: 20 → [1, 51, …, 951]; 30 → 31 values [1, 34, …,
+    991]; 7 → 8 values [1, 143, …, 995]."""
     np.testing.assert_array_equal(ddim_timesteps(20), np.arange(1, 1000, 50))
     assert len(ddim_timesteps(30)) == 31 and ddim_timesteps(30)[[1, -1]].tolist() == [34, 991]
     assert ddim_timesteps(7).tolist() == [1, 143, 285, 427, 569, 711, 853, 995]

@@ -338,7 +338,8 @@ def test_sd2_style_padding_matches_diffusers_tokenizer(official_pipeline, tmp_pa
     monkeypatch.setattr(official_pipeline.backend, "run",
                         lambda c, inputs: seen.append(inputs["input_ids"].copy()) or run(c, inputs))
     encoder.encode([PROMPT])
-    # diffusers pads with the tokenizer's pad id after EOS; A1111's open_clip path likewise (a1111-sampling §7.5).
+    # diffusers pads with the tokenizer's pad id after EOS; A1111's open_clip path likewise (A1111
+    # modules/sd_hijack_clip.py: FrozenCLIPEmbedderWithCustomWordsBase.tokenize_line).
     expected = CLIPTokenizer.from_pretrained(folder)(PROMPT, padding="max_length", max_length=77).input_ids
     assert expected[len(PROMPT_IDS) + 1:len(PROMPT_IDS) + 3] == [49407, 0]
     assert seen[0].tolist() == [expected]

@@ -1,4 +1,7 @@
-"""Replays of what Open WebUI, SillyTavern and LibreChat send (ecosystem.md §2.2–2.4, §2.12, §2.13), with their
+"""Replays of what Open WebUI, SillyTavern and LibreChat send (open-webui
+`backend/open_webui/routers/images.py`,
+SillyTavern's Stable Diffusion extension, LibreChat `api/app/clients/tools/structured/StableDiffusion.js`),
+with their
 extra fields and headers, checking the response fields each client reads. Sizes and steps are cut to the tiny
 model's 64 px / 2 steps; every key the client sends is kept."""
 

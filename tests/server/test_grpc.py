@@ -118,7 +118,8 @@ def test_structs_and_image_bytes_convert_to_the_sdapi_json_forms():
 
 
 def test_mask_images_get_no_seed_or_infotext_and_do_not_shift_the_others():
-    # return_mask / return_mask_composite put extra images after each generated one (a1111-api.md §5.1).
+    # return_mask / return_mask_composite put extra images after each generated one (A1111
+    # modules/processing.py: process_images_inner).
     response = {"images": [b"\x89PNG-0", b"\x89PNG-m0", b"\x89PNG-1", b"\x89PNG-m1"],
                 "image_sources": [0, None, 1, None]}
     info = {"all_seeds": [5, 6], "all_subseeds": [7, 8], "infotexts": ["zero", "one"], "index_of_first_image": 0}
@@ -311,7 +312,7 @@ def test_progress_interrupt_skip(grpc_in_process):
     queued = state.queue.submit(Job(kind="wait", run=lambda job: None))
     try:
         p = stub.GetProgress(pb.GetProgressRequest(skip_current_image=True), timeout=5)
-        # a1111-api.md §8.1: 0.01 + job_no/job_count + (1/job_count)·step/steps
+        # A1111 modules/api/api.py: Api.progressapi: 0.01 + job_no/job_count + (1/job_count)·step/steps
         assert p.progress == pytest.approx(0.01 + 1 / 2 + 0.5 * 5 / 10)
         assert (p.state.job_no, p.state.job_count, p.state.sampling_step, p.state.sampling_steps) == (1, 2, 5, 10)
         assert p.task_id == holder.id and p.queue_length == 1

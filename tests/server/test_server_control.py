@@ -1,4 +1,5 @@
-"""/sdapi/v1/server-kill, /server-restart and /server-stop with `--api-server-stop` (a1111-api.md §1.2, §2), each
+"""/sdapi/v1/server-kill, /server-restart and /server-stop with `--api-server-stop` (A1111 modules/api/api.py:
+Api.kill_webui, restart_webui, stop_webui, Api.__init__), each
 against a real server process: kill exits at once, restart is an empty 501 (sdedge runs under no restart loop),
 stop answers `Stopping.` and shuts down gracefully."""
 

@@ -1,4 +1,5 @@
-"""The Gradio routes A1111 clients probe for liveness and configuration (ecosystem.md §1.1, §2.5, §2.9).
+"""The Gradio routes A1111 clients probe for liveness and configuration (A1111 webui.py via Gradio 3.41's
+`/queue/status` and `/config`; clients: Kilvoctu/aiyabot, cyanic-sd-krita).
 
 A1111 serves them from Gradio 3.41; sdedge has no web UI, so they answer with the parts clients read: the queue
 estimate cyanic-sd-krita polls for liveness, and a config without auth (aiyabot reads a 401 as Gradio auth).

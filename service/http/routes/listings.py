@@ -1,5 +1,6 @@
 """The A1111 listing and housekeeping routes sdedge has nothing behind (yet): they answer with what exists —
-empty lists, no-ops — so clients that enumerate everything at start-up never meet a 404 (a1111-api.md §10)."""
+empty lists, no-ops — so clients that enumerate everything at start-up never meet a 404 (A1111
+modules/api/api.py)."""
 
 from __future__ import annotations
 

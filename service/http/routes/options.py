@@ -1,4 +1,5 @@
-"""GET/POST /sdapi/v1/options (a1111-api.md §9) and GET /sdapi/v1/cmd-flags."""
+"""GET/POST /sdapi/v1/options (A1111 modules/api/api.py: Api.get_config, set_config) and GET
+/sdapi/v1/cmd-flags."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""POST /sdapi/v1/png-info: the infotext in an image, raw and parsed as A1111 parses it (a1111-api.md §11.2)."""
+"""POST /sdapi/v1/png-info: the infotext in an image, raw and parsed as A1111 parses it (A1111
+modules/images.py: read_info_from_image)."""
 
 from __future__ import annotations
 

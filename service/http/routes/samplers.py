@@ -1,4 +1,6 @@
-"""GET /sdapi/v1/samplers and /schedulers: the names `sampler_name` and `scheduler` accept (a1111-api.md §10, §12)."""
+"""GET /sdapi/v1/samplers and /schedulers: the names `sampler_name` and `scheduler` accept (A1111
+modules/api/api.py:
+Api.get_samplers, get_schedulers)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """POST /sdapi/v1/server-kill, /server-restart and /server-stop: registered only with `--api-server-stop`
-(a1111-api.md §1.2, §2), as A1111 does."""
+(A1111 modules/api/api.py: Api.__init__, kill_webui, restart_webui, stop_webui), as A1111 does."""
 
 from __future__ import annotations
 

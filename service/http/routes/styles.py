@@ -1,4 +1,5 @@
-"""GET /sdapi/v1/prompt-styles: the styles of the configured styles.csv files (a1111-api.md §10)."""
+"""GET /sdapi/v1/prompt-styles: the styles of the configured styles.csv files (A1111 modules/api/api.py:
+Api.get_prompt_styles)."""
 
 from __future__ import annotations
 

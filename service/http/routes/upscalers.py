@@ -1,4 +1,5 @@
-"""GET /sdapi/v1/upscalers and /latent-upscale-modes: what `hr_upscaler` accepts (a1111-api.md §10)."""
+"""GET /sdapi/v1/upscalers and /latent-upscale-modes: what `hr_upscaler` accepts (A1111 modules/api/api.py:
+Api.get_upscalers, get_latent_upscale_modes)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ from service.a1111.a1111_options import A1111_DEFAULTS, INFO_ONLY
 from service.runtime.options import ALL_DEFAULTS, DEFAULTS, IMPLEMENTED, Options, unimplemented
 from tests.sdapi_server import FAST
 
-# What cyanic-sd-krita sends with every request (ecosystem.md §2.9), at its defaults and at values it may set.
+# What cyanic-sd-krita sends with every request (cyanic-sd-krita's client code), at its defaults and at values
+# it may set.
 KRITA_OVERRIDES = {"img2img_color_correction": False, "sd_hypernetwork": "None", "sd_unet": "Automatic",
                    "sd_model_refiner": "None"}
 
@@ -49,7 +50,7 @@ def test_options_store_and_ignore_info_only(tmp_path):
     assert "sd_vae_explanation" not in options.snapshot()
     reloaded = Options(tmp_path / "config.json")
     assert reloaded.get("sd_unet") == "trt"
-    view = reloaded.api_snapshot()  # A1111 §9.1: non-zero int defaults come back as floats
+    view = reloaded.api_snapshot()  # A1111 modules/api/api.py: Api.get_config: non-zero int defaults come back as floats
     assert view["hypertile_max_tile_unet"] == 128.0 and isinstance(view["hypertile_max_tile_unet"], float)
     assert view["ESRGAN_tile"] == 192.0 and view["extra_networks_card_width"] == 0
     assert isinstance(view["extra_networks_card_width"], int)

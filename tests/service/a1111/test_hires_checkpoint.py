@@ -1,4 +1,5 @@
-"""`hr_checkpoint_name`: hires fix's second pass on another checkpoint (a1111-api.md §3.2, §7.1, §14).
+"""`hr_checkpoint_name`: hires fix's second pass on another checkpoint (A1111 modules/api/models.py:
+StableDiffusionTxt2ImgProcessingAPI; modules/processing.py: create_infotext; the dev branch, 1937682a).
 
 Model A is the demo bundle (random weights), model B the trained shapes bundle: both SD 1.x with 4-channel
 latents, different UNet, text encoder and VAE (B's VAE scaling factor is not A's either).
@@ -80,7 +81,8 @@ def png_b64(image: Image.Image) -> str:
 
 @pytest.mark.slow
 def test_second_pass_is_img2img_on_the_hires_checkpoint(server):
-    # §9: with an image upscaler the second pass is the first-pass image (decoded by A's VAE: A1111 decodes
+    # A1111 modules/processing.py: StableDiffusionProcessingTxt2Img.sample_hr_pass: with an image upscaler the
+    # second pass is the first-pass image (decoded by A's VAE: A1111 decodes
     # before it switches), upscaled, then img2img at fixed steps on B (B's VAE encodes and decodes, B's text
     # encoder, UNet and schedule). The reference takes that path through img2img on B.
     client, _ = server

@@ -1,6 +1,8 @@
-"""Infotext written and parsed as A1111 writes and parses it: the literal examples of a1111-api.md §7.2 and
-the parser rules of §7.3 (expected values written from the spec, not taken from our output), plus png-info's
-reading of image metadata (§11.2)."""
+"""Infotext written and parsed as A1111 writes and parses it: the literal examples of A1111
+modules/processing.py: create_infotext and
+the parser rules of A1111 modules/infotext_utils.py: parse_generation_parameters (expected values written from
+the spec, not taken from our output), plus png-info's
+reading of image metadata (A1111 modules/images.py: read_info_from_image)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ EXAMPLE_1 = (
 )
 
 
-# §7.3 step 7, in A1111's order.
+# A1111 modules/infotext_utils.py: parse_generation_parameters, in A1111's order.
 DEFAULTS_AFTER_PROMPT = [
     ("Hires resize-1", 0), ("Hires resize-2", 0), ("Hires sampler", "Use same sampler"),
     ("Hires schedule type", "Use same scheduler"), ("Hires checkpoint", "Use same checkpoint"),

@@ -1,6 +1,8 @@
-"""The `infotext` request field (a1111-api.md §6.7): a pasted infotext fills the fields the client left out and
-overrides the settings it names, over REST and gRPC. Expected values are read off the spec's infotexts (§7.2)
-and §6.7's mapping; the round trips compare two generations, not a stored result."""
+"""The `infotext` request field (A1111 modules/api/api.py: Api.apply_infotext): a pasted infotext fills the
+fields the client left out and
+overrides the settings it names, over REST and gRPC. Expected values are read off infotexts as A1111
+modules/processing.py: create_infotext writes them and Api.apply_infotext's mapping; the round trips compare
+two generations, not a stored result."""
 
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ def test_txt2img_takes_its_fields_the_scripts_fields_and_the_settings():
     assert (req.subseed, req.subseed_strength) == (2000, 0.3)
     assert (req.enable_hr, req.denoising_strength, req.hr_scale) == (True, 0.45, 2.0)
     assert (req.hr_second_pass_steps, req.hr_upscaler, req.hr_resize_x, req.hr_resize_y) == (10, "R-ESRGAN 4x+", 0, 0)
-    # The parser's defaults are pasted too (§6.7 quirk: "Use same sampler").
+    # The parser's defaults are pasted too (a quirk of A1111 modules/api/api.py: Api.apply_infotext: "Use same
+    # sampler").
     assert (req.hr_sampler_name, req.hr_scheduler, req.hr_checkpoint_name) == (
         "Use same sampler", "Use same scheduler", "Use same checkpoint")
     assert (req.hr_prompt, req.hr_negative_prompt) == ("", "")
@@ -194,7 +197,7 @@ def test_infotext_alone_reproduces_the_image(api):
     again, again_info = generate(api, {"infotext": infotext})
     assert again_info["infotexts"] == [infotext]
     assert base64.b64decode(again["images"][0]) == base64.b64decode(first["images"][0])
-    # `parameters` echoes the request with the pasted values (§5.2).
+    # `parameters` echoes the request with the pasted values (A1111 modules/api/api.py: Api.text2imgapi).
     p = again["parameters"]
     assert (p["seed"], p["steps"], p["sampler_name"], p["scheduler"], p["cfg_scale"]) == (1234, 4, "Euler a",
                                                                                          "Karras", 5.5)
@@ -257,7 +260,8 @@ def test_bad_infotext_values_get_a_4xx_and_the_server_keeps_serving(api, text, f
 
 
 def test_garbage_infotext_becomes_the_prompt(api):
-    # Fewer than three `key: value` pairs: A1111 reads the whole text as the prompt (§7.3 step 1).
+    # Fewer than three `key: value` pairs: A1111 reads the whole text as the prompt (A1111
+    # modules/infotext_utils.py: parse_generation_parameters).
     garbage = "((( ]]] :: ,,, <lora: \\ \"unterminated"
     response, info = generate(api, {"infotext": garbage, "steps": 1, "width": 64, "height": 64})
     assert response["parameters"]["prompt"] == garbage

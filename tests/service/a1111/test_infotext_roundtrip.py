@@ -1,5 +1,5 @@
 """Infotext round trips: a request is planned (service.a1111.translate), its infotext written from the plan, pasted back
-through the `infotext` request field (A1111 `Api.apply_infotext`, a1111-api.md §6.7) and planned again; the
+through the `infotext` request field (A1111 modules/api/api.py: `Api.apply_infotext`) and planned again; the
 values the infotext carries must come back the same. Where A1111 itself does not round-trip (`Seed resize from`
 pasted swapped, `Beta schedule alpha` written under another label than the option reads) the test pins A1111's
 behaviour instead. The REST tests pin the legacy first-pass hires request (A1111
@@ -220,7 +220,8 @@ def test_img2img_infotext_round_trip():
 
 
 def expected_size(params: dict[str, Any]) -> tuple[int, int]:
-    """The final size A1111 derives from a parsed infotext (a1111-sampling.md §9), for the cases below."""
+    """The final size A1111 derives from a parsed infotext (A1111 modules/processing.py:
+    StableDiffusionProcessingTxt2Img.sample_hr_pass), for the cases below."""
     width, height = int(params["Size-1"]), int(params["Size-2"])
     resize_x, resize_y = int(params["Hires resize-1"]), int(params["Hires resize-2"])
     if "Hires upscale" in params:

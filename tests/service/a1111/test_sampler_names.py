@@ -1,4 +1,5 @@
-"""Sampler/scheduler names as A1111's API resolves them (a1111-api.md §6.2) and the /samplers, /schedulers lists."""
+"""Sampler/scheduler names as A1111's API resolves them (A1111 modules/sd_samplers.py:
+get_sampler_and_scheduler) and the /samplers, /schedulers lists."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from service.http.routes.samplers import router
 @pytest.mark.parametrize(
     "name,scheduler,expected",
     [
-        # Legacy combined names are split; the suffix may be a label, a name or an alias (§6.2 step 2).
+        # Legacy combined names are split; the suffix may be a label, a name or an alias (A1111
+        # modules/sd_samplers.py: get_sampler_and_scheduler).
         ("DPM++ 2M Karras", None, ("DPM++ 2M", "automatic")),  # Karras is DPM++ 2M's own default
         ("Euler a SGMUniform", None, ("Euler a", "sgm_uniform")),
         ("Euler a Karras", None, ("Euler a", "karras")),
@@ -48,7 +50,7 @@ def test_get_sampler_and_scheduler_reports_labels_and_converts_the_default():
     assert get_sampler_and_scheduler(None, None) == ("DPM++ 2M", "Automatic")
 
 
-SAMPLER_TABLE = [  # a1111-api.md §12.1, in /samplers order
+SAMPLER_TABLE = [  # A1111 modules/sd_samplers_kdiffusion.py: samplers_k_diffusion, in /samplers order
     ("DPM++ 2M", ["k_dpmpp_2m"], {"scheduler": "karras"}),
     ("DPM++ SDE", ["k_dpmpp_sde"], {"scheduler": "karras", "second_order": "True", "brownian_noise": "True"}),
     ("DPM++ 2M SDE", ["k_dpmpp_2m_sde"], {"scheduler": "exponential", "brownian_noise": "True"}),

@@ -1,4 +1,5 @@
-"""Prompt styles: styles.csv (a1111-api.md §13), applying them (§6.3), finding them again, GET /prompt-styles."""
+"""Prompt styles: styles.csv (A1111 modules/styles.py: StyleDatabase), applying them (A1111 modules/styles.py:
+StyleDatabase.apply_styles_to_prompt), finding them again, GET /prompt-styles."""
 
 import os
 from pathlib import Path
@@ -69,7 +70,8 @@ def test_several_files_dividers_override_and_reload(tmp_path):
     write(tmp_path / "more-styles.csv", "name,prompt,negative_prompt\nb,TWO,\nc,three,\n")
     database = StyleDatabase([first, tmp_path / "more-*.csv"])
     styles = database.styles
-    # a divider per file: the stem upper-cased, one space each side, centred in 40 "-" (§10)
+    # a divider per file: the stem upper-cased, one space each side, centred in 40 "-" (A1111
+    # modules/api/api.py: Api.get_prompt_styles)
     assert list(styles) == [" STYLES ".center(40, "-"), "a", "b", " MORE-STYLES ".center(40, "-"), "c"]
     assert styles[" STYLES ".center(40, "-")] == PromptStyle(" STYLES ".center(40, "-"), None, None)
     assert styles["b"].prompt == "TWO"  # later files override earlier names

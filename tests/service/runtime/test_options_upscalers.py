@@ -1,4 +1,5 @@
-"""Options typed and persisted as A1111's (a1111-api.md §9), and the extras upscalers: PIL's resamplers and an
+"""Options typed and persisted as A1111's (A1111 modules/shared_options.py), and the extras upscalers: PIL's
+resamplers and an
 ONNX super-resolution model, each against PIL itself."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Progress as A1111 reports it (a1111-api.md §8), the "Approx cheap" preview (a1111-sampling.md §10), and the
+"""Progress as A1111 reports it (A1111 modules/api/api.py: Api.progressapi), the "Approx cheap" preview (A1111
+modules/sd_vae_approx.py: cheap_approximation), and the
 job/pipeline contract for interrupt and skip: an interrupt drops the remaining batches, a skip only its own."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from service.runtime.jobs import Job, JobQueue
 from service.runtime.options import DEFAULTS
 from service.runtime.progress import approx_cheap, image_grid, internal_progress, progress_response
 
-# a1111-sampling.md §10, typed from the spec.
+# A1111 modules/sd_vae_approx.py: cheap_approximation, typed from the spec.
 SD1 = [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
 SDXL = [[0.3448, 0.4168, 0.4395], [-0.1953, -0.0290, 0.0250], [0.1074, 0.0886, -0.0163], [-0.3730, -0.2499, -0.2088]]
 

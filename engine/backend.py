@@ -86,28 +86,48 @@ class OrtBackend:
             self._run_options = ort.RunOptions()
             self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
+    def _new_session(self, component: str, initializers: dict[str, np.ndarray] | None = None):
+        options = self._ort.SessionOptions()
+        if self.intra_op_threads:
+            options.intra_op_num_threads = self.intra_op_threads
+        options.enable_cpu_mem_arena = self.memory.cpu_mem_arena
+        options.enable_mem_pattern = self.memory.mem_pattern
+        if initializers:
+            # Replaces external-data initializers before graph optimisation (data copied at load), so merged
+            # LoRA weights reach every kernel, prepacked or not (engine/network_sessions.py).
+            names = list(initializers)
+            values = [self._ort.OrtValue.ortvalue_from_numpy(initializers[n]) for n in names]
+            options.add_external_initializers(names, values)
+        available = set(self._ort.get_available_providers())
+        providers = [p for p in self.requested_providers if p in available] or ["CPUExecutionProvider"]
+        session = self._ort.InferenceSession(
+            str(self.bundle.component_path(component)), sess_options=options, providers=providers
+        )
+        got = session.get_providers()
+        if got[0] != providers[0]:
+            # onnxruntime-gpu without a usable GPU silently falls back to CPU: say so.
+            log.warning("%s: asked for %s, ONNX Runtime gave %s", component, providers, got)
+        return session
+
     def session(self, component: str):
         with self._lock:
             if component not in self._sessions:
-                options = self._ort.SessionOptions()
-                if self.intra_op_threads:
-                    options.intra_op_num_threads = self.intra_op_threads
-                options.enable_cpu_mem_arena = self.memory.cpu_mem_arena
-                options.enable_mem_pattern = self.memory.mem_pattern
-                available = set(self._ort.get_available_providers())
-                providers = [p for p in self.requested_providers if p in available] or ["CPUExecutionProvider"]
-                session = self._ort.InferenceSession(
-                    str(self.bundle.component_path(component)), sess_options=options, providers=providers
-                )
-                got = session.get_providers()
-                if got[0] != providers[0]:
-                    # onnxruntime-gpu without a usable GPU silently falls back to CPU: say so.
-                    log.warning("%s: asked for %s, ONNX Runtime gave %s", component, providers, got)
-                self._sessions[component] = session
+                self._sessions[component] = self._new_session(component)
             return self._sessions[component]
 
+    def session_with_initializers(self, component: str, initializers: dict[str, np.ndarray]):
+        """A new, uncached session of `component` with some external initializers replaced."""
+        return self._new_session(component, initializers)
+
+    def component_bytes(self, component: str) -> int:
+        """The component's weight bytes on disk: what a second session of it costs in memory, roughly."""
+        folder = self.bundle.component_path(component).parent
+        return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        session = self.session(component)
+        return self.run_session(self.session(component), inputs)
+
+    def run_session(self, session, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in session.get_outputs()]
         values = session.run(names, inputs, self._run_options)
         return dict(zip(names, values, strict=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -104,6 +105,15 @@ class Pipeline:
         )
         self.prompt_encoder = PromptEncoder(backend, self.tokenizer, self.manifest)
         self.unet = UNet(backend)
+
+    def with_backend(self, backend: ExecutionBackend) -> Pipeline:
+        """This model on another backend (LoRA-merged sessions): schedules and tokenizer shared, the prompt
+        encoder's cache not (a text-encoder LoRA changes every embedding)."""
+        other = copy.copy(self)
+        other.backend = backend
+        other.prompt_encoder = PromptEncoder(backend, self.tokenizer, self.manifest)
+        other.unet = UNet(backend)
+        return other
 
     @classmethod
     def from_path(cls, path: str | Path, providers: str | list[str] = "cpu") -> Pipeline:

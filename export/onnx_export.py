@@ -126,6 +126,8 @@ def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None
     (default export/onnx_layout.py's EXTERNAL_DATA_THRESHOLD: always)."""
     import torch
 
+    from export.lora_map import lora_modules, write_lora_map
+
     out = Path(out)
     TextEncoderWrapper, UNetWrapper, VaeEncoderWrapper, VaeDecoderWrapper = _wrappers()
     unet, vae, text_encoder = pipe.unet.eval(), pipe.vae.eval(), pipe.text_encoder.eval()
@@ -179,6 +181,8 @@ def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None
             {"sample": _axes(batch=0, height=2, width=3)},
             external_data_threshold,
         )
+        # Where each Linear/Conv2d weight landed, for merging LoRAs at run time without torch.
+        write_lora_map(tmp, lora_modules(pipe))
         # optimum's folder layout, so the bundle also opens with optimum / diffusers tooling.
         pipe.scheduler.save_pretrained(tmp / "scheduler")
         unet.save_config(tmp / "unet")

@@ -1,0 +1,338 @@
+"""LoRA and LyCORIS networks merged into a bundle's weights, as A1111's Lora extension computes them.
+
+A1111 extensions-builtin/Lora: network.py (NetworkModule.calc_scale, finalize_updown, apply_weight_decompose),
+network_lora.py, network_hada.py, network_lokr.py, network_ia3.py, network_full.py, lyco_helpers.py;
+networks.py (key conversion, the te/unet multiplier choice, summing networks in prompt order).
+
+The exporter records where every Linear/Conv2d weight of the UNet and text encoder sits in the ONNX data files
+(export/lora_map.py, `lora_map.json`). A set of networks becomes {component: {initializer: merged weight}}: always
+the base weight plus every network's ΔW, computed in float32 from the base (never cumulatively), so switching sets
+is exact. The caller builds sessions over the merged initializers (engine/network_sessions.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+LORA_MAP_NAME = "lora_map.json"
+
+# Parts a module key can carry, longest first so that `lora_down.weight` is not read as `weight`.
+_PARTS = sorted(
+    ["lora_up.weight", "lora_down.weight", "lora_mid.weight", "lora_A.weight", "lora_B.weight", "alpha", "scale",
+     "dora_scale", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "lokr_w1",
+     "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "weight", "on_input", "diff",
+     "diff_b", "w_norm", "b_norm", "bias", "a1.weight", "a2.weight", "b1.weight", "b2.weight", "oft_blocks",
+     "oft_diag", "rescale"],
+    key=len, reverse=True,
+)
+# Diffusers/PEFT files name modules by their dotted path under the pipeline component.
+_DOTTED_PREFIXES = {"unet.": "lora_unet_", "text_encoder.": "lora_te_", "text_encoder_2.": "lora_te2_"}
+
+
+class NetworkError(ValueError):
+    """A network file that cannot be applied (unknown key layout, a type sdedge does not merge, bad shapes)."""
+
+
+@dataclass(frozen=True)
+class WeightTarget:
+    """Where one Linear/Conv2d weight lives in the bundle (a `lora_map.json` entry)."""
+
+    component: str
+    initializer: str
+    layout: str  # "N" as torch holds it, "T" a 2-D weight stored transposed
+    shape: tuple[int, ...]  # torch's shape
+    file: str
+    offset: int
+    length: int
+
+    def read(self, bundle: Path) -> np.ndarray:
+        """The base weight in torch's shape."""
+        stored = self.shape[::-1] if self.layout == "T" else self.shape
+        count = self.length // 4
+        data = np.fromfile(bundle / self.component / self.file, dtype=np.float32, count=count, offset=self.offset)
+        array = data.reshape(stored)
+        return array.T if self.layout == "T" else array
+
+    def to_stored(self, weight: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(weight.T if self.layout == "T" else weight, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class LoraMap:
+    targets: dict[str, WeightTarget]
+
+    @classmethod
+    def load(cls, bundle: Path) -> LoraMap | None:
+        path = Path(bundle) / LORA_MAP_NAME
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        targets = {
+            key: WeightTarget(t["component"], t["initializer"], t["layout"], tuple(t["shape"]), t["file"],
+                              int(t["offset"]), int(t["length"]))
+            for key, t in data["targets"].items()
+        }
+        return cls(targets)
+
+
+@dataclass(frozen=True)
+class NetworkUse:
+    """One network as a prompt asks for it: `<lora:name:te:unet:dyn>`."""
+
+    name: str
+    te: float = 1.0
+    unet: float = 1.0
+    dyn: int | None = None
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """A file key → (module key in kohya form, part)."""
+    for part in _PARTS:
+        if key.endswith("." + part):
+            module = key[: -len(part) - 1]
+            break
+    else:
+        module, _, part = key.partition(".")
+    for dotted, prefix in _DOTTED_PREFIXES.items():
+        if module.startswith(dotted):
+            # diffusers/PEFT layout (A1111 1.10.1 matches none of these keys; sdedge applies them)
+            module = prefix + module[len(dotted):].replace(".", "_")
+            break
+    # kohya writes SD 1.x/2.x text-encoder keys as lora_te_, SDXL's first encoder as lora_te1_
+    return module, part
+
+
+def group_modules(tensors: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    modules: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in tensors.items():
+        if key.startswith("bundle_emb."):
+            continue  # textual-inversion embeddings bundled in a LoRA file: applied by the prompt encoder
+        module, part = split_key(key)
+        modules.setdefault(module, {})[part] = value
+    return modules
+
+
+def _scalar(parts: dict[str, np.ndarray], name: str) -> float | None:
+    value = parts.get(name)
+    return None if value is None else float(np.asarray(value).reshape(-1)[0])
+
+
+def _conventional(up: np.ndarray, down: np.ndarray, shape: Sequence[int], dyn: int | None = None) -> np.ndarray:
+    """lyco_helpers.rebuild_conventional."""
+    up = up.reshape(up.shape[0], -1)
+    down = down.reshape(down.shape[0], -1)
+    if dyn:
+        up, down = up[:, :dyn], down[:dyn, :]
+    return (up @ down).reshape(shape)
+
+
+def _cp(up: np.ndarray, down: np.ndarray, mid: np.ndarray) -> np.ndarray:
+    """lyco_helpers.rebuild_cp_decomposition."""
+    up = up.reshape(up.shape[0], -1)
+    down = down.reshape(down.shape[0], -1)
+    return np.einsum("nmkl,in,mj->ijkl", mid, up, down)
+
+
+def _weight_cp(t: np.ndarray, wa: np.ndarray, wb: np.ndarray) -> np.ndarray:
+    """lyco_helpers.make_weight_cp."""
+    temp = np.einsum("ijkl,jr->irkl", t, wa)
+    return np.einsum("ijkl,ir->rjkl", temp, wb)
+
+
+def _kron(shape: Sequence[int], w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
+    """lyco_helpers.make_kron."""
+    if w2.ndim == 4:
+        w1 = w1[:, :, None, None]
+    return np.kron(w1, w2).reshape(shape)
+
+
+def network_type(parts: dict[str, np.ndarray]) -> str:
+    """A1111's detection order: LoRA, LoHa, IA3, LoKr, Full, Norm, GLoRA, OFT."""
+    if ("lora_up.weight" in parts and "lora_down.weight" in parts) or (
+        "lora_A.weight" in parts and "lora_B.weight" in parts
+    ):
+        return "lora"
+    if all(k in parts for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")):
+        return "loha"
+    if "weight" in parts and "on_input" in parts:
+        return "ia3"
+    if ("lokr_w1" in parts or "lokr_w1_a" in parts) and ("lokr_w2" in parts or "lokr_w2_a" in parts):
+        return "lokr"
+    if "diff" in parts:
+        return "full"
+    if "w_norm" in parts:
+        return "norm"
+    if all(k in parts for k in ("a1.weight", "a2.weight", "b1.weight", "b2.weight")):
+        return "glora"
+    if "oft_blocks" in parts or "oft_diag" in parts:
+        return "oft"
+    raise NetworkError(f"unrecognised key set {sorted(parts)}")
+
+
+def module_delta(parts: dict[str, np.ndarray], weight: np.ndarray, multiplier: float,
+                 dyn: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(ΔW in the weight's shape, Δbias or None) of one module, multiplier applied (A1111 NetworkModule)."""
+    kind = network_type(parts)
+    dim: int | None = None
+    ex_bias = None
+    if kind == "lora":
+        up = parts.get("lora_up.weight", parts.get("lora_B.weight"))
+        down = parts.get("lora_down.weight", parts.get("lora_A.weight"))
+        mid = parts.get("lora_mid.weight")
+        dim = down.shape[0]
+        shape = [up.shape[0], down.shape[1]]
+        if mid is not None:
+            updown = _cp(up, down, mid)
+        else:
+            if down.ndim == 4:
+                shape += list(down.shape[2:])
+            updown = _conventional(up, down, shape, dyn)
+    elif kind == "loha":
+        w1a, w1b, w2a, w2b = (parts[k] for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"))
+        dim = w1b.shape[0]
+        shape = [w1a.shape[0], w1b.shape[1]]
+        t1, t2 = parts.get("hada_t1"), parts.get("hada_t2")
+        if t1 is not None:
+            shape = [w1a.shape[1], w1b.shape[1]] + list(t1.shape[2:])
+            updown1 = _weight_cp(t1, w1a, w1b)
+        else:
+            if w1b.ndim == 4:
+                shape += list(w1b.shape[2:])
+            updown1 = _conventional(w1a, w1b, shape)
+        updown2 = _weight_cp(t2, w2a, w2b) if t2 is not None else _conventional(w2a, w2b, shape)
+        updown = updown1 * updown2
+    elif kind == "lokr":
+        w1 = parts.get("lokr_w1")
+        if w1 is None:
+            w1 = parts["lokr_w1_a"] @ parts["lokr_w1_b"]
+            dim = parts["lokr_w1_b"].shape[0]
+        w2 = parts.get("lokr_w2")
+        if w2 is None:
+            dim = parts["lokr_w2_b"].shape[0]
+            if "lokr_t2" in parts:
+                w2 = _weight_cp(parts["lokr_t2"], parts["lokr_w2_a"], parts["lokr_w2_b"])
+            else:
+                w2 = parts["lokr_w2_a"] @ parts["lokr_w2_b"]
+        shape = list(weight.shape) if weight.ndim == 4 else [w1.shape[0] * w2.shape[0], w1.shape[1] * w2.shape[1]]
+        updown = _kron(shape, w1, w2)
+    elif kind == "ia3":
+        w = parts["weight"]
+        if _scalar(parts, "on_input"):
+            updown = weight * w.reshape((1, -1) + (1,) * (weight.ndim - 2))
+        else:
+            updown = weight * w.reshape((-1,) + (1,) * (weight.ndim - 1))
+    elif kind == "full":
+        updown = parts["diff"]
+        if "diff_b" in parts:
+            ex_bias = parts["diff_b"] * multiplier
+    else:
+        raise NetworkError(f"{kind.upper()} networks are not supported by sdedge (see docs/compatibility.md)")
+    if updown.size != weight.size:
+        raise NetworkError(f"ΔW of shape {tuple(updown.shape)} does not fit a weight of shape {weight.shape}")
+    updown = updown.reshape(weight.shape).astype(np.float32)
+    # NetworkModule.calc_scale: the file's `scale`, else alpha / dim, else 1.
+    scale = _scalar(parts, "scale")
+    if scale is None:
+        alpha = _scalar(parts, "alpha")
+        scale = alpha / dim if alpha is not None and dim else 1.0
+    updown = updown * np.float32(scale)
+    if "dora_scale" in parts:
+        updown = _weight_decompose(updown, weight, parts["dora_scale"])
+    return updown * np.float32(multiplier), ex_bias
+
+
+def _weight_decompose(updown: np.ndarray, weight: np.ndarray, dora_scale: np.ndarray) -> np.ndarray:
+    """DoRA (NetworkModule.apply_weight_decompose): V = W + ΔW, W' = dora_scale · V / ‖V‖ with the norm over every
+    axis but the input-channel axis 1."""
+    merged = weight + updown
+    axes = tuple(a for a in range(merged.ndim) if a != 1)
+    norm = np.sqrt(np.sum(merged.astype(np.float64) ** 2, axis=axes, keepdims=True)).astype(np.float32)
+    scale = dora_scale.reshape(norm.shape)
+    return merged * (scale / norm) - weight
+
+
+@dataclass(frozen=True)
+class LoadedNetwork:
+    """A network file's modules, keyed as in `lora_map.json`."""
+
+    name: str
+    modules: dict[str, dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    applied_modules: int
+    unmatched_modules: tuple[str, ...]
+
+
+def merged_weights(
+    bundle: Path, lora_map: LoraMap, networks: Sequence[tuple[LoadedNetwork, NetworkUse]]
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, MergeReport]]:
+    """{component: {initializer: merged weight in stored layout}} for a set of networks, summed in prompt order
+    onto the base weights; and per network, how many of its modules found a target.
+
+    Modules without a target are dropped, as A1111 drops keys it cannot match (listed in the report)."""
+    deltas: dict[str, np.ndarray] = {}
+    reports: dict[str, MergeReport] = {}
+    bases: dict[str, np.ndarray] = {}
+    for network, use in networks:
+        applied = 0
+        unmatched: list[str] = []
+        for module, parts in network.modules.items():
+            key = module
+            target = lora_map.targets.get(key)
+            if target is None:
+                unmatched.append(module)
+                continue
+            if key not in bases:
+                bases[key] = target.read(bundle)
+            # A1111 network.py: the te multiplier for text-encoder modules, else unet
+            multiplier = use.te if key.startswith("lora_te") else use.unet
+            try:
+                delta, ex_bias = module_delta(parts, bases[key], multiplier, use.dyn)
+            except NetworkError as exc:
+                raise NetworkError(f"{network.name}: {module}: {exc}") from exc
+            if ex_bias is not None:
+                bias_target = lora_map.targets.get(key + ".bias")
+                if bias_target is None:
+                    raise NetworkError(f"{network.name}: {module}: carries a bias difference, and the bias of "
+                                       f"that layer is not in the bundle's map")
+                bias_key = key + ".bias"
+                if bias_key not in bases:
+                    bases[bias_key] = bias_target.read(bundle)
+                deltas[bias_key] = deltas.get(bias_key, 0) + ex_bias.reshape(bases[bias_key].shape)
+            deltas[key] = delta if key not in deltas else deltas[key] + delta
+            applied += 1
+        reports[network.name] = MergeReport(applied, tuple(unmatched))
+    merged: dict[str, dict[str, np.ndarray]] = {}
+    for key, delta in deltas.items():
+        target = lora_map.targets[key]
+        merged.setdefault(target.component, {})[target.initializer] = target.to_stored(bases[key] + delta)
+    return merged, reports
+
+
+def load_network(path: Path, name: str | None = None) -> LoadedNetwork:
+    """A `.safetensors` LoRA/LyCORIS file, its keys grouped by module (kohya form)."""
+    from engine.safetensors_file import SafetensorsError, load_file
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise NetworkError(f"{path.name}: only .safetensors networks are read at run time (a pickled "
+                           f"{path.suffix} file could run code when opened); convert it with "
+                           f"`python -m export convert-network {path.name}`")
+    try:
+        tensors, _ = load_file(path)
+    except (SafetensorsError, OSError) as exc:
+        raise NetworkError(str(exc)) from exc
+    modules = group_modules(tensors)
+    for module, parts in modules.items():
+        try:
+            network_type(parts)
+        except NetworkError as exc:
+            raise NetworkError(f"{path.name}: {module}: {exc}") from exc
+    return LoadedNetwork(name or path.stem, modules)

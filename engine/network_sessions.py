@@ -1,0 +1,138 @@
+"""Sessions over merged LoRA weights, cached per set of networks within a memory budget.
+
+A set of networks changes some initializers of the UNet and text encoder. Each changed component gets a new ONNX
+Runtime session whose external initializers are replaced before graph optimisation
+(SessionOptions.add_external_initializers: exact for MatMul, transposed and Conv weights at every optimisation
+level; `add_initializer` runs after optimisation and is silently lost on Conv weights, so it is not used).
+Components the set does not touch keep the base sessions. Sessions of recently used sets stay cached, the least
+recently used evicted first when their estimated memory exceeds the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.backend import ExecutionBackend, TensorSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Entry:
+    sessions: dict[str, object]
+    cost: int
+
+
+class NetworkBackend:
+    """An ExecutionBackend that runs some components on their own (merged) sessions, the rest on the base."""
+
+    def __init__(self, base, sessions: dict[str, object]):
+        self.base = base
+        self.sessions = sessions
+
+    def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self.sessions.get(component)
+        if session is None:
+            return self.base.run(component, inputs)
+        return self.base.run_session(session, inputs)
+
+    def input_specs(self, component: str) -> list[TensorSpec]:
+        return self.base.input_specs(component)
+
+    def output_names(self, component: str) -> list[str]:
+        return self.base.output_names(component)
+
+    @property
+    def providers(self) -> list[str]:
+        return self.base.providers
+
+    def __getattr__(self, name: str):
+        return getattr(self.base, name)
+
+
+class NetworkSessions:
+    """LRU of per-set sessions over one base backend (an OrtBackend)."""
+
+    def __init__(self, base, budget_bytes: int):
+        self.base = base
+        self.budget_bytes = budget_bytes
+        self._cache: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self.last_build_seconds = 0.0
+
+    def backend(self, key: Hashable, build) -> ExecutionBackend:
+        """The backend for the set `key`; `build()` → {component: {initializer: array}} is called on a miss."""
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is not None:
+                self._cache.move_to_end(key)
+                return NetworkBackend(self.base, entry.sessions)
+        start = time.perf_counter()
+        merged = build()
+        sessions = {component: self.base.session_with_initializers(component, values)
+                    for component, values in merged.items()}
+        cost = sum(self.base.component_bytes(component) for component in merged)
+        self.last_build_seconds = time.perf_counter() - start
+        log.info("networks %s: %d components rebuilt in %.2f s", key, len(sessions), self.last_build_seconds)
+        with self._lock:
+            self._cache[key] = _Entry(sessions, cost)
+            self._cache.move_to_end(key)
+            while len(self._cache) > 1 and sum(e.cost for e in self._cache.values()) > self.budget_bytes:
+                evicted, _ = self._cache.popitem(last=False)
+                log.info("networks %s: sessions evicted (budget %d MB)", evicted, self.budget_bytes >> 20)
+        return NetworkBackend(self.base, sessions)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+class ModelNetworks:
+    """A loaded model's LoRA machinery: its weight map and its cache of merged sessions."""
+
+    def __init__(self, pipeline, budget_bytes: int | None = None):
+        from engine.lora import LoraMap
+
+        self.pipeline = pipeline
+        self.lora_map = LoraMap.load(pipeline.bundle.path)
+        base = pipeline.backend
+        if budget_bytes is None:
+            # Room for two LoRA'd UNet + text encoder sets beside the base.
+            budget_bytes = 2 * sum(base.component_bytes(c) for c in ("unet", "text_encoder"))
+        self.sessions = NetworkSessions(base, budget_bytes) if hasattr(base, "session_with_initializers") else None
+
+    @property
+    def supported(self) -> bool:
+        return self.lora_map is not None and self.sessions is not None
+
+    def pipeline_for(self, networks) -> tuple[object, dict]:
+        """(the pipeline to run, merge reports per network) for [(LoadedNetwork, NetworkUse, identity)]: the base
+        pipeline when the list is empty or every multiplier is 0."""
+        from engine.lora import NetworkError, merged_weights
+
+        active = [(n, u, ident) for n, u, ident in networks if u.te != 0 or u.unet != 0]
+        if not active:
+            return self.pipeline, {}
+        if not self.supported:
+            raise NetworkError("this bundle has no LoRA weight map (lora_map.json): re-export it with this "
+                               "sdedge version to use LoRAs")
+        key = tuple((ident, u.te, u.unet, u.dyn) for _, u, ident in active)
+        reports: dict = {}
+
+        def build():
+            merged, found = merged_weights(self.pipeline.bundle.path, self.lora_map, [(n, u) for n, u, _ in active])
+            reports.update(found)
+            return merged
+
+        backend = self.sessions.backend(key, build)
+        return self.pipeline.with_backend(backend), reports

@@ -68,6 +68,18 @@ class Img2ImgPlan:
 
 
 @dataclass(frozen=True)
+class NetworkRequest:
+    """A LoRA/LyCORIS file a pass runs with: `<lora:name:te:unet:dyn>` resolved to its file (A1111
+    extensions-builtin/Lora/extra_networks_lora.py: activate)."""
+
+    name: str  # as written in the prompt
+    path: str
+    te: float = 1.0
+    unet: float = 1.0
+    dyn: int | None = None
+
+
+@dataclass(frozen=True)
 class HiresPlan:
     """txt2img's second pass (A1111 modules/processing.py: StableDiffusionProcessingTxt2Img.sample_hr_pass):
     upscale to width×height, crop the latent by truncate_x/y, then img2img."""
@@ -95,6 +107,7 @@ class HiresPlan:
     scale: float = 2.0
     requested_steps: int = 0
     upscaler_label: str | None = None
+    networks: tuple[NetworkRequest, ...] = ()  # from the hires prompt (A1111 re-parses it for this pass)
 
 
 @dataclass(frozen=True)
@@ -114,6 +127,8 @@ class Report:
     model_name: bool = True
     version: bool = True
     warnings: tuple[str, ...] = ()
+    lora_hashes: str | None = None  # `Lora hashes` (both passes), option lora_add_hashes_to_infotext applied
+    comments: tuple[str, ...] = ()  # A1111's job comments, e.g. `Lora not found: x`
 
 
 @dataclass(frozen=True)
@@ -160,11 +175,13 @@ class GenerationPlan:
     sampler_settings: SamplerSettings = SamplerSettings()
     # Prompt language (A1111 modules/prompt_parser.py): options `emphasis`, `comma_padding_backtrack`,
     # `use_old_scheduling`;
-    # the extra-network tags of the batch's first prompt (engine.prompt_parser.batch_extra_networks), not applied.
+    # the extra-network tags of the batch's first prompt (engine.prompt_parser.batch_extra_networks); `networks`:
+    # the LoRA files they resolved to, which the service applies by running the pass on merged sessions.
     emphasis: str = "Original"
     comma_padding_backtrack: int = 20
     use_old_scheduling: bool = False
     extra_networks: tuple[ExtraNetworkTag, ...] = ()
+    networks: tuple[NetworkRequest, ...] = ()
     report: Report = Report()
 
     @property

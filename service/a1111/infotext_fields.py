@@ -279,6 +279,8 @@ FIELDS: tuple[Field, ...] = (
     Field("Masked content", _masked_content, section="img2img"),
     Field("Noise multiplier", _noise_multiplier, option="initial_noise_multiplier", section="img2img"),
     Field("Extra noise", _extra_noise, option="img2img_extra_noise", section="img2img"),
+    # Extra networks (extensions-builtin/Lora/extra_networks_lora.py: activate, before sampling).
+    Field("Lora hashes", lambda s: s.plan.report.lora_hashes),
     # Sampling, schedule and prompt language (sd_samplers_*: the entries that differ from their defaults).
     Field("Eta DDIM", _sampler_eta(True, 0.0), option="eta_ddim"),
     Field("Eta", _sampler_eta(False, 1.0), option="eta_ancestral"),

@@ -94,6 +94,9 @@ class JobOptions:
     auto_backcompat: bool = DEFAULTS["auto_backcompat"]
     infotext_skip_pasting: tuple[str, ...] = tuple(DEFAULTS["infotext_skip_pasting"])
     disable_weights_auto_swap: bool = DEFAULTS["disable_weights_auto_swap"]
+    sd_lora: str = DEFAULTS["sd_lora"]
+    extra_networks_default_multiplier: float = DEFAULTS["extra_networks_default_multiplier"]
+    lora_add_hashes_to_infotext: bool = DEFAULTS["lora_add_hashes_to_infotext"]
     # Not an option: one sentence per option in effect that sdedge stores but does not implement.
     unimplemented: tuple[str, ...] = ()
 

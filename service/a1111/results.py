@@ -81,8 +81,9 @@ def build_response(plan: GenerationPlan, result: GenerationResult, entry: ModelE
         "is_using_inpainting_conditioning": bool(getattr(result, "is_using_inpainting_conditioning", False)),
         "version": VERSION,
     }
-    if plan.report.warnings:  # sdedge's own key: A1111 clients read `info` by key and ignore the ones they do not know
-        info["sdedge_warnings"] = list(plan.report.warnings)
+    notes = list(plan.report.warnings) + list(plan.report.comments)
+    if notes:  # sdedge's own key: A1111 clients read `info` by key and ignore the ones they do not know
+        info["sdedge_warnings"] = notes
     response = {"images": images, "parameters": parameters, "info": json.dumps(info, default=lambda _: None)}
     if as_bytes:  # gRPC types each image; REST's sdapi shape has no place for this
         response["image_sources"] = sources

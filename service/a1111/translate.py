@@ -21,6 +21,7 @@ from engine.prompt_parser import (
 )
 from engine.samplers import SAMPLERS, TIMESTEPS
 from service.a1111.errors import InvalidRequest, NotFound, RequestForbidden, RequestTooLarge
+from service.a1111.extra_networks import with_networks
 from service.a1111.image_io import ImageInputError, decode_image
 from service.a1111.job_options import JobOptions
 from service.a1111.sampler_names import resolve_sampler
@@ -90,7 +91,7 @@ def prompt_texts(prompt: str | None, negative: str | None, style_names: list[str
 
 
 def plan_txt2img(req: Txt2ImgRequest, options: JobOptions | Mapping[str, Any], upscalers=None, styles=None,
-                 hires_model: ModelEntry | None = None) -> GenerationPlan:
+                 hires_model: ModelEntry | None = None, loras=None) -> GenerationPlan:
     """Validate and resolve a txt2img request. `upscalers` (an engine.upscalers.UpscalerRegistry) adds model
     upscalers to what `hr_upscaler` may name; `styles` (a service.a1111.styles.StyleDatabase) resolves the request's
     `styles`. `hires_model` is the other checkpoint of the hires pass (`hires_checkpoint`)."""
@@ -112,7 +113,7 @@ def plan_txt2img(req: Txt2ImgRequest, options: JobOptions | Mapping[str, Any], u
             hires = replace(hires, checkpoint=hires_model.title)
         plan = replace(plan, hires=hires,
                        report=replace(plan.report, denoising_strength=hires.denoising_strength))
-    return plan
+    return with_networks(plan, req.disable_extra_networks, options, loras)
 
 
 SAME_CHECKPOINT = "Use same checkpoint"
@@ -315,7 +316,7 @@ MAX_MASK_BLUR = 64  # A1111's UI slider maximum; the blur costs O(kernel) per pi
 
 
 def plan_img2img(req: Img2ImgRequest, options: JobOptions | Mapping[str, Any], edit_model: bool = False,
-                 styles=None) -> GenerationPlan:
+                 styles=None, loras=None) -> GenerationPlan:
     """Validate and resolve an img2img request: decode images, check the mask, count steps for the strength."""
     options = JobOptions.of(options)
     if req.init_images is None:
@@ -375,5 +376,6 @@ def plan_img2img(req: Img2ImgRequest, options: JobOptions | Mapping[str, Any], e
         fix_steps=fix_steps,
     )
     # One init image serves the whole batch; several set the batch size (A1111's seeds stay as counted before).
-    return replace(plan, img2img=img2img, batch_size=batch_size if len(images) == 1 else len(images),
+    plan = replace(plan, img2img=img2img, batch_size=batch_size if len(images) == 1 else len(images),
                    report=replace(plan.report, denoising_strength=strength))
+    return with_networks(plan, req.disable_extra_networks, options, loras)

@@ -16,6 +16,7 @@ from service.http.routes import (
     generation,
     gradio,
     listings,
+    loras,
     models,
     options,
     pnginfo,
@@ -58,6 +59,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(extras.router)
     app.include_router(pnginfo.router)
     app.include_router(listings.router)
+    app.include_router(loras.router)
     app.include_router(samplers.router)
     app.include_router(styles.router)
     app.include_router(gradio.router)

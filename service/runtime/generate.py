@@ -6,12 +6,14 @@ and how they ship the response; everything a request means is decided here and i
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.backend import release_memory
+from engine.lora import NetworkError
 from engine.pipeline import GenerationResult, StepEvent
 from engine.plan import GenerationPlan
 from service.a1111.errors import InvalidRequest, ModelUnavailable, QueueBusy
@@ -23,9 +25,12 @@ from service.a1111.styles import styles_of
 from service.a1111.translate import hires_checkpoint, plan_img2img, plan_txt2img
 from service.runtime import admission
 from service.runtime.jobs import Job, QueueFull, new_task_id
+from service.runtime.loras import pipeline_with_networks
 from service.runtime.models import ModelEntry
 from service.runtime.options import InvalidOption
 from service.runtime.state import NoModelLoaded, ServerState
+
+log = logging.getLogger(__name__)
 
 Listener = Callable[[Job], None]
 Finish = Callable[..., dict[str, Any]]
@@ -81,6 +86,7 @@ class Generation:
     parameters: dict[str, Any]
     needed: int  # admission's estimate of the job's memory
     timestamp: str
+    notes: list[str] = field(default_factory=list)  # comments the worker adds (a LoRA that failed to apply)
 
     def run(self, job: Job) -> GenerationResult:
         """On the worker: model switches happen in queue order; each pipeline resolves the plan's schedules."""
@@ -90,6 +96,7 @@ class Generation:
             pipeline, hires_pipeline = self.state.hires_pipelines_for(self.entry, self.hires)
         admission.wait_for_memory(self.needed)  # fits the budget; waits while other processes hold the memory
         plan, on_step = self.plan, progress_hook(job)
+        pipeline, hires_pipeline = self._with_networks(pipeline, hires_pipeline)
         job.progress.job_count = plan.n_iter * (2 if plan.hires else 1)  # hires: A1111 counts both passes
         try:
             if plan.img2img is not None:
@@ -103,8 +110,31 @@ class Generation:
             self.state.keep_overrides(self.req.override_settings, self.entry)
         return result
 
+    def _with_networks(self, pipeline, hires_pipeline):
+        """The passes' pipelines over LoRA-merged sessions (each pass its own prompt's networks). A network that
+        cannot be applied leaves that pass on the base model and is reported (A1111: `Networks with errors`)."""
+        plan = self.plan
+        try:
+            first = pipeline_with_networks(pipeline, plan.networks, self.state.loras)
+        except (NetworkError, OSError) as exc:
+            log.error("LoRA: %s", exc)
+            self.notes.append(f"Networks with errors: {exc}")
+            first = pipeline
+        if plan.hires is None or (hires_pipeline is None and plan.hires.networks == plan.networks):
+            return first, hires_pipeline
+        try:
+            second = pipeline_with_networks(hires_pipeline or pipeline, plan.hires.networks, self.state.loras)
+        except (NetworkError, OSError) as exc:
+            log.error("LoRA (hires pass): %s", exc)
+            self.notes.append(f"Networks with errors: {exc}")
+            second = hires_pipeline
+        return first, second
+
     def finish(self, result: GenerationResult, as_bytes: bool = False) -> dict[str, Any]:
-        return build_response(self.plan, result, self.entry, self.options, self.parameters,
+        plan = self.plan
+        if self.notes:
+            plan = replace(plan, report=replace(plan.report, comments=plan.report.comments + tuple(self.notes)))
+        return build_response(plan, result, self.entry, self.options, self.parameters,
                               bool(self.req.send_images), self.timestamp, as_bytes=as_bytes)
 
 
@@ -117,12 +147,13 @@ def submit(state: ServerState, req: GenerationRequest, listener: Listener | None
     parameters = req.model_dump()
     hires = None
     if isinstance(req, Img2ImgRequest):
-        kind, plan = "img2img", plan_img2img(req, options, entry.edit_model, styles_of(state))
+        kind, plan = "img2img", plan_img2img(req, options, entry.edit_model, styles_of(state), loras=state.loras)
         if not req.include_init_images:
             parameters.update(init_images=None, mask=None)
     else:
         hires = hires_checkpoint(req, state.models, entry)
-        kind, plan = "txt2img", plan_txt2img(req, options, state.upscalers, styles_of(state), hires)
+        kind, plan = "txt2img", plan_txt2img(req, options, state.upscalers, styles_of(state), hires,
+                                             loras=state.loras)
     needed = admission.check(state, entry, plan)  # 413 if it can never fit the memory budget
     generation = Generation(state, req, plan, entry, hires, options, parameters, needed,
                             time.strftime("%Y%m%d%H%M%S"))

@@ -101,6 +101,10 @@ DEFAULTS: dict[str, Any] = {
     "save_incomplete_images": False,
     "upscaling_max_images_in_cache": 5,
     "img2img_color_correction": False,
+    # Extra networks (A1111 extensions-builtin/Lora: sd_lora appended to every prompt, Lora hashes infotext).
+    "sd_lora": "None",
+    "extra_networks_default_multiplier": 1.0,
+    "lora_add_hashes_to_infotext": True,
     # sdedge's own: a running job's deadline in seconds; 0 = the --job-timeout flag's value (docs/api.md).
     "sdedge_job_timeout": 0.0,
 }

@@ -11,6 +11,7 @@ from engine.upscalers import UpscalerRegistry
 from service.a1111.errors import InvalidRequest
 from service.a1111.job_options import JobOptions
 from service.runtime.jobs import Job, JobQueue
+from service.runtime.loras import LoraRegistry
 from service.runtime.models import ModelEntry, ModelRegistry
 from service.runtime.options import Options
 
@@ -34,6 +35,7 @@ class ServerConfig:
     port: int = 7860
     listen: bool = False
     upscalers_dir: Path | None = None
+    lora_dirs: list[Path] = field(default_factory=list)  # --lora-dir and models/LyCORIS (A1111's two folders)
     max_body_size: int = 64 * 1024 * 1024  # bytes of one HTTP request body (--max-body-size)
     max_side: int = 4096  # px per side of any image size a request asks for (--max-side)
     # Bytes one job may use on top of the loaded server (--memory-budget); None: from the machine's RAM when the
@@ -51,6 +53,7 @@ class ServerState:
         self.models = ModelRegistry(config.models_dir, [config.model] if config.model else [], config.providers)
         self.queue = JobQueue(max_pending=config.max_queue, timeout=self.job_timeout)
         self.upscalers = UpscalerRegistry(config.upscalers_dir, config.providers)
+        self.loras = LoraRegistry(config.lora_dirs)
 
     def job_timeout(self) -> float:
         """A running job's deadline in seconds: option `sdedge_job_timeout` if set (> 0), else `--job-timeout`;

@@ -50,16 +50,6 @@ def refresh_embeddings() -> None:
     return None
 
 
-@router.get("/sdapi/v1/loras")
-def loras() -> list[dict]:
-    return []
-
-
-@router.post("/sdapi/v1/refresh-loras")
-def refresh_loras() -> None:
-    return None
-
-
 @router.get("/sdapi/v1/hypernetworks")
 def hypernetworks() -> list[dict]:
     return []

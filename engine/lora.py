@@ -139,9 +139,9 @@ def _cp(up: np.ndarray, down: np.ndarray, mid: np.ndarray) -> np.ndarray:
 
 
 def _weight_cp(t: np.ndarray, wa: np.ndarray, wb: np.ndarray) -> np.ndarray:
-    """lyco_helpers.make_weight_cp."""
-    temp = np.einsum("ijkl,jr->irkl", t, wa)
-    return np.einsum("ijkl,ir->rjkl", temp, wb)
+    """lyco_helpers.make_weight_cp: t's first axis pairs with wa (rank × out), its second with wb (rank × in)."""
+    temp = np.einsum("ijkl,jr->irkl", t, wb)
+    return np.einsum("ijkl,ir->rjkl", temp, wa)
 
 
 def _kron(shape: Sequence[int], w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
@@ -232,6 +232,10 @@ def module_delta(parts: dict[str, np.ndarray], weight: np.ndarray, multiplier: f
             ex_bias = parts["diff_b"] * multiplier
     else:
         raise NetworkError(f"{kind.upper()} networks are not supported by sdedge (see docs/compatibility.md)")
+    if (weight.ndim == 4 and updown.ndim == 4 and updown.shape[0] == weight.shape[0]
+            and updown.shape[1] < weight.shape[1] and updown.shape[2:] == weight.shape[2:]):
+        # A 4-channel conv_in LoRA on a 9-channel inpainting UNet: ΔW zero-padded on the extra inputs (A1111).
+        updown = np.pad(updown, ((0, 0), (0, weight.shape[1] - updown.shape[1]), (0, 0), (0, 0)))
     if updown.size != weight.size:
         raise NetworkError(f"ΔW of shape {tuple(updown.shape)} does not fit a weight of shape {weight.shape}")
     updown = updown.reshape(weight.shape).astype(np.float32)

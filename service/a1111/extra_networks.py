@@ -9,6 +9,7 @@ the `sd_lora` option, `Lora hashes`), networks.py (load_networks: lookup by name
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -159,3 +160,23 @@ def with_networks(plan, disable: bool | None, options, lookup: LoraLookup | None
     report = replace(plan.report, comments=plan.report.comments + tuple(comments),
                      lora_hashes=lora_hashes_text(hashes) if options.lora_add_hashes_to_infotext else None)
     return replace(plan, prompts=prompts, extra_networks=tags, networks=first.requests, hires=hires, report=report)
+
+
+_RE_LORA_NAME = re.compile("<lora:([^:]+):")
+
+
+def rewrite_pasted_lora_names(params: dict, alias_for_hash) -> None:
+    """A pasted infotext's `<lora:name:` tags renamed to the network on this server with the same hash
+    (lora_script.py: infotext_pasted), in `Prompt` and `Hires prompt`; unknown hashes leave the tag as written."""
+    hashes = parse_lora_hashes(params.get("Lora hashes") or "")
+    if not hashes:
+        return
+
+    def replace_name(match: re.Match) -> str:
+        shorthash = hashes.get(match.group(1))
+        alias = alias_for_hash(shorthash) if shorthash else None
+        return f"<lora:{alias}:" if alias else match.group(0)
+
+    for key in ("Prompt", "Hires prompt"):
+        if isinstance(params.get(key), str):
+            params[key] = _RE_LORA_NAME.sub(replace_name, params[key])

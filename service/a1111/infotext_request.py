@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from service.a1111.errors import InvalidRequest
+from service.a1111.extra_networks import rewrite_pasted_lora_names
 from service.a1111.infotext import StyleExtractor, parse_infotext
 from service.a1111.infotext_fields import OPTION_LABELS, Params, Paste, paste_fields
 from service.a1111.job_options import JobOptions
@@ -77,15 +78,18 @@ def override_settings(params: Params, options: Mapping[str, Any],
 
 
 def apply_infotext(req: Request, options: Mapping[str, Any], extract_styles: StyleExtractor | None = None,
-                   checkpoint_title: CheckpointTitle | None = None) -> Request:
+                   checkpoint_title: CheckpointTitle | None = None, lora_alias=None) -> Request:
     """The request with its `infotext` applied (A1111 modules/api/api.py: Api.apply_infotext): each mapped
     field the client did not send
     takes the pasted value, cast to the field's type; labelled settings join `override_settings` unless the
     client set that key. `options` are the server's current option values (not this request's overrides);
-    `checkpoint_title(name)` finds the checkpoint a pasted `Refiner` names."""
+    `checkpoint_title(name)` finds the checkpoint a pasted `Refiner` names; `lora_alias(shorthash)` the name of
+    the LoRA file with that hash (`Lora hashes` renames the prompt's tags)."""
     if not req.infotext:
         return req
     params = parse_infotext(req.infotext, options, extract_styles)
+    if lora_alias is not None:
+        rewrite_pasted_lora_names(params, lora_alias)
     fields = paste_fields(txt2img=isinstance(req, Txt2ImgRequest))
     if checkpoint_title is not None:
         refiner = params.get("Refiner")

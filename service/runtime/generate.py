@@ -165,4 +165,5 @@ def with_infotext(state: ServerState, req: Request) -> Request:
     """The request with its pasted `infotext` applied (A1111 modules/api/api.py: Api.apply_infotext), so plan
     and `parameters` echo both see it."""
     return apply_infotext(req, state.options.snapshot(), styles_of(state).extract_styles,
-                          lambda name: getattr(state.models.find(name), "title", None))
+                          lambda name: getattr(state.models.find(name), "title", None),
+                          state.loras.alias_for_hash)

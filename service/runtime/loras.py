@@ -157,6 +157,16 @@ class LoraRegistry:
                 continue
         return None
 
+    def alias_for_hash(self, shorthash: str) -> str | None:
+        """The name a prompt should use for the file with this hash: its alias unless that is forbidden
+        (network.py: NetworkOnDisk.get_alias with lora_preferred_name "Alias from file")."""
+        entry = self.find_by_hash(shorthash)
+        if entry is None:
+            return None
+        with self._lock:
+            usable = self._aliases.get(entry.alias) is entry
+        return entry.alias if usable else entry.name
+
     def load(self, entry: LoraEntry) -> LoadedNetwork:
         key = (str(entry.path), entry.path.stat().st_mtime)
         with self._lock:

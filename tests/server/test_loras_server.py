@@ -126,3 +126,17 @@ def test_sd_lora_option_appends_the_network(server):
     by_option, info = txt2img(url, "a red circle", override_settings={"sd_lora": "detail"})
     assert by_option == with_tag
     assert info["prompt"] == "a red circle<lora:detail:1>"
+
+
+def test_pasted_infotext_finds_the_network_by_its_hash(server):
+    url, lora_dir = server
+    direct, _ = txt2img(url, "a red circle <lora:detail:1>")
+    shorthash = addnet_hash(lora_dir / "detail.safetensors")[:12]
+    infotext = (f"a red circle <lora:renamed-on-their-machine:1>\nSteps: 3, Sampler: Euler, Seed: 7, Size: 64x64, "
+                f'Lora hashes: "renamed-on-their-machine: {shorthash}"')
+    response = requests.post(f"{url}/sdapi/v1/txt2img", json={"infotext": infotext, "width": 64, "height": 64},
+                             timeout=300)
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert info["prompt"] == "a red circle <lora:detail-alias:1>"  # the alias, as A1111 writes it back
+    assert decode(response.json()["images"][0]).tobytes() == direct

@@ -327,8 +327,7 @@ def load_network(path: Path, name: str | None = None) -> LoadedNetwork:
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise NetworkError(f"{path.name}: only .safetensors networks are read at run time (a pickled "
-                           f"{path.suffix} file could run code when opened); convert it with "
-                           f"`python -m export convert-network {path.name}`")
+                           f"{path.suffix} file could run code when opened); save it as .safetensors")
     try:
         tensors, _ = load_file(path)
     except (SafetensorsError, OSError) as exc:

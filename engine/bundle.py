@@ -51,6 +51,12 @@ class Manifest:
     # What the text encoder graph's `pooler_output` gathers, baked in at export by transformers from the config's
     # eos_token_id (2 → argmax of the ids, else the first EOS). Informational: nothing in the engine reads it.
     text_pooled_output: str | None = None
+    # SDXL ("sdxl", "sdxl-refiner"): the second (OpenCLIP bigG) encoder, its tokenizer's ids (pads with "!" = 0)
+    # and the size of its projected pooled output. The refiner has no first encoder (text_hidden_size 0).
+    tokenizer_2: SpecialTokenIds | None = None
+    text_2_hidden_size: int = 0
+    text_2_num_layers: int = 0
+    text_pooled_size: int = 0
     noise_schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
     opset: int | None = None
     precision: str = "fp32"
@@ -66,6 +72,10 @@ class Manifest:
     @property
     def is_inpainting(self) -> bool:
         return self.unet_in_channels == 9
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.architecture in ("sdxl", "sdxl-refiner")
 
     @property
     def bos_token_id(self) -> int:
@@ -100,6 +110,8 @@ class Manifest:
         else:  # format 1: top-level ids, possibly the text encoder config's legacy 0/2/1 (checked on load)
             legacy = {k: data[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in data}
             data["tokenizer"] = SpecialTokenIds(**legacy)
+        if data.get("tokenizer_2") is not None:
+            data["tokenizer_2"] = SpecialTokenIds(**data["tokenizer_2"])
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -117,6 +129,9 @@ class Bundle:
 
     @property
     def tokenizer_dir(self) -> Path:
+        # The SDXL refiner ships only the second (bigG) tokenizer; both use the same CLIP BPE.
+        if not (self.path / "tokenizer").is_dir() and (self.path / "tokenizer_2").is_dir():
+            return self.path / "tokenizer_2"
         return self.path / "tokenizer"
 
 

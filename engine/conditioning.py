@@ -60,12 +60,29 @@ class ConstantConditioning:
 
 
 @dataclass(frozen=True)
+class SdxlOptions:
+    """SDXL's size and aesthetic conditioning (A1111 modules/sd_models_xl.py: get_learned_conditioning).
+
+    `width`/`height` are the pass's image size (original = target size there); the pipeline sets them per pass.
+    """
+
+    width: int = 1024
+    height: int = 1024
+    crop_top: int = 0  # sdxl_crop_top
+    crop_left: int = 0  # sdxl_crop_left
+    high_aesthetic_score: float = 6.0  # sdxl_refiner_high_aesthetic_score (refiner, prompts)
+    low_aesthetic_score: float = 2.5  # sdxl_refiner_low_aesthetic_score (refiner, negative prompts)
+    clip_l_skip: bool = False  # sdxl_clip_l_skip
+
+
+@dataclass(frozen=True)
 class TextEncoderOptions:
     """The options that change how text becomes an embedding (A1111 option names in comments)."""
 
     clip_skip: int = 1  # CLIP_stop_at_last_layers
     emphasis: str = "Original"  # emphasis: one of EMPHASIS_MODES; an unknown name acts as "Original" (A1111)
     comma_padding_backtrack: int = 20  # comma_padding_backtrack
+    sdxl: SdxlOptions = SdxlOptions()  # read by SDXL models only (engine/sdxl_conditioning.py)
 
 
 @dataclass(frozen=True)
@@ -164,26 +181,28 @@ class PromptEncoder:
         return layers[:, index].astype(np.float32)
 
     def encode_texts(
-        self, texts: Sequence[str], options: TextEncoderOptions = TextEncoderOptions()
+        self, texts: Sequence[str], options: TextEncoderOptions = TextEncoderOptions(), negative: bool = False
     ) -> tuple[np.ndarray, ...]:
         """Texts encoded together as one batch → one embedding [77·k, D] each, k the batch's largest chunk count.
 
         The batch matters: shorter texts get empty chunks, and "Original" emphasis restores the mean over the
-        whole batch tensor (A1111 encodes all texts of one prompt's schedule together).
+        whole batch tensor (A1111 encodes all texts of one prompt's schedule together). `negative`: the texts are
+        a negative prompt's (SDXL encodes those differently; SD 1.x/2.x do not).
         """
-        key = (tuple(texts), options)
+        key = (tuple(texts), options, negative)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        result = self._encode_batch(list(texts), options)
+        result = self._encode_batch(list(texts), options, negative)
         with self._lock:
             self._cache[key] = result
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return result
 
-    def _encode_batch(self, texts: list[str], options: TextEncoderOptions) -> tuple[np.ndarray, ...]:
+    def token_grid(self, texts: list[str], options: TextEncoderOptions) -> tuple[np.ndarray, np.ndarray]:
+        """Texts → token ids and emphasis multipliers [K, B, 77], K the largest chunk count (empty chunks fill)."""
         lines = {t: self.tokenize_line(t, options) for t in dict.fromkeys(texts)}
         per_text = [lines[t] for t in texts]
         count = max(len(c) for c in per_text)
@@ -191,10 +210,15 @@ class PromptEncoder:
         grid = [[c[j] if j < len(c) else empty for c in per_text] for j in range(count)]  # [chunk][text]
         tokens = np.asarray([[c.tokens for c in row] for row in grid], dtype=np.int64)  # [K, B, 77]
         multipliers = np.asarray([[c.multipliers for c in row] for row in grid], dtype=np.float32)
+        return tokens, multipliers
+
+    def _encode_batch(
+        self, texts: list[str], options: TextEncoderOptions, negative: bool = False
+    ) -> tuple[np.ndarray, ...]:
+        tokens, multipliers = self.token_grid(texts, options)
+        count = tokens.shape[0]
         m = self.manifest
-        if m.pad_token_id != m.eos_token_id:  # SD2-style vocabularies pad after the first EOS with their own id
-            after_eos = np.cumsum(tokens == m.eos_token_id, axis=-1) - (tokens == m.eos_token_id) > 0
-            tokens = np.where(after_eos, m.pad_token_id, tokens)
+        tokens = pad_after_eos(tokens, m.eos_token_id, m.pad_token_id)
         # Identical chunks run through the encoder once; the batch keeps every copy for the emphasis mean.
         rows, inverse = np.unique(tokens.reshape(-1, tokens.shape[-1]), axis=0, return_inverse=True)
         hidden = self.encode_chunks(rows, options.clip_skip)[inverse.reshape(-1)]
@@ -210,6 +234,15 @@ class PromptEncoder:
         """One embedding [77·k, D] per prompt, each on its own, as plain text (no emphasis, BREAK or word wrap)."""
         options = TextEncoderOptions(clip_skip=clip_skip, emphasis="None", comma_padding_backtrack=0)
         return [self.encode_texts([p], options)[0] for p in prompts]
+
+
+def pad_after_eos(tokens: np.ndarray, eos_token_id: int, pad_token_id: int) -> np.ndarray:
+    """OpenCLIP-style vocabularies pad after the first EOS with their own id (A1111 modules/sd_hijack_clip.py:
+    FrozenCLIPEmbedderWithCustomWordsBase.process_tokens, `id_pad`)."""
+    if pad_token_id == eos_token_id:
+        return tokens
+    after_eos = np.cumsum(tokens == eos_token_id, axis=-1) - (tokens == eos_token_id) > 0
+    return np.where(after_eos, pad_token_id, tokens)
 
 
 def apply_emphasis(z: np.ndarray, multipliers: np.ndarray, emphasis: str) -> np.ndarray:
@@ -266,12 +299,13 @@ def encode_schedules(
     hires_steps: int | None = None,
     use_old_scheduling: bool = False,
     options: TextEncoderOptions = TextEncoderOptions(),
+    negative: bool = False,
 ) -> list[EmbeddingSchedule]:
     """A1111's get_learned_conditioning: each distinct prompt's schedule texts are encoded together."""
     encoded: dict[str, EmbeddingSchedule] = {}
     for prompt in dict.fromkeys(prompts):
         schedule = prompt_schedule(prompt, steps, hires_steps, use_old_scheduling)
-        embeddings = encoder.encode_texts([s.text for s in schedule], options)
+        embeddings = encoder.encode_texts([s.text for s in schedule], options, negative)
         encoded[prompt] = tuple(
             ScheduledEmbedding(s.end_at_step, e) for s, e in zip(schedule, embeddings, strict=True)
         )
@@ -299,7 +333,8 @@ def scheduled_conditioning(
     cond_schedules = dict(
         zip(flat, encode_schedules(encoder, flat, steps, hires_steps, use_old_scheduling, options), strict=True)
     )
-    uncond = encode_schedules(encoder, negative_prompts, steps, hires_steps, use_old_scheduling, options)
+    uncond = encode_schedules(encoder, negative_prompts, steps, hires_steps, use_old_scheduling, options,
+                              negative=True)
     return ScheduledConditioning(
         cond=tuple(tuple((cond_schedules[text], weight) for text, weight in parts) for parts in sub_prompts),
         uncond=tuple(uncond),

@@ -12,6 +12,7 @@ import numpy as np
 from engine.backend import ExecutionBackend
 from engine.conditioning import ConditioningSchedule
 from engine.schedules import ModelSchedule
+from engine.sdxl_conditioning import split_packed
 
 
 class Interrupted(Exception):
@@ -30,6 +31,13 @@ class UNet:
         self.context_dtype = specs["encoder_hidden_states"].dtype
         channels = specs["sample"].shape[1]
         self.in_channels = channels if isinstance(channels, int) else None
+        # SDXL UNets also take the pooled text embedding and the time ids; they arrive packed behind each row's
+        # context (engine/sdxl_conditioning.py).
+        self.added_cond = "text_embeds" in specs and "time_ids" in specs
+        if self.added_cond:
+            self.context_width = specs["encoder_hidden_states"].shape[-1]
+            self.pooled_width = specs["text_embeds"].shape[-1]
+            self.added_dtypes = {k: specs[k].dtype for k in ("text_embeds", "time_ids")}
 
     def __call__(
         self, sample: np.ndarray, t: float, context: np.ndarray, image_cond: np.ndarray | None = None
@@ -43,14 +51,13 @@ class UNet:
         n = sample.shape[0]
         # optimum's export takes one scalar timestep for the whole batch; ours takes one per sample.
         timestep = np.full((n,) if self.per_sample_timestep else (), t, dtype=self.timestep_dtype)
-        out = self.backend.run(
-            "unet",
-            {
-                "sample": sample.astype(self.sample_dtype, copy=False),
-                "timestep": timestep,
-                "encoder_hidden_states": context.astype(self.context_dtype, copy=False),
-            },
-        )
+        inputs = {"sample": sample.astype(self.sample_dtype, copy=False), "timestep": timestep}
+        if self.added_cond:
+            parts = split_packed(context, self.context_width, self.pooled_width)
+            context = np.ascontiguousarray(parts.pop("encoder_hidden_states"))
+            inputs |= {k: np.ascontiguousarray(v, dtype=self.added_dtypes[k]) for k, v in parts.items()}
+        inputs["encoder_hidden_states"] = context.astype(self.context_dtype, copy=False)
+        out = self.backend.run("unet", inputs)
         return next(iter(out.values())).astype(np.float32, copy=False)
 
 

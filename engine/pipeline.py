@@ -42,6 +42,7 @@ from engine.schedules import (
     rescale_zero_terminal_snr,
     scaled_linear_alphas_cumprod,
 )
+from engine.sdxl_conditioning import SdxlPromptEncoder, sdxl_pass_options
 from engine.timestep_samplers import grid_sigmas, timestep_pass
 from engine.tokenizer import ClipTokenizer
 
@@ -103,7 +104,8 @@ class Pipeline:
         self.tokenizer = ClipTokenizer(
             bundle.tokenizer_dir, self.manifest.bos_token_id, self.manifest.eos_token_id
         )
-        self.prompt_encoder = PromptEncoder(backend, self.tokenizer, self.manifest)
+        encoder = SdxlPromptEncoder if self.manifest.is_sdxl else PromptEncoder
+        self.prompt_encoder = encoder(backend, self.tokenizer, self.manifest)
         self.unet = UNet(backend)
 
     def with_backend(self, backend: ExecutionBackend) -> Pipeline:
@@ -146,7 +148,7 @@ class Pipeline:
         discard = spec.discard_next_to_last_sigma or settings.always_discard_next_to_last_sigma
         if spec.kind == TIMESTEPS:
             return grid_sigmas(self.model_schedule(settings), steps, steps + 1 if discard else steps)
-        options = replace(settings.schedule, sdxl=self.manifest.architecture == "sdxl")
+        options = replace(settings.schedule, sdxl=self.manifest.is_sdxl)
         return get_sigmas(
             self.schedule_for(sampler, settings), steps, scheduler, spec.default_scheduler,
             discard_next_to_last_sigma=discard, options=options,
@@ -223,7 +225,7 @@ class Pipeline:
         # setup_img2img_steps).
         conditioning = scheduled_conditioning(
             self.prompt_encoder, run.prompts, run.negative_prompts, plan.total_steps, run.hires_steps,
-            plan.use_old_scheduling, plan.text_encoder_options,
+            plan.use_old_scheduling, sdxl_pass_options(plan.text_encoder_options, self.manifest, x.shape),
         )
         image_cfg_scale = plan.img2img.image_cfg_scale if plan.img2img else None
         denoiser = CFGDenoiser(

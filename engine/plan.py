@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from engine.conditioning import TextEncoderOptions
+from engine.conditioning import SdxlOptions, TextEncoderOptions
 from engine.prompt_parser import ExtraNetworkTag
 from engine.samplers import SAMPLERS, SamplerSettings
 
@@ -183,10 +183,12 @@ class GenerationPlan:
     extra_networks: tuple[ExtraNetworkTag, ...] = ()
     networks: tuple[NetworkRequest, ...] = ()
     report: Report = Report()
+    # SDXL options sdxl_crop_top/left, sdxl_refiner_*_aesthetic_score, sdxl_clip_l_skip (the size is the pass's).
+    sdxl: SdxlOptions = SdxlOptions()
 
     @property
     def text_encoder_options(self) -> TextEncoderOptions:
-        return TextEncoderOptions(self.clip_skip, self.emphasis, self.comma_padding_backtrack)
+        return TextEncoderOptions(self.clip_skip, self.emphasis, self.comma_padding_backtrack, self.sdxl)
 
     @property
     def schedule(self) -> ScheduleSpec:

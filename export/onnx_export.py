@@ -123,10 +123,16 @@ def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None
     """Export a loaded diffusers `StableDiffusionPipeline` to an sdedge bundle at `out` (atomically).
 
     `external_data_threshold`: weight bytes from which a component's weights go to `model.onnx_data`
-    (default export/onnx_layout.py's EXTERNAL_DATA_THRESHOLD: always)."""
+    (default export/onnx_layout.py's EXTERNAL_DATA_THRESHOLD: always). SDXL pipelines (a `text_encoder_2`:
+    base, refiner, inpainting) go to export/sdxl_export.py."""
     import torch
 
     from export.lora_map import lora_modules, write_lora_map
+    from export.sdxl_export import export_sdxl_pipeline, is_sdxl_pipeline
+
+    if is_sdxl_pipeline(pipe):
+        return export_sdxl_pipeline(pipe, out, name=name, sha256=sha256, source_kind=source_kind,
+                                    external_data_threshold=external_data_threshold)
 
     out = Path(out)
     TextEncoderWrapper, UNetWrapper, VaeEncoderWrapper, VaeDecoderWrapper = _wrappers()
@@ -262,11 +268,15 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 
 def export_diffusers_folder(source: Path, out: Path, name: str | None = None) -> Path:
-    """Load a diffusers-format SD 1.x folder on CPU in fp32 and export it."""
+    """Load a diffusers-format folder (SD 1.x, or SDXL by its model_index.json) on CPU in fp32 and export it."""
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(
-        source, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
-    )
+    index = json.loads((Path(source) / "model_index.json").read_text())
+    if "XL" in index.get("_class_name", ""):
+        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            source, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+        )
     return export_pipeline(pipe, out, name=name or Path(source).name, sha256=source_hash(Path(source)))

@@ -1,0 +1,152 @@
+"""SDXL through our exporter and NumPy loop equals diffusers' StableDiffusionXLPipeline on the same weights.
+
+Reduced-width random SDXL models are built from the shipped configs (export/sdxl_demo.py), exported, and run
+by both with the same initial noise and A1111's Euler σ schedule (see test_reference_diffusers.py for why
+diffusers' Euler with `timestep_spacing="linspace"` and `sigmas=` is k-diffusion's Euler). Every UNet call's
+inputs are compared too: sample, timestep, context, pooled text embedding and time ids, row by row.
+
+A1111 and diffusers differ on the empty negative prompt: A1111 encodes an all-empty negative prompt as zeros
+(context and pooled; modules/sd_models_xl.py: get_learned_conditioning, `force_zero_negative_prompt`);
+diffusers does so only when `negative_prompt` is None (`force_zeros_for_empty_prompt`) and encodes "" otherwise.
+Our "" is compared with diffusers' None.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.images import decode_latents
+from engine.plan import GenerationPlan
+from engine.schedules import get_sigmas_uniform
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+STEPS = 6
+CFG = 5.0
+IMAGE_ATOL = 1e-4
+LATENT_RTOL = 5e-6
+
+
+@pytest.fixture(scope="module")
+def sdxl_torch():
+    from export.sdxl_demo import build_tiny_sdxl_pipeline
+
+    return build_tiny_sdxl_pipeline(seed=0)
+
+
+@pytest.fixture(scope="module")
+def sdxl_bundle(sdxl_torch, tmp_path_factory):
+    from export.onnx_export import export_pipeline
+
+    return export_pipeline(sdxl_torch, tmp_path_factory.mktemp("sdxl") / "tiny-sdxl", name="tiny-sdxl")
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipeline(sdxl_bundle):
+    from engine.pipeline import Pipeline
+
+    return Pipeline.from_path(sdxl_bundle)
+
+
+def reference(pipe):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace")
+    ref = StableDiffusionXLPipeline(**{**pipe.components, "scheduler": scheduler})
+    ref.set_progress_bar_config(disable=True)
+    return ref
+
+
+SAME = object()
+
+
+def run_both(ours, theirs, prompts, negatives, width, height, seed=0, ref_negatives=SAME):
+    n = len(prompts)
+    plan = GenerationPlan(
+        prompts=tuple(prompts), negative_prompts=tuple(negatives), seeds=tuple(range(n)), subseeds=tuple(range(n)),
+        width=width, height=height, steps=STEPS, cfg_scale=CFG, sampler="Euler", scheduler="automatic", batch_size=n,
+    )
+    noise = np.random.default_rng(seed).standard_normal((n, *ours.latent_shape(width, height))).astype(np.float32)
+    result = ours.txt2img(plan, initial_noise=noise)
+    latents = np.stack(result.latents)
+    images = decode_latents(ours.backend, ours.manifest, latents)
+    ref = reference(theirs)
+    sigmas = [float(s) for s in get_sigmas_uniform(ours.schedule, STEPS)]
+    common = dict(prompt=list(prompts), negative_prompt=list(negatives) if ref_negatives is SAME else ref_negatives,
+                  width=width, height=height, guidance_scale=CFG, sigmas=sigmas)
+    with torch.no_grad():
+        out = ref(**common, latents=torch.from_numpy(noise), output_type="latent").images.numpy()
+        ref_images = ref(**common, latents=torch.from_numpy(noise), output_type="np").images
+    return latents, images, out, np.moveaxis(ref_images, -1, 1)
+
+
+def assert_same(latents, images, ref_latents, ref_images):
+    assert latents.shape == ref_latents.shape
+    assert np.abs(latents - ref_latents).max() <= LATENT_RTOL * np.abs(ref_latents).max()
+    assert np.abs(images - ref_images).max() <= IMAGE_ATOL
+    assert ref_images.std() > 0.02  # not a flat image
+
+
+def test_txt2img_matches_diffusers_with_negative_prompt(sdxl_pipeline, sdxl_torch):
+    assert sdxl_pipeline.manifest.architecture == "sdxl"
+    assert sdxl_pipeline.manifest.vae_scaling_factor == pytest.approx(0.13025)
+    assert_same(*run_both(sdxl_pipeline, sdxl_torch, ["a red circle on grass"], ["blurry, ugly"], 64, 48))
+
+
+@pytest.mark.slow
+def test_empty_negative_prompt_is_zeros_as_in_a1111(sdxl_pipeline, sdxl_torch):
+    # diffusers' None (force_zeros_for_empty_prompt) is A1111's "".
+    assert_same(*run_both(sdxl_pipeline, sdxl_torch, ["a blue square"], [""], 48, 64, seed=1, ref_negatives=None))
+    # diffusers encoding "" is not what A1111 does: the images differ.
+    latents, _, ref_latents, _ = run_both(sdxl_pipeline, sdxl_torch, ["a blue square"], [""], 48, 64, seed=1)
+    assert np.abs(latents - ref_latents).max() > 1e-3 * np.abs(ref_latents).max()
+
+
+@pytest.mark.slow
+def test_batch_of_two_matches_diffusers(sdxl_pipeline, sdxl_torch):
+    prompts, negatives = ["a red circle", "a green triangle in the sky"], ["low quality", "blurry"]
+    latents, images, ref_latents, ref_images = run_both(sdxl_pipeline, sdxl_torch, prompts, negatives, 48, 48, 2)
+    assert_same(latents, images, ref_latents, ref_images)
+    assert np.abs(latents[0] - latents[1]).max() > 1e-2
+
+
+def test_every_unet_call_sees_diffusers_inputs(sdxl_pipeline, sdxl_torch, monkeypatch):
+    calls = []
+    run = sdxl_pipeline.backend.run
+
+    def recording_run(component, inputs):
+        if component == "unet":
+            calls.append({k: np.array(v) for k, v in inputs.items()})
+        return run(component, inputs)
+
+    monkeypatch.setattr(sdxl_pipeline.backend, "run", recording_run)
+    ref_calls = []
+
+    def hook(_module, args, kwargs):
+        added = kwargs["added_cond_kwargs"]
+        ref_calls.append({
+            "sample": args[0].numpy().copy(), "timestep": float(args[1]),
+            "encoder_hidden_states": kwargs["encoder_hidden_states"].numpy().copy(),
+            "text_embeds": added["text_embeds"].numpy().copy(), "time_ids": added["time_ids"].numpy().copy(),
+        })
+
+    handle = sdxl_torch.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        run_both(sdxl_pipeline, sdxl_torch, ["a red circle"], [""], 64, 48, seed=3, ref_negatives=None)
+    finally:
+        handle.remove()
+    ref_calls = ref_calls[:STEPS]
+    assert len(calls) == len(ref_calls) == STEPS
+    for ours, theirs in zip(calls, ref_calls, strict=True):
+        # ours: [cond, uncond]; diffusers: [uncond, cond]
+        order = [1, 0]
+        for key in ("sample", "encoder_hidden_states", "text_embeds", "time_ids"):
+            ref = theirs[key][order]
+            assert ours[key].shape == ref.shape, key
+            np.testing.assert_allclose(ours[key], ref, rtol=0, atol=1e-5 * max(np.abs(ref).max(), 1.0), err_msg=key)
+        np.testing.assert_allclose(ours["timestep"], theirs["timestep"], atol=2e-3)
+        np.testing.assert_array_equal(ours["time_ids"], [[48, 64, 0, 0, 48, 64]] * 2)
+        assert not ours["encoder_hidden_states"][1].any() and not ours["text_embeds"][1].any()  # A1111's zeros
+        assert ours["encoder_hidden_states"][0].std() > 0.1 and ours["text_embeds"][0].std() > 0.1

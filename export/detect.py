@@ -233,4 +233,6 @@ def family_of_pipeline(pipe) -> str:
     cfg = pipe.unet.config
     if getattr(cfg, "addition_embed_type", None) == "text_time":
         return "sdxl" if cfg.cross_attention_dim == 2048 else "sdxl-refiner"
-    return "sd2" if pipe.text_encoder.config.hidden_size == 1024 else "sd1"
+    # OpenCLIP ViT-H (SD 2.x) is 1024 wide with GELU; OpenAI's CLIP-L (SD 1.x) 768 with quick-GELU.
+    text = pipe.text_encoder.config
+    return "sd2" if text.hidden_size == 1024 or text.hidden_act == "gelu" else "sd1"

@@ -143,10 +143,10 @@ def test_sd2_matches_diffusers_with_every_unet_call(sd2, kind, monkeypatch):
         assert call["sample"].shape == ref_sample.shape == (2, 4, 8, 8)
         np.testing.assert_allclose(call["sample"][0], ref_sample[0], atol=1e-5 * np.abs(ref_sample).max())
         np.testing.assert_allclose(call["timestep"], ref_t, atol=2e-3)
-        ours = sorted(call["encoder_hidden_states"], key=lambda c: float(c.sum()))
-        theirs = sorted(ref_context, key=lambda c: float(c.sum()))
-        for a, b in zip(ours, theirs, strict=True):
-            np.testing.assert_allclose(a, b, atol=1e-5)
+        ours = call["encoder_hidden_states"]
+        for a in ours:  # each of our contexts is one of diffusers' (cond and uncond, in either order)
+            assert min(np.abs(a - b).max() for b in ref_context) <= 1e-5
+        assert np.abs(ours[0] - ours[1]).max() > 1e-2
     assert images.shape == ref_images.shape
     assert np.abs(images - ref_images).max() <= 1e-4
     assert ref_images.std() > 0.01  # not a flat image

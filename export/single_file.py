@@ -86,7 +86,8 @@ def normalize_keys(state: dict) -> dict:
     return renamed
 
 
-def write_config_folder(dst: Path, config_dir: Path = SD15_CONFIG_DIR, in_channels: int = 4) -> Path:
+def write_config_folder(dst: Path, config_dir: Path = SD15_CONFIG_DIR, in_channels: int = 4,
+                        family: str = "sd1") -> Path:
     """A diffusers config folder (no weights) from `config_dir` (every JSON file in it), with its tokenizers and
     the UNet's input channels set (the same configs serve the 9-channel inpainting variant)."""
     config_dir = Path(config_dir)
@@ -99,9 +100,7 @@ def write_config_folder(dst: Path, config_dir: Path = SD15_CONFIG_DIR, in_channe
     (dst / "unet/config.json").write_text(json.dumps(unet_cfg, indent=2))
     if (dst / "text_encoder").is_dir():
         # SD 1.x and SDXL's first encoder are CLIP (pads with EOS); SD 2.x's only encoder is OpenCLIP.
-        hidden = json.loads((dst / "text_encoder/config.json").read_text())["hidden_size"]
-        sd2 = hidden != 768 and not (dst / "text_encoder_2").is_dir()
-        write_tokenizer_files(dst / "tokenizer", **({"pad_token": OPENCLIP_PAD_TOKEN} if sd2 else {}))
+        write_tokenizer_files(dst / "tokenizer", **({"pad_token": OPENCLIP_PAD_TOKEN} if family == "sd2" else {}))
     if (dst / "text_encoder_2").is_dir():
         write_tokenizer_files(dst / "tokenizer_2", pad_token=OPENCLIP_PAD_TOKEN)
     return dst
@@ -230,7 +229,8 @@ def load_single_file_pipeline(path: Path, config_dir: Path | None = None, config
     if not detection.config_dir.is_dir():
         raise SingleFileError(f"{path.name}: {detection.family} configs not found in {detection.config_dir}")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = write_config_folder(Path(tmp) / "configs", detection.config_dir, detection.in_channels)
+        folder = write_config_folder(Path(tmp) / "configs", detection.config_dir, detection.in_channels,
+                                     detection.family)
         unet = _diffusers_model(UNet2DConditionModel, convert_ldm_unet_checkpoint, state, folder, "unet")
         if detection.prediction_type is None:  # SD 2.x: 512 eps or 768 v
             kind = yaml_prediction_type(path) or ("v_prediction" if is_v_prediction(unet) else "epsilon")
@@ -239,7 +239,8 @@ def load_single_file_pipeline(path: Path, config_dir: Path | None = None, config
                 _set_prediction_type(folder, kind)
             else:
                 detection = detection.with_prediction(kind, configs)
-                folder = write_config_folder(Path(tmp) / "probed", detection.config_dir, detection.in_channels)
+                folder = write_config_folder(Path(tmp) / "probed", detection.config_dir, detection.in_channels,
+                                             detection.family)
                 unet = _rebuild(unet, folder, "unet")
         if detection_only:
             return detection

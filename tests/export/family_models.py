@@ -68,7 +68,7 @@ def save_sd2_folder(configs: Path, dst: Path, v_prediction: bool, seed: int) -> 
     from export.single_file import write_config_folder
 
     torch.manual_seed(seed)
-    folder = write_config_folder(dst, configs)
+    folder = write_config_folder(dst, configs, family="sd2")
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
     with torch.no_grad():
         unet.conv_out.bias -= probe_mean(unet) + (2.0 if v_prediction else 0.0)

@@ -242,6 +242,10 @@ def load_single_file_pipeline(path: Path, config_dir: Path | None = None, config
                 folder = write_config_folder(Path(tmp) / "probed", detection.config_dir, detection.in_channels,
                                              detection.family)
                 unet = _rebuild(unet, folder, "unet")
+        elif detection.family == "sd1" and (kind := yaml_prediction_type(path)) is not None:
+            # A1111 lets a `.yaml` beside the file override (an SD 1.x v-prediction fine-tune ships one).
+            detection = replace(detection, prediction_type=kind)
+            _set_prediction_type(folder, kind)
         if detection_only:
             return detection
         vae = _diffusers_model(AutoencoderKL, convert_ldm_vae_checkpoint, state, folder, "vae")

@@ -125,3 +125,82 @@ def write_sd2_single_file(folder: Path, path: Path, sgm: bool = False) -> Path:
     state.update(clip_to_openclip(load_file(folder / "text_encoder" / "model.safetensors"), prefix))
     save_file({k: v.contiguous() for k, v in state.items()}, path)
     return path
+
+
+# --- SDXL ---------------------------------------------------------------------------------------------------
+# bigG's toy width differs from SD 2's (32): A1111 tells an SGM-layout SD-Turbo from the refiner by this width.
+BIGG_WIDTH = 48
+TIME_DIM = 8
+
+
+def reduce_sdxl_configs(src: Path, dst: Path, refiner: bool) -> Path:
+    """The shipped SDXL base/refiner configs at toy width (same block kinds, text_time embedding, linear
+    projection, scheduler, VAE scale 0.13025)."""
+    for source in src.rglob("*.json"):
+        target = dst / source.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    time_ids = 5 if refiner else 6  # (orig, crop, aesthetic) vs (orig, crop, target)
+    unet = json.loads((dst / "unet/config.json").read_text())
+    unet.update({
+        "block_out_channels": [32, 64], "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 8,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+        "transformer_layers_per_block": [1, 2], "attention_head_dim": [2, 4], "addition_time_embed_dim": TIME_DIM,
+        "cross_attention_dim": BIGG_WIDTH if refiner else TEXT_WIDTH + BIGG_WIDTH,
+        "projection_class_embeddings_input_dim": BIGG_WIDTH + time_ids * TIME_DIM,
+    })
+    (dst / "unet/config.json").write_text(json.dumps(unet, indent=2))
+    vae = json.loads((dst / "vae/config.json").read_text())
+    vae.update({"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 64,
+                "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2})
+    (dst / "vae/config.json").write_text(json.dumps(vae, indent=2))
+    for name, width in (("text_encoder", TEXT_WIDTH), ("text_encoder_2", BIGG_WIDTH)):
+        if (dst / name).is_dir():
+            text = json.loads((dst / name / "config.json").read_text())
+            text.update({"hidden_size": width, "intermediate_size": 2 * width, "num_attention_heads": 4,
+                         "num_hidden_layers": 2, "projection_dim": width})
+            (dst / name / "config.json").write_text(json.dumps(text, indent=2))
+    return dst
+
+
+def random_sdxl_components(configs: Path, seed: int, in_channels: int = 4) -> dict:
+    """name → random-weight model for an SDXL config folder (base: both encoders; refiner: bigG only)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet_cfg = UNet2DConditionModel.load_config(configs / "unet")
+    unet_cfg["in_channels"] = in_channels
+    made = {"unet": UNet2DConditionModel.from_config(unet_cfg),
+            "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae"))}
+    if (configs / "text_encoder").is_dir():
+        made["text_encoder"] = CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder"))
+    made["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(configs / "text_encoder_2"))
+    return {k: v.eval() for k, v in made.items()}
+
+
+def write_sdxl_single_file(components: dict, path: Path) -> Path:
+    """SDXL components saved as A1111 holds SDXL files (SGM layout): `model.diffusion_model.*` with `label_emb`,
+    `first_stage_model.*`, `conditioner.embedders.0.transformer.*` (CLIP-L) and `.1.model.*` (bigG; the refiner
+    has bigG alone as `embedders.0`)."""
+    from safetensors.torch import save_file
+
+    unet = components["unet"]
+    state = unet_to_ldm(unet.state_dict(), dict(unet.config))
+    for hf, ldm in (("add_embedding.linear_1.", "label_emb.0.0."), ("add_embedding.linear_2.", "label_emb.0.2.")):
+        for key in [k for k in state if k.startswith("model.diffusion_model." + hf)]:
+            state[key.replace(hf, ldm)] = state.pop(key)
+    vae = components["vae"]
+    state.update(vae_to_ldm(vae.state_dict(), dict(vae.config)))
+    bigg_prefix = "conditioner.embedders.0.model."
+    if "text_encoder" in components:
+        clip = components["text_encoder"].state_dict()
+        state.update({"conditioner.embedders.0.transformer." + k: v for k, v in clip.items()})
+        bigg_prefix = "conditioner.embedders.1.model."
+    bigg = components["text_encoder_2"].state_dict()
+    state.update(clip_to_openclip(bigg, bigg_prefix, extra_block=False))
+    state[bigg_prefix + "text_projection"] = bigg["text_projection.weight"].T  # OpenCLIP: x @ P
+    save_file({k: v.contiguous() for k, v in state.items()}, path)
+    return path

@@ -319,3 +319,73 @@ def test_shipped_sd2_configs_have_the_published_parameter_counts():
     sched = json.loads((CONFIG_ROOT / "sd2-v/scheduler/scheduler_config.json").read_text())
     assert sched["prediction_type"] == "v_prediction"
 
+
+
+@pytest.mark.slow
+def test_cli_detect_prints_the_family(sd2, configs, monkeypatch, capsys):
+    import export.single_file as single_file
+    from export.__main__ import main
+
+    real = single_file.detect_single_file
+    monkeypatch.setattr(single_file, "detect_single_file", lambda path: real(path, configs))
+    assert main(["detect", str(sd2["v"][1])]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["family"], printed["prediction_type"]) == ("sd2", "v_prediction")
+    assert main(["detect", str(sd2["v"][0])]) == 0  # the diffusers folder, from its configs
+    assert json.loads(capsys.readouterr().out)["family"] == "sd2"
+
+
+@pytest.mark.slow
+def test_a_yaml_beside_the_file_overrides_the_v_probe(sd2, configs, tmp_path, demo_diffusers_dir):
+    import shutil
+
+    from export.single_file import detect_single_file, load_single_file_pipeline
+    from tests.export.test_single_file import copy_configs, write_ldm_checkpoint
+
+    eps = shutil.copyfile(sd2["eps"][1], tmp_path / "model.safetensors")
+    (tmp_path / "model.yaml").write_text("model:\n  params:\n    parameterization: \"v\"\n")
+    assert detect_single_file(eps, configs).prediction_type == "v_prediction"  # the probe alone says eps
+    # SD 1.x v-prediction fine-tunes ship such a yaml too
+    sd1 = write_ldm_checkpoint(demo_diffusers_dir, tmp_path / "sd1v.safetensors")
+    (tmp_path / "sd1v.yaml").write_text("model:\n  params:\n    parameterization: \"v\"\n")
+    tiny = copy_configs(demo_diffusers_dir, tmp_path / "tiny")
+    pipe = load_single_file_pipeline(sd1, tiny)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+
+
+@pytest.mark.parametrize("variant", ["base", "inpainting", "refiner"])
+@pytest.mark.slow
+def test_sdxl_single_files_are_detected_and_convert_to_the_same_weights(configs, tmp_path, variant):
+    """SDXL base, 9-channel inpainting and refiner files in SGM layout, from toy configs derived from the
+    shipped ones: detected as A1111 does, converted to a diffusers SDXL pipeline with exactly the weights
+    written (export_pipeline dispatches SDXL pipelines to the SDXL exporter, tested on its own)."""
+    from dataclasses import replace
+
+    import torch
+
+    from export.detect import CONFIG_ROOT
+    from export.single_file import detect_single_file, load_single_file_pipeline
+    from tests.export.family_models import random_sdxl_components, reduce_sdxl_configs, write_sdxl_single_file
+
+    refiner = variant == "refiner"
+    xl = replace(configs,
+                 sdxl_base=reduce_sdxl_configs(CONFIG_ROOT / "sdxl-base", tmp_path / "sdxl-base", False),
+                 sdxl_refiner=reduce_sdxl_configs(CONFIG_ROOT / "sdxl-refiner", tmp_path / "sdxl-refiner", True))
+    components = random_sdxl_components(xl.sdxl_refiner if refiner else xl.sdxl_base, seed=5,
+                                        in_channels=9 if variant == "inpainting" else 4)
+    file = write_sdxl_single_file(components, tmp_path / f"xl-{variant}.safetensors")
+
+    detection = detect_single_file(file, xl)
+    assert detection.family == ("sdxl-refiner" if refiner else "sdxl") and detection.variant == variant
+    assert detection.in_channels == (9 if variant == "inpainting" else 4)
+    pipe = load_single_file_pipeline(file, configs=xl)
+    assert type(pipe).__name__ == ("StableDiffusionXLImg2ImgPipeline" if refiner else "StableDiffusionXLPipeline")
+    for name, model in components.items():
+        got, want = getattr(pipe, name).state_dict(), model.state_dict()
+        assert got.keys() == want.keys(), name
+        for key, value in want.items():
+            assert torch.equal(got[key], value), f"{name}.{key}"
+    assert pipe.tokenizer_2.pad_token_id == 0
+    if not refiner:
+        assert pipe.tokenizer.pad_token_id == 49407
+    assert pipe.vae.config.scaling_factor == 0.13025

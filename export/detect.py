@@ -220,9 +220,13 @@ def detect_diffusers_folder(folder: Path) -> Detection:
         return Detection("sdxl", variant, prediction, ch, folder)
     if text_time and dim == 1280:
         return Detection("sdxl-refiner", "refiner", prediction, ch, folder)
-    if dim == 1024:
+    try:  # OpenCLIP (SD 2.x) uses GELU, OpenAI's CLIP-L (SD 1.x) quick-GELU: decides for other widths
+        act = json.loads((folder / "text_encoder" / "config.json").read_text()).get("hidden_act")
+    except (OSError, ValueError):
+        act = None
+    if dim == 1024 or (dim != 768 and act == "gelu"):
         return Detection("sd2", variant, prediction, ch, folder)
-    if dim == 768:
+    if dim == 768 or act == "quick_gelu":
         return Detection("sd1", variant, prediction, ch, folder)
     raise SingleFileError(f"{folder}: unknown UNet (cross_attention_dim {dim}, addition_embed_type "
                           f"{unet.get('addition_embed_type')!r}, in_channels {ch})")

@@ -169,6 +169,8 @@ class PromptEncoder:
     def encode_chunks(self, chunks: np.ndarray, clip_skip: int = 1) -> np.ndarray:
         """Token-id chunks [N, 77] → hidden states [N, 77, D], taking layer −clip_skip (then the final norm)."""
         outputs = self.backend.run("text_encoder", {"input_ids": chunks.astype(self.ids_dtype)})
+        if self.manifest.architecture == "sd2":  # A1111's FrozenOpenCLIPEmbedder ignores CLIP_stop_at_last_layers
+            clip_skip = 1
         if clip_skip <= 1:
             return outputs["last_hidden_state"].astype(np.float32)
         if "normed_hidden_states" not in outputs:

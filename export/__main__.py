@@ -1,4 +1,4 @@
-"""`python -m export demo|shapes|shapes-inpaint|convert`: build bundles from the command line."""
+"""`python -m export demo|shapes|shapes-inpaint|convert|detect`: build bundles from the command line."""
 
 from __future__ import annotations
 
@@ -18,13 +18,18 @@ def main(argv: list[str] | None = None) -> int:
     shapes_inpaint = sub.add_parser("shapes-inpaint",
                                     help="export the trained inpainting variant (export/weights/shapes-sd-inpaint)")
     shapes_inpaint.add_argument("--out", type=Path, required=True)
-    convert = sub.add_parser("convert", help="export a diffusers SD 1.x folder or an A1111 .safetensors/.ckpt "
-                             "SD 1.x checkpoint to a bundle")
+    convert = sub.add_parser("convert", help="export a diffusers folder or an A1111 .safetensors/.ckpt checkpoint "
+                             "(SD 1.x, SD 2.x, SD-Turbo, SDXL, SDXL refiner/inpainting/Turbo) to a bundle")
     convert.add_argument("source", type=Path)
     convert.add_argument("--out", type=Path, required=True)
     convert.add_argument("--name", default=None)
+    detect = sub.add_parser("detect", help="print the model family of a checkpoint file or diffusers folder")
+    detect.add_argument("source", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if args.command == "detect":
+        return _detect(args.source)
 
     from export.onnx_export import export_diffusers_folder
 
@@ -56,6 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         export_diffusers_folder(args.source, args.out, name=args.name)
     logging.info("bundle written to %s", args.out)
+    return 0
+
+
+def _detect(source: Path) -> int:
+    import json
+    from dataclasses import asdict
+
+    from export.detect import SingleFileError, detect_diffusers_folder
+    from export.single_file import detect_single_file
+
+    try:
+        found = detect_single_file(source) if source.is_file() else detect_diffusers_folder(source)
+    except SingleFileError as exc:
+        raise SystemExit(f"{source}: {exc}") from exc
+    print(json.dumps({**asdict(found), "config_dir": str(found.config_dir)}, indent=2))
     return 0
 
 

@@ -39,8 +39,11 @@ def load_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def write_tokenizer_files(folder: Path) -> None:
-    """Write `vocab.json`, `merges.txt` and configs in the layout of a Hugging Face CLIP tokenizer folder."""
+def write_tokenizer_files(folder: Path, pad_token: str = EOS_TOKEN) -> None:
+    """Write `vocab.json`, `merges.txt` and configs in the layout of a Hugging Face CLIP tokenizer folder.
+
+    `pad_token`: "!" (id 0) for the OpenCLIP encoders of SD 2.x and SDXL (their diffusers tokenizers and A1111's
+    FrozenOpenCLIPEmbedder pad with 0), else CLIP's EOS."""
     vocab, merges = load_vocab_and_merges()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
@@ -51,9 +54,9 @@ def write_tokenizer_files(folder: Path) -> None:
         "bos_token": BOS_TOKEN,
         "eos_token": EOS_TOKEN,
         "unk_token": EOS_TOKEN,
-        "pad_token": EOS_TOKEN,
+        "pad_token": pad_token,
         "do_lower_case": True,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "unk_token": EOS_TOKEN, "pad_token": EOS_TOKEN}
+    special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "unk_token": EOS_TOKEN, "pad_token": pad_token}
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2), encoding="utf-8")

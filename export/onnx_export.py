@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engine.bundle import MANIFEST_NAME, Manifest, NoiseScheduleConfig, hash_files, pooled_output_rule
 from engine.special_tokens import SpecialTokenIds, read_special_token_ids
+from export.detect import family_of_pipeline
 
 OPSET = 17
 EXPORTER = "sdedge-export 0.1.0"
@@ -199,6 +200,7 @@ def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None
         sched = pipe.scheduler.config
         manifest = Manifest(
             name=name or out.name,
+            architecture=family_of_pipeline(pipe),
             prediction_type=sched.get("prediction_type", "epsilon"),
             latent_channels=latent_ch,
             unet_in_channels=unet.config.in_channels,

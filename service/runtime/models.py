@@ -42,10 +42,16 @@ class ModelEntry:
         return names
 
 
+# SD 2.x decodes with SD 1.x's VAE (same latents, scale 0.18215) and the SDXL refiner with SDXL's: a hires
+# pass may continue across these (A1111 checks nothing; SD 1.x ↔ SDXL latents would only give noise).
+LATENT_FAMILY = {"sd2": "sd1", "sdxl-refiner": "sdxl"}
+
+
 def entry_for(bundle: Bundle) -> ModelEntry:
     m = bundle.manifest
+    family = LATENT_FAMILY.get(m.architecture, m.architecture)
     return ModelEntry(name=m.name or bundle.path.name, path=bundle.path.resolve(), sha256=m.source_sha256,
-                      latent_space=(m.architecture, m.latent_channels, m.vae_scale_factor),
+                      latent_space=(family, m.latent_channels, m.vae_scale_factor),
                       edit_model=is_edit_model(m.unet_in_channels))
 
 

@@ -114,6 +114,11 @@ class Report:
     model_name: bool = True
     version: bool = True
     warnings: tuple[str, ...] = ()
+    # A separate VAE file in use: (basename, first 10 hex of its sha256), else None; the flags are options
+    # add_vae_name_to_info, add_vae_hash_to_info (`info.sd_vae_name/hash` report it regardless).
+    vae: tuple[str, str] | None = None
+    vae_name: bool = True
+    vae_hash: bool = True
 
 
 @dataclass(frozen=True)

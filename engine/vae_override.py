@@ -8,6 +8,7 @@ them while a job selected it. Both directions switch: decode (txt2img, every pas
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,13 @@ from engine.bundle import Bundle, Manifest, check_component_files
 
 VAE_COMPONENTS = frozenset({"vae_encoder", "vae_decoder"})
 RECORD_NAME = "vae.json"  # written by export/vae_export.py
+
+
+def vae_config_digest(config: dict) -> str:
+    """sha256 of a VAE config's architecture keys (diffusers' `_name_or_path`, `_diffusers_version` left out):
+    part of an export's cache key, so one file exported for two VAE architectures gets two folders."""
+    arch = {k: v for k, v in config.items() if not k.startswith("_")}
+    return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()
 
 
 class VaeSwitch:

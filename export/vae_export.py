@@ -15,7 +15,6 @@ CONFIG --out DIR`: the server builds in a child process, so torch never enters i
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import shutil
@@ -25,10 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.bundle import hash_files
+from engine.vae_override import RECORD_NAME
+from engine.vae_override import vae_config_digest as config_digest
 
 log = logging.getLogger(__name__)
 
-RECORD_NAME = "vae.json"
 VAE_RECORD_FORMAT = 1
 # A1111 modules/sd_vae.py: load_vae_dict drops the training loss and these EMA bookkeeping entries.
 IGNORED_PREFIXES = ("loss", "model_ema.")
@@ -56,12 +56,6 @@ class VaeRecord:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-
-def config_digest(config: dict) -> str:
-    """sha256 of a VAE config's architecture keys (diffusers' `_name_or_path`, `_diffusers_version` left out)."""
-    arch = {k: v for k, v in config.items() if not k.startswith("_")}
-    return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()
 
 
 def read_config(path: Path) -> dict:

@@ -82,6 +82,7 @@ def serve(args: argparse.Namespace) -> int:
         max_body_size=args.max_body_size, max_side=args.max_side,
         memory_budget=args.memory_budget,
         job_timeout=args.job_timeout, api_server_stop=args.api_server_stop,
+        vae_dirs=[Path(d) for d in args.vae_dir or []], vae_path=Path(args.vae_path) if args.vae_path else None,
     )
     if args.api_auth:
         from service.http.auth import parse_credentials
@@ -91,6 +92,7 @@ def serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
     state = ServerState(config)
+    state.vaes.prebuild(state.models.entries())  # VAE files → ONNX in the background (service/runtime/vae.py)
     host = "0.0.0.0" if args.listen else args.host
     grpc_server = start_grpc(state, host, args)  # before loading: health says NOT_SERVING meanwhile
     try:
@@ -190,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest HTTP request body, e.g. 64MiB, 200MB, 1GiB or bytes (default 64MiB); more is a 413")
     s.add_argument("--max-side", type=int, default=4096, metavar="PX",
                    help="largest width/height a request may ask for, hires result included (default 4096)")
+    s.add_argument("--vae-dir", action="append", default=None, metavar="DIR",
+                   help="another folder of VAE files (repeatable), beside <models-dir>/VAE (A1111's flag)")
+    s.add_argument("--vae-path", default=None, metavar="FILE",
+                   help="use this VAE file for every checkpoint, whatever option sd_vae says (A1111's flag)")
     s.set_defaults(func=serve)
     g = sub.add_parser("generate", help="txt2img on a running server (gRPC or REST), with a progress bar")
     cli_generate.add_arguments(g)

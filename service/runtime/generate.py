@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from engine.backend import release_memory
@@ -26,6 +26,7 @@ from service.runtime.jobs import Job, QueueFull, new_task_id
 from service.runtime.models import ModelEntry
 from service.runtime.options import InvalidOption
 from service.runtime.state import NoModelLoaded, ServerState
+from service.runtime.vae import VaeChoice
 
 Listener = Callable[[Job], None]
 Finish = Callable[..., dict[str, Any]]
@@ -81,6 +82,8 @@ class Generation:
     parameters: dict[str, Any]
     needed: int  # admission's estimate of the job's memory
     timestamp: str
+    vae: VaeChoice | None = None  # a separate VAE file the checkpoint runs with (sd_vae), None: its own
+    hires_vae: VaeChoice | None = None  # the same for the hires checkpoint
 
     def run(self, job: Job) -> GenerationResult:
         """On the worker: model switches happen in queue order; each pipeline resolves the plan's schedules."""
@@ -88,6 +91,8 @@ class Generation:
             pipeline, hires_pipeline = self.state.pipeline_for(self.entry), None
         else:
             pipeline, hires_pipeline = self.state.hires_pipelines_for(self.entry, self.hires)
+            self.state.vaes.apply(hires_pipeline, self.hires_vae)
+        self.state.vaes.apply(pipeline, self.vae)  # A1111 loads the VAE with the model (sd_vae.reload_vae_weights)
         admission.wait_for_memory(self.needed)  # fits the budget; waits while other processes hold the memory
         plan, on_step = self.plan, progress_hook(job)
         job.progress.job_count = plan.n_iter * (2 if plan.hires else 1)  # hires: A1111 counts both passes
@@ -124,10 +129,17 @@ def submit(state: ServerState, req: GenerationRequest, listener: Listener | None
         hires = hires_checkpoint(req, state.models, entry)
         kind, plan = "txt2img", plan_txt2img(req, options, state.upscalers, styles_of(state), hires)
     needed = admission.check(state, entry, plan)  # 413 if it can never fit the memory budget
+    vae = vae_choice(state, options, entry)
+    plan = replace(plan, report=replace(plan.report, vae=(vae.file.name, vae.short_hash) if vae else None))
     generation = Generation(state, req, plan, entry, hires, options, parameters, needed,
-                            time.strftime("%Y%m%d%H%M%S"))
+                            time.strftime("%Y%m%d%H%M%S"), vae, vae_choice(state, options, hires) if hires else None)
     job = enqueue(state, Job(kind=kind, run=generation.run, id=req.force_task_id or new_task_id(kind)), listener)
     return job, generation.finish
+
+
+def vae_choice(state: ServerState, options: JobOptions, entry: ModelEntry) -> VaeChoice | None:
+    """The separate VAE file `entry` runs with under these options (A1111 modules/sd_vae.py: resolve_vae)."""
+    return state.vaes.choose(options.sd_vae, options.sd_vae_overrides_per_model_preferences, entry)
 
 
 def with_infotext(state: ServerState, req: Request) -> Request:

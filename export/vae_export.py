@@ -38,6 +38,9 @@ DIFFUSERS_MARKERS = ("encoder.down_blocks.", "decoder.up_blocks.")
 OLD_ATTENTION_NAMES = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
 
 
+ERROR_PREFIX = "vae-export error: "
+
+
 class VaeFileError(ValueError):
     """The file is not a VAE that fits the model's VAE architecture."""
 
@@ -114,7 +117,7 @@ def build_autoencoder(state: dict, config: dict):
 
 
 def _short(exc: Exception, limit: int = 400) -> str:
-    text = str(exc).replace("\n", " ")
+    text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -184,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(1)  # a background build beside a serving process on a shared machine
         export_vae_file(Path(args.file), read_config(Path(args.config)), Path(args.out), args.family, args.sha256)
-    except VaeFileError as exc:
-        print(f"{Path(args.file).name}: {exc}", file=sys.stderr)
+    except VaeFileError as exc:  # one line, which the server reports (service/runtime/vae.py)
+        print(f"{ERROR_PREFIX}{_short(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -51,6 +51,7 @@ SUFFIXES = (".ckpt", ".pt", ".safetensors")
 AUTOMATIC = ("Automatic", "auto")  # "auto": A1111's legacy value (modules/sd_vae.py: is_automatic)
 NONE = "None"
 CACHE_FOLDER = ".sdedge"
+EXPORT_ERROR = "vae-export error: "  # export/vae_export.py's one-line report of a file it cannot convert
 # Families whose VAEs share a latent space (and architecture): a checkpoint's manifest architecture → family.
 FAMILIES = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl", "sdxl-refiner": "sdxl"}
 METADATA_FAMILIES = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl"}
@@ -261,6 +262,8 @@ class VaeLibrary:
         out = self.export_dir(choice)
         with self._lock:
             lock = self._key_locks.setdefault(out, threading.Lock())
+        if lock.locked():
+            log.info("waiting for the export of VAE %s (%s)", choice.file.name, reason)
         with lock:
             if (out / RECORD_NAME).is_file():
                 return out
@@ -286,9 +289,12 @@ class VaeLibrary:
             return f"the export did not run: {exc}"
         if proc.returncode != 0:
             lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+            reported = [line[len(EXPORT_ERROR):] for line in lines if line.startswith(EXPORT_ERROR)]
+            if reported:
+                return reported[-1]
             if any("No module named" in line for line in lines):
                 return "exporting it needs the export extra (torch, diffusers): " + lines[-1]
-            return lines[-1] if lines else f"export exited with {proc.returncode}"
+            return lines[-1][:400] if lines else f"export exited with {proc.returncode}"
         return None
 
     def prebuild(self, entries: Iterable) -> threading.Thread:

@@ -43,8 +43,9 @@ def setup(demo_bundle, vae_reference, tmp_path_factory):
         shutil.copyfile(file, extra / name)
     # Beside the checkpoints, named after the second one: "Automatic" picks it (the same bytes: one export).
     shutil.copyfile(file, models / f"{SECOND}.vae.safetensors")
-    with running_server(demo_bundle, work, "--vae-dir", str(extra)) as url:
-        yield url, work, hashlib.sha256(file.read_bytes()).hexdigest()
+    (models / "VAE" / "broken.pt").write_bytes(b"not a checkpoint")  # listed; its export fails (logged)
+    with running_server(demo_bundle, work, "--vae-dir", str(extra), grpc=True) as (url, target):
+        yield url, work, hashlib.sha256(file.read_bytes()).hexdigest(), target
 
 
 def _txt2img(url, timeout=600, **body):
@@ -69,16 +70,16 @@ def _torch_decode(vae, latents) -> np.ndarray:
 
 
 def test_sd_vae_lists_every_source_natural_sorted(setup):
-    url, work, _ = setup
+    url, work, *_ = setup
     listed = requests.get(f"{url}/sdapi/v1/sd-vae", timeout=10).json()
     assert [v["model_name"] for v in listed] == [
-        VAE, f"{SECOND}.vae.safetensors", "sdxl-a9.safetensors", "sdxl-a10.safetensors", "sdxl_vae.safetensors"]
-    assert listed[0] == {"model_name": VAE, "filename": str((work / "models" / "VAE" / VAE).resolve())}
+        "broken.pt", VAE, f"{SECOND}.vae.safetensors", "sdxl-a9.safetensors", "sdxl-a10.safetensors", "sdxl_vae.safetensors"]
+    assert listed[1] == {"model_name": VAE, "filename": str((work / "models" / "VAE" / VAE).resolve())}
     assert requests.get(f"{url}/sdapi/v1/options", timeout=10).json()["sd_vae"] == "Automatic"
 
 
 def test_selected_vae_decodes_as_diffusers_and_is_reported(setup, demo_pipeline, vae_reference):
-    url, work, sha = setup
+    url, work, sha, _ = setup
     got, info = _txt2img(url, override_settings={"sd_vae": VAE})
     own = _own_run(demo_pipeline)
     want = _torch_decode(vae_reference, own.latents[0])
@@ -96,7 +97,7 @@ def test_selected_vae_decodes_as_diffusers_and_is_reported(setup, demo_pipeline,
 
 @pytest.mark.parametrize("name", ["None", "no-such-vae.safetensors", "sdxl_vae.safetensors"])
 def test_none_unknown_and_other_family_run_the_checkpoints_own_vae(setup, demo_pipeline, name):
-    url, _, _ = setup
+    url, *_ = setup
     got, info = _txt2img(url, override_settings={"sd_vae": name})
     assert np.array_equal(got, np.asarray(_own_run(demo_pipeline).images[0]))
     assert info["sd_vae_name"] is None and info["sd_vae_hash"] is None
@@ -104,7 +105,7 @@ def test_none_unknown_and_other_family_run_the_checkpoints_own_vae(setup, demo_p
 
 
 def test_automatic_takes_a_vae_named_after_the_checkpoint_by_prefix(setup):
-    url, _, sha = setup
+    url, _, sha, _ = setup
     # A1111's prefix quirk: `sdedge-tiny-b.vae.safetensors` starts with `sdedge-tiny` too, so both models take it.
     for model in ("sdedge-tiny", SECOND):
         _, info = _txt2img(url, override_settings={"sd_model_checkpoint": model})
@@ -115,7 +116,7 @@ def test_automatic_takes_a_vae_named_after_the_checkpoint_by_prefix(setup):
 
 
 def test_infotext_options_and_paste(setup):
-    url, _, sha = setup
+    url, _, sha, _ = setup
     _, info = _txt2img(url, override_settings={"sd_vae": VAE, "add_vae_hash_to_info": False})
     params = parse_infotext(info["infotexts"][0])
     assert params["VAE"] == VAE and "VAE hash" not in params and info["sd_vae_hash"] == sha[:10]
@@ -127,7 +128,7 @@ def test_infotext_options_and_paste(setup):
 
 
 def test_option_sd_vae_through_post_options(setup):
-    url, _, _ = setup
+    url, *_ = setup
     assert requests.post(f"{url}/sdapi/v1/options", json={"sd_vae": VAE}, timeout=60).json() is None
     try:
         _, info = _txt2img(url)
@@ -137,7 +138,7 @@ def test_option_sd_vae_through_post_options(setup):
 
 
 def test_refresh_vae_finds_new_files(setup):
-    url, work, _ = setup
+    url, work, *_ = setup
     shutil.copyfile(work / "models" / "VAE" / VAE, work / "models" / "VAE" / "sdxl-new.safetensors")
     r = requests.post(f"{url}/sdapi/v1/refresh-vae", timeout=60)
     assert r.status_code == 200 and r.json() is None
@@ -165,7 +166,7 @@ def test_img2img_encodes_with_the_chosen_vae(setup, demo_bundle):
     from service.a1111.sdapi_models import Img2ImgRequest
     from service.a1111.translate import plan_img2img
 
-    url, work, sha = setup
+    url, work, sha, _ = setup
     init = Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     body = {**BODY, "init_images": [png_b64(init)], "denoising_strength": 0.5, "steps": 2}
     r = requests.post(f"{url}/sdapi/v1/img2img", json={**body, "override_settings": {"sd_vae": VAE}}, timeout=600)
@@ -179,3 +180,35 @@ def test_img2img_encodes_with_the_chosen_vae(setup, demo_bundle):
     decoder_only = Pipeline.from_path(demo_bundle)
     decoder_only.backend = _DecoderOnly(decoder_only.backend, exported.backend)
     assert not np.array_equal(got, np.asarray(decoder_only.img2img(plan).images[0]))
+
+
+def test_a_vae_that_cannot_be_exported_is_a_503_naming_it_and_the_server_keeps_serving(setup):
+    url, work, *_ = setup
+    r = requests.post(f"{url}/sdapi/v1/txt2img", json={**BODY, "override_settings": {"sd_vae": "broken.pt"}},
+                      timeout=600)
+    assert r.status_code == 503, r.text
+    assert "broken.pt" in r.json()["detail"] and "cannot read" in r.json()["detail"]
+    assert _txt2img(url, override_settings={"sd_vae": "None"})[1]["sd_vae_name"] is None
+    assert "exporting VAE broken.pt" in (work / "server.log").read_text()
+
+
+def test_grpc_lists_vaes_and_takes_sd_vae_through_override_settings(setup):
+    import grpc
+    from google.protobuf import struct_pb2
+
+    from service.generated import sdedge_pb2 as pb
+    from service.generated import sdedge_pb2_grpc as pb_grpc
+
+    url, _, sha, target = setup
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.SdEdgeStub(channel)
+        listed = stub.ListVaes(pb.ListVaesRequest(), timeout=30).vaes
+        assert [(v.model_name, v.filename) for v in listed] == [
+            (v["model_name"], v["filename"]) for v in requests.get(f"{url}/sdapi/v1/sd-vae", timeout=10).json()]
+        overrides = struct_pb2.Struct()
+        overrides.update({"sd_vae": VAE})
+        response = stub.Txt2Img(pb.Txt2ImgRequest(prompt="a red circle", seed=5, steps=1, width=64, height=64,
+                                                  override_settings=overrides), timeout=600)
+    info = __import__("json").loads(response.info_json)
+    assert (response.info.sd_vae_name, response.info.sd_vae_hash) == (VAE, sha[:10])
+    assert (info["sd_vae_name"], info["sd_vae_hash"]) == (VAE, sha[:10])

@@ -52,8 +52,6 @@ AUTOMATIC = ("Automatic", "auto")  # "auto": A1111's legacy value (modules/sd_va
 NONE = "None"
 CACHE_FOLDER = ".sdedge"
 EXPORT_ERROR = "vae-export error: "  # export/vae_export.py's one-line report of a file it cannot convert
-# Families whose VAEs share a latent space (and architecture): a checkpoint's manifest architecture → family.
-FAMILIES = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl", "sdxl-refiner": "sdxl"}
 METADATA_FAMILIES = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl"}
 
 
@@ -63,7 +61,12 @@ def natural_key(text: str) -> list:
 
 
 def family_of_architecture(architecture: str) -> str:
-    return FAMILIES.get(architecture, architecture)
+    """A checkpoint's manifest architecture → the VAE family: SD 1.x and 2.x ("sd1", "sd2", ...) share "sd";
+    every SDXL variant (base, refiner, inpainting, Turbo) is "sdxl"; anything else is its own."""
+    name = architecture.lower()
+    if "xl" in name:
+        return "sdxl"
+    return "sd" if re.match(r"sd[-_]?[12]", name) else name
 
 
 @dataclass(frozen=True)

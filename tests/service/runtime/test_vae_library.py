@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.runtime.models import ModelEntry
-from service.runtime.vae import VaeLibrary, discover, file_family, natural_key
+from service.runtime.vae import VaeLibrary, discover, family_of_architecture, file_family, natural_key
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -132,3 +132,8 @@ def test_refresh_rescans(library, tmp_path):
     assert "new.pt" not in [f.name for f in library.files()]
     library.refresh()
     assert "new.pt" in [f.name for f in library.files()]
+
+
+def test_checkpoint_families():
+    assert [family_of_architecture(a) for a in ("sd1", "sd2", "sd2-v", "sdxl", "sdxl-refiner", "sdxl_inpaint")] == [
+        "sd", "sd", "sd", "sdxl", "sdxl", "sdxl"]

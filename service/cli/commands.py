@@ -71,6 +71,8 @@ def serve(args: argparse.Namespace) -> int:
     from service.runtime.state import ServerConfig, ServerState
 
     models_dir = Path(args.models_dir)
+    if args.vae_path and not Path(args.vae_path).is_file():
+        raise SystemExit(f"--vae-path {args.vae_path}: no such file")
     model = prepare_model(Path(args.model), models_dir) if args.model else None
     config = ServerConfig(
         model=model, models_dir=models_dir, providers=args.providers, max_queue=args.max_queue,

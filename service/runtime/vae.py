@@ -253,7 +253,11 @@ class VaeLibrary:
             log.warning("VAE %s is for %s models, %s is %s: using the checkpoint's own VAE", file.name, declared,
                         entry.name, family)
             return None
-        return VaeChoice(file, self.sha256(file), family, Path(entry.path) / "vae_decoder" / "config.json")
+        try:
+            sha256 = self.sha256(file)
+        except OSError as exc:  # removed or unreadable since the last scan
+            raise ModelUnavailable(f"VAE {file.name} cannot be read: {exc.strerror or exc}") from None
+        return VaeChoice(file, sha256, family, Path(entry.path) / "vae_decoder" / "config.json")
 
     # ---- exports
     def export_dir(self, choice: VaeChoice) -> Path:

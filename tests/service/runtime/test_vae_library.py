@@ -137,3 +137,11 @@ def test_refresh_rescans(library, tmp_path):
 def test_checkpoint_families():
     assert [family_of_architecture(a) for a in ("sd1", "sd2", "sd2-v", "sdxl", "sdxl-refiner", "sdxl_inpaint")] == [
         "sd", "sd", "sd", "sdxl", "sdxl", "sdxl"]
+
+
+def test_a_file_gone_since_the_scan_is_a_503_naming_it(library, tmp_path):
+    from service.a1111.errors import ModelUnavailable
+
+    (tmp_path / "models" / "VAE" / "anime.pt").unlink()
+    with pytest.raises(ModelUnavailable, match="anime.pt"):
+        library.choose("anime.pt", True, entry(tmp_path, "sd15"))

@@ -129,6 +129,11 @@ class Report:
     warnings: tuple[str, ...] = ()
     lora_hashes: str | None = None  # `Lora hashes` (both passes), option lora_add_hashes_to_infotext applied
     comments: tuple[str, ...] = ()  # A1111's job comments, e.g. `Lora not found: x`
+    # A separate VAE file in use: (basename, first 10 hex of its sha256), else None; the flags are options
+    # add_vae_name_to_info, add_vae_hash_to_info (`info.sd_vae_name/hash` report it regardless).
+    vae: tuple[str, str] | None = None
+    vae_name: bool = True
+    vae_hash: bool = True
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ class JobOptions:
     """The options the job path reads, each under its A1111 key. Defaults are service.runtime.options.DEFAULTS."""
 
     sd_model_checkpoint: str | None = DEFAULTS["sd_model_checkpoint"]
+    sd_vae: str = DEFAULTS["sd_vae"]  # resolved per checkpoint by service/runtime/vae.py
+    sd_vae_overrides_per_model_preferences: bool = DEFAULTS["sd_vae_overrides_per_model_preferences"]
     # prompts and conditioning
     CLIP_stop_at_last_layers: int = DEFAULTS["CLIP_stop_at_last_layers"]
     enable_prompt_comments: bool = DEFAULTS["enable_prompt_comments"]
@@ -87,6 +89,8 @@ class JobOptions:
     add_model_hash_to_info: bool = DEFAULTS["add_model_hash_to_info"]
     add_model_name_to_info: bool = DEFAULTS["add_model_name_to_info"]
     add_version_to_infotext: bool = DEFAULTS["add_version_to_infotext"]
+    add_vae_name_to_info: bool = DEFAULTS["add_vae_name_to_info"]
+    add_vae_hash_to_info: bool = DEFAULTS["add_vae_hash_to_info"]
     live_previews_image_format: str = DEFAULTS["live_previews_image_format"]
     # reading a pasted infotext
     infotext_styles: str = DEFAULTS["infotext_styles"]

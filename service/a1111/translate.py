@@ -210,6 +210,8 @@ def _report(req: GenerationRequest, options: JobOptions) -> Report:
         model_hash=options.add_model_hash_to_info,
         model_name=options.add_model_name_to_info,
         version=options.add_version_to_infotext,
+        vae_name=options.add_vae_name_to_info,
+        vae_hash=options.add_vae_hash_to_info,
         warnings=options.unimplemented,
     )
 

@@ -71,6 +71,8 @@ def serve(args: argparse.Namespace) -> int:
     from service.runtime.state import ServerConfig, ServerState
 
     models_dir = Path(args.models_dir)
+    if args.vae_path and not Path(args.vae_path).is_file():
+        raise SystemExit(f"--vae-path {args.vae_path}: no such file")
     model = prepare_model(Path(args.model), models_dir) if args.model else None
     config = ServerConfig(
         model=model, models_dir=models_dir, providers=args.providers, max_queue=args.max_queue,
@@ -83,6 +85,7 @@ def serve(args: argparse.Namespace) -> int:
         max_body_size=args.max_body_size, max_side=args.max_side,
         memory_budget=args.memory_budget,
         job_timeout=args.job_timeout, api_server_stop=args.api_server_stop,
+        vae_dirs=[Path(d) for d in args.vae_dir or []], vae_path=Path(args.vae_path) if args.vae_path else None,
     )
     if args.api_auth:
         from service.http.auth import parse_credentials
@@ -92,6 +95,7 @@ def serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
     state = ServerState(config)
+    state.vaes.prebuild(state.models.entries())  # VAE files → ONNX in the background (service/runtime/vae.py)
     host = "0.0.0.0" if args.listen else args.host
     grpc_server = start_grpc(state, host, args)  # before loading: health says NOT_SERVING meanwhile
     try:
@@ -194,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest HTTP request body, e.g. 64MiB, 200MB, 1GiB or bytes (default 64MiB); more is a 413")
     s.add_argument("--max-side", type=int, default=4096, metavar="PX",
                    help="largest width/height a request may ask for, hires result included (default 4096)")
+    s.add_argument("--vae-dir", action="append", default=None, metavar="DIR",
+                   help="another folder of VAE files (repeatable), beside <models-dir>/VAE (A1111's flag)")
+    s.add_argument("--vae-path", default=None, metavar="FILE",
+                   help="use this VAE file for every checkpoint, whatever option sd_vae says (A1111's flag)")
     s.set_defaults(func=serve)
     g = sub.add_parser("generate", help="txt2img on a running server (gRPC or REST), with a progress bar")
     cli_generate.add_arguments(g)

@@ -575,3 +575,21 @@ class PngInfoResponse(_message.Message):
     items: _struct_pb2.Struct
     parameters: _struct_pb2.Struct
     def __init__(self, info: _Optional[str] = ..., items: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class ListVaesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Vae(_message.Message):
+    __slots__ = ("model_name", "filename")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    filename: str
+    def __init__(self, model_name: _Optional[str] = ..., filename: _Optional[str] = ...) -> None: ...
+
+class ListVaesResponse(_message.Message):
+    __slots__ = ("vaes",)
+    VAES_FIELD_NUMBER: _ClassVar[int]
+    vaes: _containers.RepeatedCompositeFieldContainer[Vae]
+    def __init__(self, vaes: _Optional[_Iterable[_Union[Vae, _Mapping]]] = ...) -> None: ...

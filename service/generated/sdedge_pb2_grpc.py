@@ -94,6 +94,11 @@ class SdEdgeStub:
                 request_serializer=sdedge_dot_v1_dot_sdedge__pb2.PngInfoRequest.SerializeToString,
                 response_deserializer=sdedge_dot_v1_dot_sdedge__pb2.PngInfoResponse.FromString,
                 _registered_method=True)
+        self.ListVaes = channel.unary_unary(
+                '/sdedge.v1.SdEdge/ListVaes',
+                request_serializer=sdedge_dot_v1_dot_sdedge__pb2.ListVaesRequest.SerializeToString,
+                response_deserializer=sdedge_dot_v1_dot_sdedge__pb2.ListVaesResponse.FromString,
+                _registered_method=True)
 
 
 class SdEdgeServicer:
@@ -184,6 +189,13 @@ class SdEdgeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListVaes(self, request, context):
+        """GET /sdapi/v1/sd-vae (the choice is option `sd_vae`, through SetOptions or override_settings).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SdEdgeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -246,6 +258,11 @@ def add_SdEdgeServicer_to_server(servicer, server):
                     servicer.PngInfo,
                     request_deserializer=sdedge_dot_v1_dot_sdedge__pb2.PngInfoRequest.FromString,
                     response_serializer=sdedge_dot_v1_dot_sdedge__pb2.PngInfoResponse.SerializeToString,
+            ),
+            'ListVaes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVaes,
+                    request_deserializer=sdedge_dot_v1_dot_sdedge__pb2.ListVaesRequest.FromString,
+                    response_serializer=sdedge_dot_v1_dot_sdedge__pb2.ListVaesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -572,6 +589,33 @@ class SdEdge:
             '/sdedge.v1.SdEdge/PngInfo',
             sdedge_dot_v1_dot_sdedge__pb2.PngInfoRequest.SerializeToString,
             sdedge_dot_v1_dot_sdedge__pb2.PngInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVaes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdedge.v1.SdEdge/ListVaes',
+            sdedge_dot_v1_dot_sdedge__pb2.ListVaesRequest.SerializeToString,
+            sdedge_dot_v1_dot_sdedge__pb2.ListVaesResponse.FromString,
             options,
             channel_credentials,
             insecure,

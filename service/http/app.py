@@ -25,6 +25,7 @@ from service.http.routes import (
     server_control,
     styles,
     upscalers,
+    vae,
 )
 from service.runtime.state import ServerState
 
@@ -60,6 +61,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(pnginfo.router)
     app.include_router(listings.router)
     app.include_router(loras.router)
+    app.include_router(vae.router)
     app.include_router(samplers.router)
     app.include_router(styles.router)
     app.include_router(gradio.router)

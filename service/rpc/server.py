@@ -259,6 +259,10 @@ class SdEdgeServicer(pb_grpc.SdEdgeServicer):
             for e in self.state.models.entries()
         ])
 
+    def ListVaes(self, request, context):
+        return pb.ListVaesResponse(vaes=[pb.Vae(model_name=f.name, filename=str(f.path))
+                                         for f in self.state.vaes.files()])
+
     def ListSamplers(self, request, context):
         # A1111 stringifies option values (True → "True").
         return pb.ListSamplersResponse(samplers=[

@@ -29,6 +29,7 @@ from service.runtime.loras import pipeline_with_networks
 from service.runtime.models import ModelEntry
 from service.runtime.options import InvalidOption
 from service.runtime.state import NoModelLoaded, ServerState
+from service.runtime.vae import VaeChoice
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class Generation:
     needed: int  # admission's estimate of the job's memory
     timestamp: str
     notes: list[str] = field(default_factory=list)  # comments the worker adds (a LoRA that failed to apply)
+    vae: VaeChoice | None = None  # a separate VAE file the checkpoint runs with (sd_vae), None: its own
+    hires_vae: VaeChoice | None = None  # the same for the hires checkpoint
 
     def run(self, job: Job) -> GenerationResult:
         """On the worker: model switches happen in queue order; each pipeline resolves the plan's schedules."""
@@ -94,6 +97,8 @@ class Generation:
             pipeline, hires_pipeline = self.state.pipeline_for(self.entry), None
         else:
             pipeline, hires_pipeline = self.state.hires_pipelines_for(self.entry, self.hires)
+            self.state.vaes.apply(hires_pipeline, self.hires_vae)
+        self.state.vaes.apply(pipeline, self.vae)  # A1111 loads the VAE with the model (sd_vae.reload_vae_weights)
         admission.wait_for_memory(self.needed)  # fits the budget; waits while other processes hold the memory
         plan, on_step = self.plan, progress_hook(job)
         pipeline, hires_pipeline = self._with_networks(pipeline, hires_pipeline)
@@ -155,10 +160,17 @@ def submit(state: ServerState, req: GenerationRequest, listener: Listener | None
         kind, plan = "txt2img", plan_txt2img(req, options, state.upscalers, styles_of(state), hires,
                                              loras=state.loras)
     needed = admission.check(state, entry, plan)  # 413 if it can never fit the memory budget
+    vae = vae_choice(state, options, entry)
+    plan = replace(plan, report=replace(plan.report, vae=(vae.file.name, vae.short_hash) if vae else None))
     generation = Generation(state, req, plan, entry, hires, options, parameters, needed,
-                            time.strftime("%Y%m%d%H%M%S"))
+                            time.strftime("%Y%m%d%H%M%S"), vae, vae_choice(state, options, hires) if hires else None)
     job = enqueue(state, Job(kind=kind, run=generation.run, id=req.force_task_id or new_task_id(kind)), listener)
     return job, generation.finish
+
+
+def vae_choice(state: ServerState, options: JobOptions, entry: ModelEntry) -> VaeChoice | None:
+    """The separate VAE file `entry` runs with under these options (A1111 modules/sd_vae.py: resolve_vae)."""
+    return state.vaes.choose(options.sd_vae, options.sd_vae_overrides_per_model_preferences, entry)
 
 
 def with_infotext(state: ServerState, req: Request) -> Request:

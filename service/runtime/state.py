@@ -14,6 +14,7 @@ from service.runtime.jobs import Job, JobQueue
 from service.runtime.loras import LoraRegistry
 from service.runtime.models import ModelEntry, ModelRegistry
 from service.runtime.options import Options
+from service.runtime.vae import VaeLibrary
 
 
 class NoModelLoaded(Exception):
@@ -43,6 +44,8 @@ class ServerConfig:
     memory_budget: int | None = None
     job_timeout: float = 3600.0  # seconds a running job may take (0: no deadline); option sdedge_job_timeout wins
     api_server_stop: bool = False  # A1111's --api-server-stop: /sdapi/v1/server-kill|restart|stop exist
+    vae_dirs: list[Path] = field(default_factory=list)  # --vae-dir (A1111's), beside <models-dir>/VAE
+    vae_path: Path | None = None  # --vae-path: this VAE file for every checkpoint, whatever sd_vae says
     extra: dict = field(default_factory=dict)
 
 
@@ -54,6 +57,9 @@ class ServerState:
         self.queue = JobQueue(max_pending=config.max_queue, timeout=self.job_timeout)
         self.upscalers = UpscalerRegistry(config.upscalers_dir, config.providers)
         self.loras = LoraRegistry(config.lora_dirs)
+        # A1111 also finds `*.vae.*` files beside the checkpoints: here the --model bundle's folder too.
+        beside = [config.model.parent] if config.model and config.model.parent != config.models_dir else []
+        self.vaes = VaeLibrary(config.models_dir, config.vae_dirs, beside, config.providers, config.vae_path)
 
     def job_timeout(self) -> float:
         """A running job's deadline in seconds: option `sdedge_job_timeout` if set (> 0), else `--job-timeout`;

@@ -30,16 +30,6 @@ class InterrogateRequest(BaseModel):
     model: str = "clip"
 
 
-@router.get("/sdapi/v1/sd-vae")
-def sd_vae() -> list[dict]:
-    return []  # bundles carry their VAE; there are no separate VAE files to choose from
-
-
-@router.post("/sdapi/v1/refresh-vae")
-def refresh_vae() -> None:
-    return None
-
-
 @router.get("/sdapi/v1/embeddings", response_model=EmbeddingsResponse)
 def embeddings():
     return {"loaded": {}, "skipped": {}}

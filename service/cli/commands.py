@@ -82,6 +82,8 @@ def serve(args: argparse.Namespace) -> int:
         max_body_size=args.max_body_size, max_side=args.max_side,
         memory_budget=args.memory_budget,
         job_timeout=args.job_timeout, api_server_stop=args.api_server_stop,
+        data_dir=Path(args.data_dir),
+        local_images_dir=Path(args.allow_local_images).resolve() if args.allow_local_images else None,
     )
     if args.api_auth:
         from service.http.auth import parse_credentials
@@ -190,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest HTTP request body, e.g. 64MiB, 200MB, 1GiB or bytes (default 64MiB); more is a 413")
     s.add_argument("--max-side", type=int, default=4096, metavar="PX",
                    help="largest width/height a request may ask for, hires result included (default 4096)")
+    s.add_argument("--data-dir", default=".", metavar="DIR",
+                   help="root of the output folders: images saved with save_images go to the outdir_* options "
+                   "under it and never outside it (default: the working folder, as A1111)")
+    s.add_argument("--allow-local-images", default=None, metavar="DIR",
+                   help="let init_images/mask name image files inside DIR on the server (default: refused, 403)")
     s.set_defaults(func=serve)
     g = sub.add_parser("generate", help="txt2img on a running server (gRPC or REST), with a progress bar")
     cli_generate.add_arguments(g)

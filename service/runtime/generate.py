@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.backend import release_memory
 from engine.pipeline import GenerationResult, StepEvent
 from engine.plan import GenerationPlan
+from service.a1111 import saving
 from service.a1111.errors import InvalidRequest, ModelUnavailable, QueueBusy
 from service.a1111.infotext_request import Request, apply_infotext
 from service.a1111.job_options import JobOptions
-from service.a1111.results import build_response
+from service.a1111.results import build_response, collect_outputs
 from service.a1111.sdapi_models import GenerationRequest, Img2ImgRequest
 from service.a1111.styles import styles_of
 from service.a1111.translate import hires_checkpoint, plan_img2img, plan_txt2img
@@ -81,6 +82,10 @@ class Generation:
     parameters: dict[str, Any]
     needed: int  # admission's estimate of the job's memory
     timestamp: str
+    kind: str = "txt2img"
+    save: saving.SaveRequest = saving.SaveRequest(samples=False, grid=False)
+    # Filled by `run` on the worker for `finish`: the job's outputs (grid included) and saving's warnings.
+    notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def run(self, job: Job) -> GenerationResult:
         """On the worker: model switches happen in queue order; each pipeline resolves the plan's schedules."""
@@ -101,11 +106,35 @@ class Generation:
             release_memory()  # a large job's freed buffers go back to the OS
         if self.req.override_settings_restore_afterwards is False:
             self.state.keep_overrides(self.req.override_settings, self.entry)
+        self.save_images(result)
         return result
+
+    def outputs(self, result: GenerationResult):
+        """The images of the response, the grid among them when A1111 makes one (computed once per result)."""
+        cached = self.notes.get("outputs")
+        if cached is not None and cached[0] is result:
+            return cached[1]
+        outputs = collect_outputs(self.plan, result, self.entry, self.options, grid_wanted=self.save.grid)
+        self.notes["outputs"] = (result, outputs)
+        return outputs
+
+    def save_images(self, result: GenerationResult) -> None:
+        """On the worker, once the images exist (A1111 saves inside process_images)."""
+        if not (self.save.samples or self.save.grid):
+            return
+        styles = styles_of(self.state).styles
+        names = saving.job_names(
+            self.plan, self.entry.name, self.entry.short_hash, self.req.prompt or "", self.req.negative_prompt or "",
+            self.timestamp, [s.prompt or "" for name in self.plan.report.styles if (s := styles.get(name))],
+            self.options.directories_max_prompt_words)
+        _, warnings = saving.save_outputs(self.outputs(result), names, self.options, self.state.config.data_dir,
+                                          self.kind, self.save, result, interrupted=result.interrupted)
+        self.notes["warnings"] = warnings
 
     def finish(self, result: GenerationResult, as_bytes: bool = False) -> dict[str, Any]:
         return build_response(self.plan, result, self.entry, self.options, self.parameters,
-                              bool(self.req.send_images), self.timestamp, as_bytes=as_bytes)
+                              bool(self.req.send_images), self.timestamp, as_bytes=as_bytes,
+                              outputs=self.outputs(result), warnings=self.notes.get("warnings"))
 
 
 def submit(state: ServerState, req: GenerationRequest, listener: Listener | None = None) -> tuple[Job, Finish]:
@@ -124,8 +153,10 @@ def submit(state: ServerState, req: GenerationRequest, listener: Listener | None
         hires = hires_checkpoint(req, state.models, entry)
         kind, plan = "txt2img", plan_txt2img(req, options, state.upscalers, styles_of(state), hires)
     needed = admission.check(state, entry, plan)  # 413 if it can never fit the memory budget
+    save = saving.save_request(req.save_images, req.do_not_save_samples, req.do_not_save_grid)
+    saving.check_options(state.config.data_dir, kind, options, save)  # refused before it queues
     generation = Generation(state, req, plan, entry, hires, options, parameters, needed,
-                            time.strftime("%Y%m%d%H%M%S"))
+                            time.strftime("%Y%m%d%H%M%S"), kind, save)
     job = enqueue(state, Job(kind=kind, run=generation.run, id=req.force_task_id or new_task_id(kind)), listener)
     return job, generation.finish
 

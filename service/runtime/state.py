@@ -41,6 +41,10 @@ class ServerConfig:
     memory_budget: int | None = None
     job_timeout: float = 3600.0  # seconds a running job may take (0: no deadline); option sdedge_job_timeout wins
     api_server_stop: bool = False  # A1111's --api-server-stop: /sdapi/v1/server-kill|restart|stop exist
+    # Saved images (save_images) never leave this folder; relative outdir_* options are taken from it (--data-dir).
+    data_dir: Path = Path(".")
+    # init_images may name files inside this folder (--allow-local-images); None: paths are refused (403).
+    local_images_dir: Path | None = None
     extra: dict = field(default_factory=dict)
 
 

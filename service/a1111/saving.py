@@ -104,14 +104,18 @@ def check_options(root: Path, kind: str, options: JobOptions, request: SaveReque
     for key, wanted in ((samples_key, request.samples), (grids_key, request.grid)):
         if wanted:
             output_folder(root, key, getattr(options, key))
-    folders = "".join(literal_parts(options.directories_filename_pattern))
-    if folders.startswith(("/", "\\")) or ".." in folders.replace("\\", "/").split("/"):
+    parts = literal_parts(options.directories_filename_pattern)
+    if parts[0].startswith(("/", "\\")) or any(_climbs(text) for text in (*parts, "".join(parts))):
         raise OptionRefused(f"option directories_filename_pattern={options.directories_filename_pattern!r} "
                             "leads outside the output folder: saving there is refused")
     names = "".join(literal_parts(options.samples_filename_pattern))
     if "/" in names or "\\" in names or names.strip() in ("..", "."):
         raise OptionRefused(f"option samples_filename_pattern={options.samples_filename_pattern!r} "
                             "may not contain a path separator")
+
+
+def _climbs(text: str) -> bool:
+    return ".." in text.replace("\\", "/").split("/")
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,8 @@ def save_image(image: Image.Image, folder: Path, basename: str, namegen: Filenam
     save_to_dirs = options.grid_save_to_dirs if grid else options.save_to_dirs
     if save_to_dirs:
         dirname = namegen.apply(options.directories_filename_pattern or "[prompt_words]").lstrip(" ").rstrip("\\ /")
-        folder = folder / dirname
+        # A name that comes out absolute ("[none]/x") stays under the folder here (A1111 would write to /x).
+        folder = folder / dirname.lstrip("\\/")
     folder = Path(os.path.normpath(folder))
     if not _inside(folder, root):
         raise UnsafePath(f"{folder} is outside the output folder {root}")

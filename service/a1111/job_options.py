@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from engine.samplers import SamplerSettings
@@ -124,6 +125,8 @@ class JobOptions:
     disable_weights_auto_swap: bool = DEFAULTS["disable_weights_auto_swap"]
     # Not an option: one sentence per option in effect that sdedge stores but does not implement.
     unimplemented: tuple[str, ...] = ()
+    # Not an option (a client cannot set it): the server's --allow-local-images folder.
+    local_images_dir: str | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> JobOptions:
@@ -170,7 +173,9 @@ class JobOptions:
     def image_limits(self) -> ImageLimits:
         """What an input image string may be (URLs fetched or not, and how)."""
         return ImageLimits(allow_urls=self.api_enable_requests, forbid_local_urls=self.api_forbid_local_requests,
-                           user_agent=self.api_useragent)
+                           user_agent=self.api_useragent,
+                           local_dir=Path(self.local_images_dir) if self.local_images_dir else None)
 
 
-OPTION_KEYS: tuple[str, ...] = tuple(f.name for f in fields(JobOptions) if f.name != "unimplemented")
+OPTION_KEYS: tuple[str, ...] = tuple(f.name for f in fields(JobOptions)
+                                     if f.name not in ("unimplemented", "local_images_dir"))

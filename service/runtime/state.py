@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,10 @@ class ServerState:
         if wanted is not None and self.models.find(str(wanted)) is None:
             raise InvalidRequest("override_settings", f"sd_model_checkpoint: no checkpoint named {wanted!r} "
                                  "(GET /sdapi/v1/sd-models lists them)")
-        return JobOptions.from_mapping(self.options.with_overrides(overrides))
+        options = JobOptions.from_mapping(self.options.with_overrides(overrides))
+        if self.config.local_images_dir is None:
+            return options
+        return replace(options, local_images_dir=str(self.config.local_images_dir))
 
     def pipeline_for(self, entry: ModelEntry):
         """The loaded pipeline of `entry`, loading it first. Call it on the worker, so loads queue with jobs."""

@@ -143,7 +143,8 @@ def test_cases_cover_every_pasted_label(styles):
     pasted |= {label for _, label in OPTION_LABELS}
     written = {f.label for f in FIELDS if f.write is not None}
     # Pasted only as a checkpoint switch (option disable_weights_auto_swap); an inpainting model's result; img2img.
-    elsewhere = {"Model hash", "Conditional mask weight", "Noise multiplier"}
+    # NGMS: written from what the sampling did (tests/service/a1111/test_ngms_infotext.py).
+    elsewhere = {"Model hash", "Conditional mask weight", "Noise multiplier", "NGMS", "NGMS all steps"}
     assert (written & pasted) - elsewhere <= seen, (written & pasted) - elsewhere - seen
 
 

@@ -8,7 +8,7 @@ import hashlib
 import os
 import re
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -235,6 +235,24 @@ def scheduler_tag(sampler_default: str | None, scheduler_label: str) -> str:
     return name.capitalize()
 
 
-def literal_parts(pattern: str) -> Sequence[str]:
-    """The text of a pattern outside its `[tags]` (what no sanitising touches)."""
-    return [m.group(1) for m in _PATTERN.finditer(pattern)]
+TAGS = frozenset(FilenameGenerator(NameContext(0, 0.0, "", ""), None, None, Image.new("L", (1, 1)))
+                 ._replacements())
+
+
+def literal_parts(pattern: str) -> list[str]:
+    """The pattern's text that no sanitising touches, split where a known tag sits: the literal text, and an
+    unknown tag, which A1111 keeps as written (`[../x]` stays `[../x]`)."""
+    parts = [""]
+    for m in _PATTERN.finditer(pattern):
+        text, tag = m.groups()
+        parts[-1] += text
+        if tag is None:
+            continue
+        name = tag
+        while (arg := _PATTERN_ARG.match(name)) is not None:
+            name = arg.group(1)
+        if name.lower() in TAGS:
+            parts.append("")
+        else:
+            parts[-1] += f"[{name}]"
+    return parts

@@ -11,6 +11,7 @@ from service.a1111.filenames import (
     FilenameGenerator,
     NameContext,
     get_next_sequence_number,
+    literal_parts,
     sanitize_filename_part,
     scheduler_tag,
 )
@@ -113,3 +114,11 @@ def test_next_sequence_number(tmp_path):
     assert get_next_sequence_number(tmp_path, "") == 11
     assert get_next_sequence_number(tmp_path, "grid") == 5
     assert get_next_sequence_number(tmp_path, "other") == 0
+
+
+def test_literal_parts_are_what_no_sanitising_touches():
+    assert literal_parts("[date]") == ["", ""]
+    assert literal_parts("[model_name]/[prompt_words]") == ["", "/", ""]
+    assert literal_parts("../x-[seed]-y") == ["../x-", "-y"]
+    assert literal_parts("[x/../y]-[SEED]") == ["[x/../y]-", ""]  # unknown tags stay as written
+    assert literal_parts("[datetime<%Y/%m>][unknown<a>]") == ["", "[unknown]"]  # arguments of either are dropped

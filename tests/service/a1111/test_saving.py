@@ -173,6 +173,8 @@ def test_grid_options(server):
     {"directories_filename_pattern": "/etc/[date]"},
     {"samples_filename_pattern": "../[seed]"},
     {"samples_filename_pattern": "a/[seed]"},
+    {"directories_filename_pattern": "[x/../../../y]"},  # an unknown tag is kept as written
+    {"samples_filename_pattern": "[a/b]-[seed]"},
 ])
 def test_paths_leaving_the_output_root_are_refused(server, overrides):
     client, root = server
@@ -181,7 +183,8 @@ def test_paths_leaving_the_output_root_are_refused(server, overrides):
                                                "override_settings": overrides})
     assert r.status_code == 422, r.text
     body = r.json()
-    assert set(body) >= {"error", "detail"} and "refused" in body["detail"] or "separator" in body["detail"]
+    assert set(body) >= {"error", "detail"}
+    assert "refused" in body["detail"] or "separator" in body["detail"]
     assert files(root) == [] and not (root.parent / "outside").exists() and not Path("/tmp/elsewhere").exists()
 
 
@@ -212,3 +215,25 @@ def test_a_symlink_out_of_the_root_is_not_followed(server, tmp_path):
     r = client.post("/sdapi/v1/txt2img", json={**FAST, "save_images": True,
                                                "override_settings": {"outdir_txt2img_samples": "link/x"}})
     assert r.status_code == 422 and list(outside.iterdir()) == []
+
+
+def test_export_for_4chan_writes_a_downscaled_jpeg_beside_a_large_image(tmp_path):
+    from service.a1111.filenames import FilenameGenerator, NameContext
+    from service.a1111.job_options import JobOptions
+    from service.a1111.saving import save_image
+
+    image = Image.new("RGB", (96, 48), (10, 200, 10))
+    namegen = FilenameGenerator(NameContext(1, 7.0, "Euler", "Automatic"), 5, "p", image)
+    options = JobOptions(target_side_length=32, save_to_dirs=False)
+    saved = save_image(image, tmp_path / "out", "", namegen, options, tmp_path, info="text")
+    assert saved.path.name == "00000-5-p.png" and saved.downscaled == tmp_path / "out" / "00000-5-p.jpg"
+    small = Image.open(saved.downscaled)
+    assert small.format == "JPEG" and small.size == (32, 16)  # the long side to target_side_length
+    assert read_info_from_image(small)[0] == "text"
+    # Off, or small enough (and under img_downscale_threshold MB): the image alone.
+    saved = save_image(image, tmp_path / "out", "", namegen, JobOptions(save_to_dirs=False), tmp_path, info="t")
+    assert saved.downscaled is None and saved.path.name == "00001-5-p.png"
+    # A grid: short name `grid-NNNN` unless grid_extended_filename.
+    saved = save_image(image, tmp_path / "g", "grid", namegen, JobOptions(grid_save_to_dirs=False), tmp_path,
+                       short_filename=True, grid=True)
+    assert saved.path.name == "grid-0000.png" and "parameters" not in Image.open(saved.path).info

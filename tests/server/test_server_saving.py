@@ -94,3 +94,10 @@ def test_grpc_images_with_a_grid_keep_their_own_seed_and_infotext():
     del response["image_sources"]  # a REST-shaped response: positions after the grid are the generations
     images = grpc_convert.images(response, info)
     assert [(im.index, im.seed, im.infotext) for im in images] == [(0, 0, ""), (1, 5, "zero"), (2, 6, "one")]
+
+
+def test_cmd_flags_report_the_folders(server):
+    url, workdir, _ = server
+    flags = requests.get(f"{url}/sdapi/v1/cmd-flags", timeout=10).json()
+    assert flags["data_dir"] == str(workdir.resolve())
+    assert flags["allow_local_images"] == str((workdir / "inputs").resolve())

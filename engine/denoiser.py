@@ -130,6 +130,7 @@ class CFGDenoiser:
         self.need_last_uncond = False
         self.last_uncond: np.ndarray | None = None
         self.step = 0
+        self.ngms_applied = False  # some step skipped the uncond for s_min_uncond
 
     @property
     def alphas_cumprod(self) -> np.ndarray:
@@ -193,12 +194,12 @@ class CFGDenoiser:
         if self.image_cond is not None and self.image_cfg_scale is not None and self.image_cfg_scale != 1.0:
             denoised = self._edit_guided(x, sigma, cond, predict)
         else:
-            skip_uncond = (
-                self.skip_early_cond != 0 and self.step / self.total_steps <= self.skip_early_cond
-            ) or (
+            skip_early = self.skip_early_cond != 0 and self.step / self.total_steps <= self.skip_early_cond
+            ngms = not skip_early and (
                 self.s_min_uncond > 0 and bool(self.step % 2 or self.s_min_uncond_all) and sigma < self.s_min_uncond
             )
-            denoised = self._guided(x, sigma, cond, predict, skip_uncond)
+            self.ngms_applied = self.ngms_applied or ngms  # A1111 writes the `NGMS` infotext entry only then
+            denoised = self._guided(x, sigma, cond, predict, skip_early or ngms)
         self.step += 1
         return denoised
 

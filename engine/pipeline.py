@@ -70,6 +70,7 @@ class GenerationResult:
     # from which options return_mask / return_mask_composite make their images.
     mask_for_overlay: Image.Image | None = None
     denoised: list[Image.Image] = field(default_factory=list)
+    ngms_applied: bool = False  # a step skipped the uncond for s_min_uncond (A1111's `NGMS` infotext entry)
 
 
 @dataclass(frozen=True)
@@ -215,8 +216,10 @@ class Pipeline:
         rng: ImageRNG,
         on_step: Callable[[StepEvent], None] | None,
         should_stop: Callable[[], bool] | None,
+        result: GenerationResult | None = None,
     ) -> tuple[np.ndarray, bool]:
-        """Sample from `x` (already noised to sigmas[0]); on interrupt, the last denoised prediction."""
+        """Sample from `x` (already noised to sigmas[0]); on interrupt, the last denoised prediction. Notes
+        on `result` what the infotext reports of the sampling (NGMS)."""
         sampler = SAMPLERS[run.sampler]
         settings = plan.sampler_settings
         schedule = self.schedule_for(run.sampler, settings)
@@ -258,6 +261,9 @@ class Pipeline:
             return latents, False
         except Interrupted:
             return last["x"], True
+        finally:
+            if result is not None and denoiser.ngms_applied:
+                result.ngms_applied = True
 
     def _txt2img_image_cond(self, batch: int, shape: tuple[int, ...], noise) -> np.ndarray | None:
         """Inpainting models in txt2img see a fully masked mid-grey image (A1111 modules/processing.py:
@@ -295,11 +301,13 @@ class Pipeline:
                 plan.sampler, sigmas, plan.prompts[images], plan.negative_prompts[images], n * passes,
                 plan.n_iter * passes, image_cond=self._txt2img_image_cond(len(noise), shape, posterior_noise),
             )
-            latents, interrupted = self._sample(plan, run, self._start(plan, run, noise), rng, on_step, should_stop)
+            latents, interrupted = self._sample(plan, run, self._start(plan, run, noise), rng, on_step, should_stop,
+                                                result)
             decoder = self
             if plan.hires and not interrupted:
                 latents, interrupted = second._hires_pass(
-                    plan, images, latents, posterior_noise, n * passes + 1, on_step, should_stop, first_pass=self
+                    plan, images, latents, posterior_noise, n * passes + 1, on_step, should_stop, first_pass=self,
+                    result=result,
                 )
                 decoder = second
             result.latents.extend(latents)
@@ -311,7 +319,8 @@ class Pipeline:
         return result
 
     def _hires_pass(self, plan: GenerationPlan, images: slice, latents: np.ndarray, posterior_noise,
-                    job_no: int, on_step, should_stop, first_pass: Pipeline | None = None) -> tuple[np.ndarray, bool]:
+                    job_no: int, on_step, should_stop, first_pass: Pipeline | None = None,
+                    result: GenerationResult | None = None) -> tuple[np.ndarray, bool]:
         """A1111 modules/processing.py: StableDiffusionProcessingTxt2Img.sample_hr_pass: upscale the first
         pass (in latent space, or decode → upscaler → encode), crop, then img2img.
         Runs on the hires model; `first_pass` (default: the same) is the model whose VAE decodes the first pass
@@ -352,7 +361,7 @@ class Pipeline:
                            plan.n_iter * 2, image_cond=image_cond, img2img=True,
                            hires_steps=SAMPLERS[hr.sampler].total_steps(hr.steps),
                            brownian_span=schedule.brownian_span)
-        return self._sample(plan, run, self._start(plan, run, noise, x0), rng, on_step, should_stop)
+        return self._sample(plan, run, self._start(plan, run, noise, x0), rng, on_step, should_stop, result)
 
     def img2img(
         self,
@@ -412,7 +421,7 @@ class Pipeline:
                                n, plan.n_iter, image_cond=image_cond, latent_mask=latent_mask, img2img=True,
                                brownian_span=schedule.brownian_span)
             x = self._start(plan, run, noise, init_latent)
-            latents, interrupted = self._sample(plan, run, x, rng, on_step, should_stop)
+            latents, interrupted = self._sample(plan, run, x, rng, on_step, should_stop, result)
             if latent_mask is not None:
                 latents = latent_mask.blend(latents)
             result.latents.extend(latents)

@@ -57,7 +57,7 @@ def running_server(demo_bundle: Path, workdir: Path, *args: str, second_model: b
         proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--model", str(demo_bundle), "--port", str(port),
              "--models-dir", str(models), "--options-file", str(workdir / "config.json"),
-             "--grpc-port", str(grpc_port), *args],
+             "--grpc-port", str(grpc_port), "--data-dir", str(workdir), *args],
             cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=log, stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"

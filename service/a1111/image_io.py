@@ -14,6 +14,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, ImageOps
 
@@ -36,6 +37,11 @@ class ImageLimits:
     forbid_local_urls: bool = True  # option api_forbid_local_requests
     url_timeout: float = 30.0
     user_agent: str = ""
+    local_dir: Path | None = None  # `sdedge serve --allow-local-images DIR`: files inside DIR may be named
+
+
+LOCAL_IMAGES_FLAG = "--allow-local-images"
+_MAX_PATH = 4096
 
 
 def limits_from_options(options) -> ImageLimits:
@@ -52,9 +58,50 @@ def decode_image(value: object, limits: ImageLimits = ImageLimits()) -> Image.Im
         raise ImageInputError(f"expected an image as a base64 string, got {type(value).__name__}")
     if value.startswith(("http://", "https://")):
         data = _fetch(value, limits)
+    elif is_local_path(value):
+        data = _read_local(value, limits)
     else:
         data = _base64_bytes(value, limits)
     return _open(data, limits)
+
+
+def is_local_path(value: str) -> bool:
+    """A file path rather than base64: short, one line, `file://` or not valid base64 (a "." or an odd length)
+    while holding a separator or an extension. A1111 reads no paths at all (its base64 decoder fails on them);
+    base64 of an image (even JPEG's "/9j/…") is never taken for one."""
+    if value.startswith("file://"):
+        return True
+    if len(value) > _MAX_PATH or "\n" in value or value.startswith("data:"):
+        return False
+    if not any(c in value for c in "/\\."):
+        return False
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return True
+    return False
+
+
+def _read_local(value: str, limits: ImageLimits) -> bytes:
+    """The bytes of a file inside `limits.local_dir`, refused (403) without the flag or outside the folder
+    after every symlink is resolved; the same size limits as base64 input."""
+    if limits.local_dir is None:
+        raise ImageInputError(f"image paths on the server are refused; start the server with {LOCAL_IMAGES_FLAG} "
+                              "DIR to allow files inside DIR", 403)
+    name = value[len("file://"):] if value.startswith("file://") else value
+    root = Path(limits.local_dir).resolve()
+    try:
+        path = (root / name).resolve()  # an absolute `name` is itself; symlinks are followed to their target
+    except (OSError, RuntimeError, ValueError):
+        raise ImageInputError("invalid image path") from None
+    if path != root and root not in path.parents:
+        raise ImageInputError(f"image path outside the folder allowed by {LOCAL_IMAGES_FLAG}", 403)
+    if not path.is_file():
+        raise ImageInputError(f"no image file {name!r} in the folder allowed by {LOCAL_IMAGES_FLAG}")
+    if path.stat().st_size > limits.max_bytes:
+        raise ImageInputError(f"image larger than {limits.max_bytes // MiB} MiB", 413)
+    with open(path, "rb") as f:
+        return f.read(limits.max_bytes + 1)
 
 
 def _base64_bytes(value: str, limits: ImageLimits) -> bytes:

@@ -173,6 +173,11 @@ def _emphasis(s: Source) -> str | None:
     return plan.emphasis if plan.emphasis != "Original" and any("(" in t or "[" in t for t in texts) else None
 
 
+def _ngms(s: Source) -> bool:
+    # A1111 (modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward) adds `NGMS` when a step skipped the uncond.
+    return s.result is not None and bool(getattr(s.result, "ngms_applied", False))
+
+
 def _enable_hr(params: Params) -> bool:
     # The parser always adds `Hires resize-1`, so in effect any infotext with a denoising strength enables hires.
     return "Denoising strength" in params and any(
@@ -304,8 +309,9 @@ FIELDS: tuple[Field, ...] = (
     Field("Beta scheduler alpha", option="beta_dist_alpha"),
     Field("Beta scheduler beta", option="beta_dist_beta"),
     Field("SGM noise multiplier", _sgm, option="sgm_noise_multiplier"),
-    Field("NGMS", option="s_min_uncond"),
-    Field("NGMS all steps", option="s_min_uncond_all"),
+    Field("NGMS", lambda s: float(s.plan.sampler_settings.s_min_uncond) if _ngms(s) else None, option="s_min_uncond"),
+    Field("NGMS all steps", lambda s: True if _ngms(s) and s.plan.sampler_settings.s_min_uncond_all else None,
+          option="s_min_uncond_all"),
     # A1111 writes it when a step skipped the uncond; step 0 does whenever the option is positive.
     Field("Skip Early CFG",
           lambda s: float(s.plan.sampler_settings.skip_early_cond) if s.plan.sampler_settings.skip_early_cond > 0

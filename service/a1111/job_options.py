@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from engine.samplers import SamplerSettings
@@ -92,6 +93,34 @@ class JobOptions:
     add_vae_name_to_info: bool = DEFAULTS["add_vae_name_to_info"]
     add_vae_hash_to_info: bool = DEFAULTS["add_vae_hash_to_info"]
     live_previews_image_format: str = DEFAULTS["live_previews_image_format"]
+    # grids and saving (service/a1111/results.py, service/a1111/saving.py)
+    return_grid: bool = DEFAULTS["return_grid"]
+    grid_only_if_multiple: bool = DEFAULTS["grid_only_if_multiple"]
+    n_rows: int = DEFAULTS["n_rows"]
+    grid_prevent_empty_spots: bool = DEFAULTS["grid_prevent_empty_spots"]
+    grid_background_color: str = DEFAULTS["grid_background_color"]
+    samples_save: bool = DEFAULTS["samples_save"]
+    grid_save: bool = DEFAULTS["grid_save"]
+    grid_format: str = DEFAULTS["grid_format"]
+    save_incomplete_images: bool = DEFAULTS["save_incomplete_images"]
+    samples_filename_pattern: str = DEFAULTS["samples_filename_pattern"]
+    save_images_add_number: bool = DEFAULTS["save_images_add_number"]
+    save_images_replace_action: str = DEFAULTS["save_images_replace_action"]
+    grid_extended_filename: bool = DEFAULTS["grid_extended_filename"]
+    save_mask: bool = DEFAULTS["save_mask"]
+    save_mask_composite: bool = DEFAULTS["save_mask_composite"]
+    export_for_4chan: bool = DEFAULTS["export_for_4chan"]
+    img_downscale_threshold: float = DEFAULTS["img_downscale_threshold"]
+    target_side_length: int = DEFAULTS["target_side_length"]
+    outdir_txt2img_samples: str = DEFAULTS["outdir_txt2img_samples"]
+    outdir_img2img_samples: str = DEFAULTS["outdir_img2img_samples"]
+    outdir_txt2img_grids: str = DEFAULTS["outdir_txt2img_grids"]
+    outdir_img2img_grids: str = DEFAULTS["outdir_img2img_grids"]
+    save_to_dirs: bool = DEFAULTS["save_to_dirs"]
+    grid_save_to_dirs: bool = DEFAULTS["grid_save_to_dirs"]
+    directories_filename_pattern: str = DEFAULTS["directories_filename_pattern"]
+    directories_max_prompt_words: int = DEFAULTS["directories_max_prompt_words"]
+    save_txt: bool = DEFAULTS["save_txt"]
     # reading a pasted infotext
     infotext_styles: str = DEFAULTS["infotext_styles"]
     use_old_hires_fix_width_height: bool = DEFAULTS["use_old_hires_fix_width_height"]
@@ -103,6 +132,8 @@ class JobOptions:
     lora_add_hashes_to_infotext: bool = DEFAULTS["lora_add_hashes_to_infotext"]
     # Not an option: one sentence per option in effect that sdedge stores but does not implement.
     unimplemented: tuple[str, ...] = ()
+    # Not an option (a client cannot set it): the server's --allow-local-images folder.
+    local_images_dir: str | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> JobOptions:
@@ -149,7 +180,9 @@ class JobOptions:
     def image_limits(self) -> ImageLimits:
         """What an input image string may be (URLs fetched or not, and how)."""
         return ImageLimits(allow_urls=self.api_enable_requests, forbid_local_urls=self.api_forbid_local_requests,
-                           user_agent=self.api_useragent)
+                           user_agent=self.api_useragent,
+                           local_dir=Path(self.local_images_dir) if self.local_images_dir else None)
 
 
-OPTION_KEYS: tuple[str, ...] = tuple(f.name for f in fields(JobOptions) if f.name != "unimplemented")
+OPTION_KEYS: tuple[str, ...] = tuple(f.name for f in fields(JobOptions)
+                                     if f.name not in ("unimplemented", "local_images_dir"))

@@ -86,6 +86,8 @@ def serve(args: argparse.Namespace) -> int:
         memory_budget=args.memory_budget,
         job_timeout=args.job_timeout, api_server_stop=args.api_server_stop,
         vae_dirs=[Path(d) for d in args.vae_dir or []], vae_path=Path(args.vae_path) if args.vae_path else None,
+        data_dir=Path(args.data_dir),
+        local_images_dir=Path(args.allow_local_images).resolve() if args.allow_local_images else None,
     )
     if args.api_auth:
         from service.http.auth import parse_credentials
@@ -202,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another folder of VAE files (repeatable), beside <models-dir>/VAE (A1111's flag)")
     s.add_argument("--vae-path", default=None, metavar="FILE",
                    help="use this VAE file for every checkpoint, whatever option sd_vae says (A1111's flag)")
+    s.add_argument("--data-dir", default=".", metavar="DIR",
+                   help="root of the output folders: images saved with save_images go to the outdir_* options "
+                   "under it and never outside it (default: the working folder, as A1111)")
+    s.add_argument("--allow-local-images", default=None, metavar="DIR",
+                   help="let init_images/mask name image files inside DIR on the server (default: refused, 403)")
     s.set_defaults(func=serve)
     g = sub.add_parser("generate", help="txt2img on a running server (gRPC or REST), with a progress bar")
     cli_generate.add_arguments(g)

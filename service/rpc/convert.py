@@ -85,8 +85,8 @@ def images(response: Mapping[str, Any], info: Mapping[str, Any]) -> list[pb.Imag
     out = []
     for i, (data, k) in enumerate(zip(data_list, sources, strict=True)):
         image = pb.Image(data=data, mime_type=mime_type(data), index=i)
-        if k is not None and 0 <= k < len(infotexts):
-            image.infotext = infotexts[k]
+        if k is not None and 0 <= k and k + first < len(infotexts):  # `infotexts`: the grid's first, if any
+            image.infotext = infotexts[k + first]
             image.seed = seeds[k] if k < len(seeds) else 0
             image.subseed = subseeds[k] if k < len(subseeds) else 0
         out.append(image)

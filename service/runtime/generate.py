@@ -16,10 +16,11 @@ from engine.backend import release_memory
 from engine.lora import NetworkError
 from engine.pipeline import GenerationResult, StepEvent
 from engine.plan import GenerationPlan
+from service.a1111 import saving
 from service.a1111.errors import InvalidRequest, ModelUnavailable, QueueBusy
 from service.a1111.infotext_request import Request, apply_infotext
 from service.a1111.job_options import JobOptions
-from service.a1111.results import build_response
+from service.a1111.results import build_response, collect_outputs
 from service.a1111.sdapi_models import GenerationRequest, Img2ImgRequest
 from service.a1111.styles import styles_of
 from service.a1111.translate import hires_checkpoint, plan_img2img, plan_txt2img
@@ -87,9 +88,13 @@ class Generation:
     parameters: dict[str, Any]
     needed: int  # admission's estimate of the job's memory
     timestamp: str
-    notes: list[str] = field(default_factory=list)  # comments the worker adds (a LoRA that failed to apply)
+    network_errors: list[str] = field(default_factory=list, compare=False)  # LoRAs that failed to apply
     vae: VaeChoice | None = None  # a separate VAE file the checkpoint runs with (sd_vae), None: its own
     hires_vae: VaeChoice | None = None  # the same for the hires checkpoint
+    kind: str = "txt2img"
+    save: saving.SaveRequest = saving.SaveRequest(samples=False, grid=False)
+    # Filled by `run` on the worker for `finish`: the job's outputs (grid included) and saving's warnings.
+    notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def run(self, job: Job) -> GenerationResult:
         """On the worker: model switches happen in queue order; each pipeline resolves the plan's schedules."""
@@ -113,6 +118,7 @@ class Generation:
             release_memory()  # a large job's freed buffers go back to the OS
         if self.req.override_settings_restore_afterwards is False:
             self.state.keep_overrides(self.req.override_settings, self.entry)
+        self.save_images(result)
         return result
 
     def _with_networks(self, pipeline, hires_pipeline):
@@ -123,7 +129,7 @@ class Generation:
             first = pipeline_with_networks(pipeline, plan.networks, self.state.loras)
         except (NetworkError, OSError) as exc:
             log.error("LoRA: %s", exc)
-            self.notes.append(f"Networks with errors: {exc}")
+            self.network_errors.append(f"Networks with errors: {exc}")
             first = pipeline
         if plan.hires is None or (hires_pipeline is None and plan.hires.networks == plan.networks):
             return first, hires_pipeline
@@ -131,16 +137,40 @@ class Generation:
             second = pipeline_with_networks(hires_pipeline or pipeline, plan.hires.networks, self.state.loras)
         except (NetworkError, OSError) as exc:
             log.error("LoRA (hires pass): %s", exc)
-            self.notes.append(f"Networks with errors: {exc}")
+            self.network_errors.append(f"Networks with errors: {exc}")
             second = hires_pipeline
         return first, second
 
+    def outputs(self, result: GenerationResult):
+        """The images of the response, the grid among them when A1111 makes one (computed once per result)."""
+        cached = self.notes.get("outputs")
+        if cached is not None and cached[0] is result:
+            return cached[1]
+        outputs = collect_outputs(self.plan, result, self.entry, self.options, grid_wanted=self.save.grid)
+        self.notes["outputs"] = (result, outputs)
+        return outputs
+
+    def save_images(self, result: GenerationResult) -> None:
+        """On the worker, once the images exist (A1111 saves inside process_images)."""
+        if not (self.save.samples or self.save.grid):
+            return
+        styles = styles_of(self.state).styles
+        names = saving.job_names(
+            self.plan, self.entry.name, self.entry.short_hash, self.req.prompt or "", self.req.negative_prompt or "",
+            self.timestamp, [s.prompt or "" for name in self.plan.report.styles if (s := styles.get(name))],
+            self.options.directories_max_prompt_words)
+        _, warnings = saving.save_outputs(self.outputs(result), names, self.options, self.state.config.data_dir,
+                                          self.kind, self.save, result, interrupted=result.interrupted)
+        self.notes["warnings"] = warnings
+
     def finish(self, result: GenerationResult, as_bytes: bool = False) -> dict[str, Any]:
         plan = self.plan
-        if self.notes:
-            plan = replace(plan, report=replace(plan.report, comments=plan.report.comments + tuple(self.notes)))
+        if self.network_errors:
+            plan = replace(plan, report=replace(plan.report,
+                                                comments=plan.report.comments + tuple(self.network_errors)))
         return build_response(plan, result, self.entry, self.options, self.parameters,
-                              bool(self.req.send_images), self.timestamp, as_bytes=as_bytes)
+                              bool(self.req.send_images), self.timestamp, as_bytes=as_bytes,
+                              outputs=self.outputs(result), warnings=self.notes.get("warnings"))
 
 
 def submit(state: ServerState, req: GenerationRequest, listener: Listener | None = None) -> tuple[Job, Finish]:
@@ -162,8 +192,11 @@ def submit(state: ServerState, req: GenerationRequest, listener: Listener | None
     needed = admission.check(state, entry, plan)  # 413 if it can never fit the memory budget
     vae = vae_choice(state, options, entry)
     plan = replace(plan, report=replace(plan.report, vae=(vae.file.name, vae.short_hash) if vae else None))
+    save = saving.save_request(req.save_images, req.do_not_save_samples, req.do_not_save_grid)
+    saving.check_options(state.config.data_dir, kind, options, save)  # refused before it queues
     generation = Generation(state, req, plan, entry, hires, options, parameters, needed,
-                            time.strftime("%Y%m%d%H%M%S"), vae, vae_choice(state, options, hires) if hires else None)
+                            time.strftime("%Y%m%d%H%M%S"), vae=vae,
+                            hires_vae=vae_choice(state, options, hires) if hires else None, kind=kind, save=save)
     job = enqueue(state, Job(kind=kind, run=generation.run, id=req.force_task_id or new_task_id(kind)), listener)
     return job, generation.finish
 

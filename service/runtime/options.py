@@ -105,6 +105,25 @@ DEFAULTS: dict[str, Any] = {
     "sd_lora": "None",
     "extra_networks_default_multiplier": 1.0,
     "lora_add_hashes_to_infotext": True,
+    # Saving (save_images: service/a1111/saving.py, service/a1111/filenames.py).
+    "samples_filename_pattern": "",
+    "save_images_add_number": True,
+    "save_images_replace_action": "Replace",
+    "grid_extended_filename": False,
+    "save_mask": False,
+    "save_mask_composite": False,
+    "export_for_4chan": True,
+    "img_downscale_threshold": 4.0,
+    "target_side_length": 4000,
+    "outdir_txt2img_samples": "outputs/txt2img-images",
+    "outdir_img2img_samples": "outputs/img2img-images",
+    "outdir_txt2img_grids": "outputs/txt2img-grids",
+    "outdir_img2img_grids": "outputs/img2img-grids",
+    "save_to_dirs": True,
+    "grid_save_to_dirs": True,
+    "directories_filename_pattern": "[date]",
+    "directories_max_prompt_words": 8,
+    "save_txt": False,
     # sdedge's own: a running job's deadline in seconds; 0 = the --job-timeout flag's value (docs/api.md).
     "sdedge_job_timeout": 0.0,
 }
@@ -124,6 +143,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "live_preview_content": ("Combined", "Prompt", "Negative prompt"),
     "infotext_styles": ("Apply if any", "Apply", "Discard", "Ignore"),
     "sd_noise_schedule": ("Default", "Zero Terminal SNR"),
+    "save_images_replace_action": ("Replace", "Add number suffix"),
 }
 
 RANGES: dict[str, tuple[float, float]] = {
@@ -132,6 +152,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "show_progress_every_n_steps": (-1, 1000),
     "n_rows": (-1, 16),
     "inpainting_mask_weight": (0.0, 1.0),
+    "directories_max_prompt_words": (1, 20),
+    "target_side_length": (1, 65535),
     **OPTION_RANGES,  # the engine-feeding ones, bounded where the request fields are (service/a1111/sdapi_models.py)
 }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,10 @@ class ServerConfig:
     api_server_stop: bool = False  # A1111's --api-server-stop: /sdapi/v1/server-kill|restart|stop exist
     vae_dirs: list[Path] = field(default_factory=list)  # --vae-dir (A1111's), beside <models-dir>/VAE
     vae_path: Path | None = None  # --vae-path: this VAE file for every checkpoint, whatever sd_vae says
+    # Saved images (save_images) never leave this folder; relative outdir_* options are taken from it (--data-dir).
+    data_dir: Path = Path(".")
+    # init_images may name files inside this folder (--allow-local-images); None: paths are refused (403).
+    local_images_dir: Path | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -99,7 +103,10 @@ class ServerState:
         if wanted is not None and self.models.find(str(wanted)) is None:
             raise InvalidRequest("override_settings", f"sd_model_checkpoint: no checkpoint named {wanted!r} "
                                  "(GET /sdapi/v1/sd-models lists them)")
-        return JobOptions.from_mapping(self.options.with_overrides(overrides))
+        options = JobOptions.from_mapping(self.options.with_overrides(overrides))
+        if self.config.local_images_dir is None:
+            return options
+        return replace(options, local_images_dir=str(self.config.local_images_dir))
 
     def pipeline_for(self, entry: ModelEntry):
         """The loaded pipeline of `entry`, loading it first. Call it on the worker, so loads queue with jobs."""

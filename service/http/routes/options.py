@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Body, Request
@@ -59,4 +60,6 @@ def cmd_flags(request: Request) -> dict[str, Any]:
         "providers": config.providers,
         "max_queue": config.max_queue,
         "options_file": str(config.options_file) if config.options_file else None,
+        "data_dir": str(Path(config.data_dir).resolve()),  # A1111's key: where outputs go (--data-dir)
+        "allow_local_images": str(config.local_images_dir) if config.local_images_dir else None,
     }

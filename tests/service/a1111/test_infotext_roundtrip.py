@@ -144,7 +144,8 @@ def test_cases_cover_every_pasted_label(styles):
     written = {f.label for f in FIELDS if f.write is not None}
     # Pasted only as a checkpoint switch (option disable_weights_auto_swap); an inpainting model's result; img2img.
     # `VAE`: a separate VAE file in use, resolved by the runtime (tests/server/test_vae_choice.py pastes it).
-    elsewhere = {"Model hash", "Conditional mask weight", "Noise multiplier", "VAE"}
+    # NGMS: written from what the sampling did (tests/service/a1111/test_ngms_infotext.py).
+    elsewhere = {"Model hash", "Conditional mask weight", "Noise multiplier", "VAE", "NGMS", "NGMS all steps"}
     assert (written & pasted) - elsewhere <= seen, (written & pasted) - elsewhere - seen
 
 

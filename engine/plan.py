@@ -165,6 +165,8 @@ class GenerationPlan:
     comma_padding_backtrack: int = 20
     use_old_scheduling: bool = False
     extra_networks: tuple[ExtraNetworkTag, ...] = ()
+    # Request `tiling` (null: option `tiling`): the UNet and the VAE with circular padding (engine/tiling.py).
+    tiling: bool = False
     report: Report = Report()
 
     @property

@@ -243,7 +243,7 @@ FIELDS: tuple[Field, ...] = (
     Field("Token merging ratio", option="token_merging_ratio"),
     Field("Token merging ratio hr", option="token_merging_ratio_hr"),
     Field("RNG", lambda s: s.plan.randn_source if s.plan.randn_source != "GPU" else None, option="randn_source"),
-    Field("Tiling", option="tiling"),
+    Field("Tiling", lambda s: True if s.plan.tiling else None, option="tiling"),
     # txt2img hires (StableDiffusionProcessingTxt2Img.init, calculate_target_resolution).
     Field("Hires checkpoint", lambda s: s.plan.hires.checkpoint,  # short title `name [hash]`; None: same model
           (Paste("hr_checkpoint_name", "Hires checkpoint"),), section="hires"),

@@ -84,6 +84,7 @@ class JobOptions:
     return_mask: bool = DEFAULTS["return_mask"]
     return_mask_composite: bool = DEFAULTS["return_mask_composite"]
     face_restoration: bool = DEFAULTS["face_restoration"]
+    tiling: bool = DEFAULTS["tiling"]
     add_model_hash_to_info: bool = DEFAULTS["add_model_hash_to_info"]
     add_model_name_to_info: bool = DEFAULTS["add_model_name_to_info"]
     add_version_to_infotext: bool = DEFAULTS["add_version_to_infotext"]

@@ -193,6 +193,8 @@ def _plan(req: GenerationRequest, options: JobOptions, styles=None) -> Generatio
         comma_padding_backtrack=options.comma_padding_backtrack,
         use_old_scheduling=options.use_old_scheduling,
         extra_networks=batch_extra_networks([prompt]),
+        # A1111 modules/processing.py: process_images_inner, `p.tiling` (None: option tiling).
+        tiling=bool(req.tiling if req.tiling is not None else options.tiling),
         report=_report(req, options),
     )
     _check_schedules(plan.prompts[0], plan.negative_prompts[0], plan.total_steps, None, plan.use_old_scheduling)

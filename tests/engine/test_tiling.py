@@ -335,3 +335,48 @@ def test_the_rewritten_graph_loads_its_weights_from_the_bundle(demo_bundle, tmp_
     # Without it ORT cannot find model.onnx_data: the weights are external.
     with pytest.raises(ort.capi.onnxruntime_pybind11_state.Fail, match="onnx_data"):
         ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+
+
+# --- large images: the VAE runs whole -------------------------------------------------------------------------
+
+
+class RecordingVae:
+    """A stand-in VAE (nearest-neighbour ×8 decode, mean-pool encode) that records the spatial size of each call."""
+
+    def __init__(self, circular: bool):
+        self.circular = circular
+        self.calls: list[tuple[int, int]] = []
+
+    def run(self, component, inputs):
+        x = next(iter(inputs.values()))
+        self.calls.append(x.shape[2:])
+        if component == "vae_decoder":
+            return {"sample": np.repeat(np.repeat(x[:, :3], 8, axis=2), 8, axis=3)}
+        pooled = x.reshape(*x.shape[:2], x.shape[2] // 8, 8, x.shape[3] // 8, 8).mean(axis=(3, 5))
+        return {"latent_parameters": np.concatenate([pooled, pooled[:, :1], pooled, pooled[:, :1]], axis=1)}
+
+
+def test_a_wrapping_vae_is_never_run_in_tiles():
+    """Blended VAE tiles (engine/images.py, above 1024×1024 px) would each wrap within themselves: with circular
+    padding the VAE sees the whole image, as in A1111."""
+    from engine.images import DEFAULT_TILING, vae_posterior
+
+    manifest = type("M", (), {"vae_scale_factor": 8, "vae_scaling_factor": 1.0})()
+    size = DEFAULT_TILING.tile + 8  # latent pixels: above the tiling threshold
+    latents = np.zeros((1, 4, size, size), np.float32)
+    for circular, whole in ((False, False), (True, True)):
+        vae = RecordingVae(circular)
+        decode_latents(vae, manifest, latents)
+        vae_posterior(vae, np.zeros((1, 3, size * 8, size * 8), np.float32))
+        assert (vae.calls == [(size, size), (size * 8, size * 8)]) is whole, vae.calls
+
+
+def test_admission_counts_a_whole_vae_for_tiled_jobs():
+    from engine.memory import ModelProfile
+    from service.runtime.admission import estimate
+
+    profile = ModelProfile(attention_chunked=True, score_budget_bytes=64 << 20)  # as our exports are
+    plan = make_plan(["a"], 1536, 1536, tiling=False)
+    assert estimate(replace(plan, tiling=True), profile) > estimate(plan, profile)
+    small = make_plan(["a"], 512, 512, tiling=False)
+    assert estimate(replace(small, tiling=True), profile) == estimate(small, profile)

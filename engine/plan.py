@@ -110,6 +110,10 @@ class Report:
     styles: tuple[str, ...] = ()
     denoising_strength: float | None = None
     restore_faces: bool = False
+    # With restore_faces: option face_restoration_model (the restorer's name) and code_former_weight (CodeFormer's
+    # fidelity); the service restores the decoded images (service/a1111/face_restoration.py).
+    face_restoration_model: str | None = None
+    code_former_weight: float = 0.5
     model_hash: bool = True
     model_name: bool = True
     version: bool = True

@@ -85,6 +85,8 @@ class JobOptions:
     return_mask_composite: bool = DEFAULTS["return_mask_composite"]
     face_restoration: bool = DEFAULTS["face_restoration"]
     tiling: bool = DEFAULTS["tiling"]
+    face_restoration_model: str = DEFAULTS["face_restoration_model"]
+    code_former_weight: float = DEFAULTS["code_former_weight"]
     add_model_hash_to_info: bool = DEFAULTS["add_model_hash_to_info"]
     add_model_name_to_info: bool = DEFAULTS["add_model_name_to_info"]
     add_version_to_infotext: bool = DEFAULTS["add_version_to_infotext"]

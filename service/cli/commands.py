@@ -78,6 +78,8 @@ def serve(args: argparse.Namespace) -> int:
         cors_allow_origins=args.cors_allow_origins, cors_allow_origins_regex=args.cors_allow_origins_regex,
         api_auth=args.api_auth, api_log=args.api_log, host=args.host, port=args.port, listen=args.listen,
         upscalers_dir=Path(args.upscalers_dir) if args.upscalers_dir else models_dir / "upscalers",
+        face_restorers_dir=(Path(args.face_restorers_dir) if args.face_restorers_dir
+                            else models_dir / "face-restorers"),
         extra={"styles_file": args.styles_file or ["styles.csv"]},
         max_body_size=args.max_body_size, max_side=args.max_side,
         memory_budget=args.memory_budget,
@@ -175,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-log", action="store_true", help="log every /sdapi request (A1111's --api-log)")
     s.add_argument("--upscalers-dir", default=None,
                    help="folder of ONNX upscaler models for extras (default: <models-dir>/upscalers)")
+    s.add_argument("--face-restorers-dir", default=None,
+                   help="folder of face-restoration ONNX models for restore_faces: a RetinaFace detector "
+                        "(*retinaface*.onnx) and GFPGAN/CodeFormer exports (default: <models-dir>/face-restorers)")
     s.add_argument("--grpc-port", type=int, default=None,
                    help=f"gRPC port (default {DEFAULT_GRPC_PORT}, skipped with a warning if busy; 0 disables gRPC)")
     s.add_argument("--grpc-max-message-mb", type=float, default=64, help="gRPC max message size (default 64 MiB)")

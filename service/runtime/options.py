@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "live_previews_image_format": "png",
     "face_restoration": False,
     "face_restoration_model": "CodeFormer",
+    "code_former_weight": 0.5,
     "tiling": False,
     "samples_save": True,
     "grid_save": True,
@@ -128,6 +129,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "show_progress_every_n_steps": (-1, 1000),
     "n_rows": (-1, 16),
     "inpainting_mask_weight": (0.0, 1.0),
+    "code_former_weight": (0.0, 1.0),
     **OPTION_RANGES,  # the engine-feeding ones, bounded where the request fields are (service/a1111/sdapi_models.py)
 }
 

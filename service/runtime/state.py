@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.face_restoration import FaceRestorers
 from engine.upscalers import UpscalerRegistry
 from service.a1111.errors import InvalidRequest
 from service.a1111.job_options import JobOptions
@@ -34,6 +35,7 @@ class ServerConfig:
     port: int = 7860
     listen: bool = False
     upscalers_dir: Path | None = None
+    face_restorers_dir: Path | None = None  # --face-restorers-dir: RetinaFace detector + GFPGAN/CodeFormer ONNX
     max_body_size: int = 64 * 1024 * 1024  # bytes of one HTTP request body (--max-body-size)
     max_side: int = 4096  # px per side of any image size a request asks for (--max-side)
     # Bytes one job may use on top of the loaded server (--memory-budget); None: from the machine's RAM when the
@@ -51,6 +53,7 @@ class ServerState:
         self.models = ModelRegistry(config.models_dir, [config.model] if config.model else [], config.providers)
         self.queue = JobQueue(max_pending=config.max_queue, timeout=self.job_timeout)
         self.upscalers = UpscalerRegistry(config.upscalers_dir, config.providers)
+        self.face_restorers = FaceRestorers(config.face_restorers_dir, config.providers)
 
     def job_timeout(self) -> float:
         """A running job's deadline in seconds: option `sdedge_job_timeout` if set (> 0), else `--job-timeout`;

@@ -42,7 +42,9 @@ RETINAFACE_MEAN_BGR = (104.0, 117.0, 123.0)
 RETINAFACE_STEPS = (8, 16, 32)
 RETINAFACE_MIN_SIZES = ((16, 32), (64, 128), (256, 512))
 RETINAFACE_VARIANCES = (0.1, 0.2)
-CONFIDENCE = 0.97  # facexlib get_face_landmarks_5: detect_faces(img, 0.97)
+# RetinaFace.detect_faces' default threshold, which get_face_landmarks_5 uses in the facexlib that takes
+# `eye_dist_threshold` (what A1111 passes); older facexlib passed 0.97.
+CONFIDENCE = 0.8
 NMS_THRESHOLD = 0.4
 DETECT_RESIZE = 640  # get_face_landmarks_5(resize=640): the short side brought up to 640 px
 EYE_DIST_THRESHOLD = 5  # faces whose eyes are closer (px) are skipped (restore_with_face_helper)

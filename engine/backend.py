@@ -100,9 +100,15 @@ class OrtBackend:
             options.add_external_initializers(names, values)
         available = set(self._ort.get_available_providers())
         providers = [p for p in self.requested_providers if p in available] or ["CPUExecutionProvider"]
-        session = self._ort.InferenceSession(
-            str(self.bundle.component_path(component)), sess_options=options, providers=providers
-        )
+        base, _, variant = component.partition(":")
+        path = self.bundle.component_path(base)
+        model: str | bytes = str(path)
+        if variant:  # a graph derived from the component's (engine/tiling.py), its weights where they are
+            from engine.tiling import EXTERNAL_DATA_FOLDER, variant_model
+
+            model = variant_model(path, variant)
+            options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(path.parent))
+        session = self._ort.InferenceSession(model, sess_options=options, providers=providers)
         got = session.get_providers()
         if got[0] != providers[0]:
             # onnxruntime-gpu without a usable GPU silently falls back to CPU: say so.

@@ -80,6 +80,12 @@ def run_tiled(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, tile: int, 
     return out / weights
 
 
+def wraps(backend: ExecutionBackend) -> bool:
+    """A backend with circular padding (engine/tiling.py) wraps every call's input around, so tiles would each wrap
+    within themselves: the VAE of a seamless-tiling job runs whole, as A1111's always does."""
+    return getattr(backend, "circular", False)
+
+
 def decode_latents(backend: ExecutionBackend, manifest: Manifest, latents: np.ndarray,
                    clamp: bool = True, tiling: VaeTiling = DEFAULT_TILING) -> np.ndarray:
     """Latents [B, 4, h, w] → images in [0, 1], [B, 3, H, W] float32. One VAE call per image bounds memory;
@@ -95,7 +101,7 @@ def decode_latents(backend: ExecutionBackend, manifest: Manifest, latents: np.nd
     f = manifest.vae_scale_factor
     for latent in latents:
         sample = (latent[None] / manifest.vae_scaling_factor).astype(np.float32)
-        if tiling.tiles(*sample.shape[2:]):
+        if tiling.tiles(*sample.shape[2:]) and not wraps(backend):
             raw = run_tiled(decode, sample, tiling.tile, tiling.overlap, f, 1)
         else:
             raw = decode(sample)
@@ -125,7 +131,7 @@ def vae_posterior(backend: ExecutionBackend, images: np.ndarray, tiling: VaeTili
     f = scale_factor
     for image in images:
         sample = (2.0 * image[None] - 1.0).astype(np.float32)
-        if tiling.tiles(sample.shape[2] // f, sample.shape[3] // f):
+        if tiling.tiles(sample.shape[2] // f, sample.shape[3] // f) and not wraps(backend):
             parameters = run_tiled(encode, sample, tiling.tile * f, tiling.overlap * f, 1, f)
         else:
             parameters = encode(sample)

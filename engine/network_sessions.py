@@ -28,17 +28,30 @@ log = logging.getLogger(__name__)
 class _Entry:
     sessions: dict[str, object]
     cost: int
+    build: object  # () → {component: {initializer: merged array}}, for variant sessions made later
+
+
 
 
 class NetworkBackend:
     """An ExecutionBackend that runs some components on their own (merged) sessions, the rest on the base."""
 
-    def __init__(self, base, sessions: dict[str, object]):
+    def __init__(self, base, sessions: dict[str, object], build=None):
         self.base = base
         self.sessions = sessions
+        self._build = build
+
+    def _session(self, component: str):
+        session = self.sessions.get(component)
+        name, _, variant = component.partition(":")
+        if session is None and variant and name in self.sessions and self._build is not None:
+            # A derived graph of a merged component (`unet:circular` for tiling): the same merged weights,
+            # merged again (seconds) rather than kept in memory; the session joins this set's cache entry.
+            session = self.sessions[component] = self.base.session_with_initializers(component, self._build()[name])
+        return session
 
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        session = self.sessions.get(component)
+        session = self._session(component)
         if session is None:
             return self.base.run(component, inputs)
         return self.base.run_session(session, inputs)
@@ -73,7 +86,7 @@ class NetworkSessions:
             entry = self._cache.get(key)
             if entry is not None:
                 self._cache.move_to_end(key)
-                return NetworkBackend(self.base, entry.sessions)
+                return NetworkBackend(self.base, entry.sessions, entry.build)
         start = time.perf_counter()
         merged = build()
         sessions = {component: self.base.session_with_initializers(component, values)
@@ -82,12 +95,12 @@ class NetworkSessions:
         self.last_build_seconds = time.perf_counter() - start
         log.info("networks %s: %d components rebuilt in %.2f s", key, len(sessions), self.last_build_seconds)
         with self._lock:
-            self._cache[key] = _Entry(sessions, cost)
+            self._cache[key] = _Entry(sessions, cost, build)
             self._cache.move_to_end(key)
             while len(self._cache) > 1 and sum(e.cost for e in self._cache.values()) > self.budget_bytes:
                 evicted, _ = self._cache.popitem(last=False)
                 log.info("networks %s: sessions evicted (budget %d MB)", evicted, self.budget_bytes >> 20)
-        return NetworkBackend(self.base, sessions)
+        return NetworkBackend(self.base, sessions, build)
 
     def clear(self) -> None:
         with self._lock:

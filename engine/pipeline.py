@@ -43,6 +43,7 @@ from engine.schedules import (
     scaled_linear_alphas_cumprod,
 )
 from engine.sdxl_conditioning import SdxlPromptEncoder, sdxl_pass_options
+from engine.tiling import CircularBackend
 from engine.timestep_samplers import grid_sigmas, timestep_pass
 from engine.tokenizer import ClipTokenizer
 
@@ -114,9 +115,19 @@ class Pipeline:
         encoder's cache not (a text-encoder LoRA changes every embedding)."""
         other = copy.copy(self)
         other.backend = backend
-        other.prompt_encoder = PromptEncoder(backend, self.tokenizer, self.manifest)
+        other.prompt_encoder = type(self.prompt_encoder)(backend, self.tokenizer, self.manifest)
         other.unet = UNet(backend)
+        other._tiled = None  # its tiled view runs on these sessions too (engine/tiling.py)
         return other
+
+    def tiled(self) -> Pipeline:
+        """This model with circular padding in the UNet and the VAE (A1111 modules/sd_hijack.py:
+        apply_circular), for plans with `tiling`: the same bundle on a backend view whose UNet/VAE sessions are
+        created on the first tiled job and then kept beside the plain ones (engine/tiling.py)."""
+        if getattr(self, "_tiled", None) is None:
+            self._tiled = self if getattr(self.backend, "circular", False) else Pipeline(
+                self.bundle, CircularBackend(self.backend))
+        return self._tiled
 
     @classmethod
     def from_path(cls, path: str | Path, providers: str | list[str] = "cpu") -> Pipeline:
@@ -287,6 +298,9 @@ class Pipeline:
         first pass is decoded by this model's VAE, then encoding, sampling and the final decode are its own."""
         if plan.hires is not None and plan.hires.checkpoint is not None and hires_pipeline is None:
             raise ValueError(f"the hires pass runs on {plan.hires.checkpoint}: pass its pipeline as hires_pipeline")
+        if plan.tiling and self.tiled() is not self:
+            return self.tiled().txt2img(plan, on_step, should_stop, initial_noise,
+                                        hires_pipeline.tiled() if hires_pipeline is not None else None)
         second = hires_pipeline or self
         result = GenerationResult(images=[], is_using_inpainting_conditioning=self.manifest.is_inpainting)
         sigmas = self.resolve_schedule(plan.schedule).sigmas
@@ -373,6 +387,8 @@ class Pipeline:
         """img2img and inpainting (A1111 modules/processing.py: StableDiffusionProcessingImg2Img): init images
         → latents (posterior mean: A1111's draw there is not
         reproducible), then per batch: noise → sample from the strength's sigma → blend → decode → overlay."""
+        if plan.tiling and self.tiled() is not self:
+            return self.tiled().img2img(plan, on_step, should_stop, initial_noise)
         spec = plan.img2img
         mask_spec = spec.mask
         shape = self.latent_shape(plan.width, plan.height)

@@ -123,6 +123,10 @@ class Report:
     styles: tuple[str, ...] = ()
     denoising_strength: float | None = None
     restore_faces: bool = False
+    # With restore_faces: option face_restoration_model (the restorer's name) and code_former_weight (CodeFormer's
+    # fidelity); the service restores the decoded images (service/a1111/face_restoration.py).
+    face_restoration_model: str | None = None
+    code_former_weight: float = 0.5
     model_hash: bool = True
     model_name: bool = True
     version: bool = True
@@ -187,6 +191,8 @@ class GenerationPlan:
     use_old_scheduling: bool = False
     extra_networks: tuple[ExtraNetworkTag, ...] = ()
     networks: tuple[NetworkRequest, ...] = ()
+    # Request `tiling` (null: option `tiling`): the UNet and the VAE with circular padding (engine/tiling.py).
+    tiling: bool = False
     report: Report = Report()
     # SDXL options sdxl_crop_top/left, sdxl_refiner_*_aesthetic_score, sdxl_clip_l_skip (the size is the pass's).
     sdxl: SdxlOptions = SdxlOptions()

@@ -218,7 +218,7 @@ FIELDS: tuple[Field, ...] = (
     Field("CFG scale", lambda s: float(s.plan.cfg_scale), (Paste("cfg_scale", "CFG scale"),)),
     Field("Image CFG scale", lambda s: s.plan.img2img.image_cfg_scale if s.plan.img2img else None),
     Field("Seed", lambda s: s.plan.seeds[s.index], (Paste("seed", "Seed", txt2img=False),)),
-    Field("Face restoration", option="face_restoration"),
+    Field("Face restoration", lambda s: s.plan.report.face_restoration_model, option="face_restoration"),
     Field("Size", lambda s: f"{s.plan.width}x{s.plan.height}",
           (Paste("width", "Size-1"), Paste("height", "Size-2"))),
     Field("Model hash", lambda s: s.model_hash if s.plan.report.model_hash else None,
@@ -250,7 +250,7 @@ FIELDS: tuple[Field, ...] = (
     Field("Token merging ratio", option="token_merging_ratio"),
     Field("Token merging ratio hr", option="token_merging_ratio_hr"),
     Field("RNG", lambda s: s.plan.randn_source if s.plan.randn_source != "GPU" else None, option="randn_source"),
-    Field("Tiling", option="tiling"),
+    Field("Tiling", lambda s: True if s.plan.tiling else None, option="tiling"),
     # txt2img hires (StableDiffusionProcessingTxt2Img.init, calculate_target_resolution).
     Field("Hires checkpoint", lambda s: s.plan.hires.checkpoint,  # short title `name [hash]`; None: same model
           (Paste("hr_checkpoint_name", "Hires checkpoint"),), section="hires"),

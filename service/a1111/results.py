@@ -115,7 +115,7 @@ def build_response(plan: GenerationPlan, result: GenerationResult, entry: ModelE
         "steps": plan.steps,
         "batch_size": plan.batch_size,
         "restore_faces": plan.report.restore_faces,
-        "face_restoration_model": None,
+        "face_restoration_model": plan.report.face_restoration_model,
         "sd_model_name": entry.name,
         "sd_model_hash": entry.short_hash,
         "sd_vae_name": plan.report.vae[0] if plan.report.vae else None,

@@ -194,6 +194,8 @@ def _plan(req: GenerationRequest, options: JobOptions, styles=None) -> Generatio
         comma_padding_backtrack=options.comma_padding_backtrack,
         use_old_scheduling=options.use_old_scheduling,
         extra_networks=batch_extra_networks([prompt]),
+        # A1111 modules/processing.py: process_images_inner, `p.tiling` (None: option tiling).
+        tiling=bool(req.tiling if req.tiling is not None else options.tiling),
         report=_report(req, options),
     )
     _check_schedules(plan.prompts[0], plan.negative_prompts[0], plan.total_steps, None, plan.use_old_scheduling)
@@ -203,10 +205,15 @@ def _plan(req: GenerationRequest, options: JobOptions, styles=None) -> Generatio
 def _report(req: GenerationRequest, options: JobOptions) -> Report:
     """What the response reports beyond the plan (A1111 `Processed.__init__`, `create_infotext`); txt2img's
     denoising_strength as sent, replaced by the pass's strength when one runs."""
+    # A1111 modules/processing.py: `p.restore_faces` (None: option face_restoration).
+    restore_faces = bool(req.restore_faces if req.restore_faces is not None else options.face_restoration)
     return Report(
         styles=tuple(req.styles or ()),
         denoising_strength=req.denoising_strength,
-        restore_faces=options.face_restoration,
+        restore_faces=restore_faces,
+        # A1111 `Processed`: face_restoration_model is the option's value when restoring, else None.
+        face_restoration_model=options.face_restoration_model if restore_faces else None,
+        code_former_weight=options.code_former_weight,
         model_hash=options.add_model_hash_to_info,
         model_name=options.add_model_name_to_info,
         version=options.add_version_to_infotext,

@@ -81,6 +81,8 @@ def serve(args: argparse.Namespace) -> int:
         api_auth=args.api_auth, api_log=args.api_log, host=args.host, port=args.port, listen=args.listen,
         upscalers_dir=Path(args.upscalers_dir) if args.upscalers_dir else models_dir / "upscalers",
         lora_dirs=[Path(args.lora_dir) if args.lora_dir else models_dir / "Lora", models_dir / "LyCORIS"],
+        face_restorers_dir=(Path(args.face_restorers_dir) if args.face_restorers_dir
+                            else models_dir / "face-restorers"),
         extra={"styles_file": args.styles_file or ["styles.csv"]},
         max_body_size=args.max_body_size, max_side=args.max_side,
         memory_budget=args.memory_budget,
@@ -185,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lora-dir", default=None,
                    help="folder of LoRA/LyCORIS .safetensors files, searched recursively (default: "
                    "<models-dir>/Lora; <models-dir>/LyCORIS is searched too)")
+    s.add_argument("--face-restorers-dir", default=None,
+                   help="folder of face-restoration ONNX models for restore_faces: a RetinaFace detector "
+                        "(*retinaface*.onnx) and GFPGAN/CodeFormer exports (default: <models-dir>/face-restorers)")
     s.add_argument("--grpc-port", type=int, default=None,
                    help=f"gRPC port (default {DEFAULT_GRPC_PORT}, skipped with a warning if busy; 0 disables gRPC)")
     s.add_argument("--grpc-max-message-mb", type=float, default=64, help="gRPC max message size (default 64 MiB)")

@@ -88,7 +88,9 @@ def job_size(plan: GenerationPlan) -> JobSize:
 
 def estimate(plan: GenerationPlan, profile: ModelProfile) -> int:
     f = profile.vae_scale_factor
-    return estimate_job_bytes(profile, job_size(plan), vae_tile_threshold_px=DEFAULT_TILING.threshold * f * f,
+    # A seamless-tiling job's VAE runs whole (engine/images.py: wraps).
+    threshold = None if getattr(plan, "tiling", False) else DEFAULT_TILING.threshold * f * f
+    return estimate_job_bytes(profile, job_size(plan), vae_tile_threshold_px=threshold,
                               vae_tile_px=(DEFAULT_TILING.tile * f) ** 2)
 
 

@@ -24,7 +24,7 @@ from service.a1111.results import build_response, collect_outputs
 from service.a1111.sdapi_models import GenerationRequest, Img2ImgRequest
 from service.a1111.styles import styles_of
 from service.a1111.translate import hires_checkpoint, plan_img2img, plan_txt2img
-from service.runtime import admission
+from service.runtime import admission, face_restoration
 from service.runtime.jobs import Job, QueueFull, new_task_id
 from service.runtime.loras import pipeline_with_networks
 from service.runtime.models import ModelEntry
@@ -114,6 +114,7 @@ class Generation:
             else:
                 result = pipeline.txt2img(plan, on_step=on_step, should_stop=job.should_stop,
                                           hires_pipeline=hires_pipeline)
+            result = face_restoration.apply(getattr(self.state, "face_restorers", None), plan, result)
         finally:
             release_memory()  # a large job's freed buffers go back to the OS
         if self.req.override_settings_restore_afterwards is False:
@@ -189,6 +190,7 @@ def submit(state: ServerState, req: GenerationRequest, listener: Listener | None
         hires = hires_checkpoint(req, state.models, entry)
         kind, plan = "txt2img", plan_txt2img(req, options, state.upscalers, styles_of(state), hires,
                                              loras=state.loras)
+    plan = face_restoration.with_warning(getattr(state, "face_restorers", None), plan)
     needed = admission.check(state, entry, plan)  # 413 if it can never fit the memory budget
     vae = vae_choice(state, options, entry)
     plan = replace(plan, report=replace(plan.report, vae=(vae.file.name, vae.short_hash) if vae else None))

@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "live_previews_image_format": "png",
     "face_restoration": False,
     "face_restoration_model": "CodeFormer",
+    "code_former_weight": 0.5,
     "tiling": False,
     "samples_save": True,
     "grid_save": True,
@@ -154,6 +155,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "inpainting_mask_weight": (0.0, 1.0),
     "directories_max_prompt_words": (1, 20),
     "target_side_length": (1, 65535),
+    "code_former_weight": (0.0, 1.0),
     **OPTION_RANGES,  # the engine-feeding ones, bounded where the request fields are (service/a1111/sdapi_models.py)
 }
 

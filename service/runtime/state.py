@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from engine.face_restoration import FaceRestorers
 from engine.upscalers import UpscalerRegistry
 from service.a1111.errors import InvalidRequest
 from service.a1111.job_options import JobOptions
@@ -37,6 +38,7 @@ class ServerConfig:
     listen: bool = False
     upscalers_dir: Path | None = None
     lora_dirs: list[Path] = field(default_factory=list)  # --lora-dir and models/LyCORIS (A1111's two folders)
+    face_restorers_dir: Path | None = None  # --face-restorers-dir: RetinaFace detector + GFPGAN/CodeFormer ONNX
     max_body_size: int = 64 * 1024 * 1024  # bytes of one HTTP request body (--max-body-size)
     max_side: int = 4096  # px per side of any image size a request asks for (--max-side)
     # Bytes one job may use on top of the loaded server (--memory-budget); None: from the machine's RAM when the
@@ -64,6 +66,7 @@ class ServerState:
         # A1111 also finds `*.vae.*` files beside the checkpoints: here the --model bundle's folder too.
         beside = [config.model.parent] if config.model and config.model.parent != config.models_dir else []
         self.vaes = VaeLibrary(config.models_dir, config.vae_dirs, beside, config.providers, config.vae_path)
+        self.face_restorers = FaceRestorers(config.face_restorers_dir, config.providers)
 
     def job_timeout(self) -> float:
         """A running job's deadline in seconds: option `sdedge_job_timeout` if set (> 0), else `--job-timeout`;

@@ -9,7 +9,7 @@ import resource
 import sys
 from typing import Any
 
-from fastapi import APIRouter, Body, HTTPException
+from fastapi import APIRouter, Body, HTTPException, Request
 from pydantic import BaseModel
 
 router = APIRouter()
@@ -46,8 +46,13 @@ def hypernetworks() -> list[dict]:
 
 
 @router.get("/sdapi/v1/face-restorers")
-def face_restorers() -> list[dict]:
-    return []
+def face_restorers(request: Request) -> list[dict]:
+    """The restorers of `--face-restorers-dir` by name (`CodeFormer`, `GFPGAN`, else the file's stem), with that
+    folder as `cmd_dir` (A1111 modules/api/api.py: Api.get_face_restorers)."""
+    registry = getattr(request.app.state.sdedge, "face_restorers", None)
+    if registry is None:
+        return []
+    return [{"name": name, "cmd_dir": str(registry.folder)} for name in registry.names()]
 
 
 @router.get("/sdapi/v1/realesrgan-models")

@@ -57,6 +57,7 @@ def cmd_flags(request: Request) -> dict[str, Any]:
         "model": str(config.model) if config.model else None,
         "models_dir": str(config.models_dir) if config.models_dir else None,
         "upscalers_dir": str(config.upscalers_dir) if config.upscalers_dir else None,
+        "face_restorers_dir": str(config.face_restorers_dir) if config.face_restorers_dir else None,
         "providers": config.providers,
         "max_queue": config.max_queue,
         "options_file": str(config.options_file) if config.options_file else None,

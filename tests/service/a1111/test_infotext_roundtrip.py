@@ -43,6 +43,8 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
          "sgm_noise_multiplier": True, "emphasis": "No norm", "use_old_scheduling": True,
          "always_discard_next_to_last_sigma": True}),
     "churn": ({"sampler_name": "Euler", "s_churn": 0.5, "s_tmin": 0.1, "s_tmax": 10.0, "s_noise": 0.9}, {}),
+    "tiling": ({}, {"tiling": True}),
+    "face restoration": ({}, {"face_restoration": True}),  # the model has no label: A1111 pastes only the flag
     "DDIM eta, zero terminal SNR": ({"sampler_name": "DDIM", "eta": 0.3}, {"sd_noise_schedule": "Zero Terminal SNR"}),
     "hires upscale": (
         {**HIRES, "hr_scale": 1.5, "hr_second_pass_steps": 2, "hr_upscaler": "Latent (nearest)",

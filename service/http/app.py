@@ -21,6 +21,7 @@ from service.http.routes import (
     pnginfo,
     progress,
     samplers,
+    scripts,
     server_control,
     styles,
     upscalers,
@@ -58,6 +59,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(extras.router)
     app.include_router(pnginfo.router)
     app.include_router(listings.router)
+    app.include_router(scripts.router)
     app.include_router(samplers.router)
     app.include_router(styles.router)
     app.include_router(gradio.router)

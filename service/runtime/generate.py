@@ -82,15 +82,18 @@ class Generation:
     needed: int  # admission's estimate of the job's memory
     timestamp: str
 
-    def run(self, job: Job) -> GenerationResult:
-        """On the worker: model switches happen in queue order; each pipeline resolves the plan's schedules."""
+    def run(self, job: Job, on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
+        """On the worker: model switches happen in queue order; each pipeline resolves the plan's schedules.
+        A script's cells pass their own `on_step` (the job's progress counts the whole script)."""
         if self.hires is None:
             pipeline, hires_pipeline = self.state.pipeline_for(self.entry), None
         else:
             pipeline, hires_pipeline = self.state.hires_pipelines_for(self.entry, self.hires)
         admission.wait_for_memory(self.needed)  # fits the budget; waits while other processes hold the memory
-        plan, on_step = self.plan, progress_hook(job)
-        job.progress.job_count = plan.n_iter * (2 if plan.hires else 1)  # hires: A1111 counts both passes
+        plan = self.plan
+        if on_step is None:
+            on_step = progress_hook(job)
+            job.progress.job_count = plan.n_iter * (2 if plan.hires else 1)  # hires: A1111 counts both passes
         try:
             if plan.img2img is not None:
                 result = pipeline.img2img(plan, on_step=on_step, should_stop=job.should_stop)
@@ -110,11 +113,27 @@ class Generation:
 
 def submit(state: ServerState, req: GenerationRequest, listener: Listener | None = None) -> tuple[Job, Finish]:
     """Validate and plan a txt2img or img2img request once (a bad request is refused before it queues), queue
-    it, and return the job with `finish(result, as_bytes=False)`, which builds the sdapi response."""
+    it, and return the job with `finish(result, as_bytes=False)`, which builds the sdapi response.
+    A `script_name` runs the script instead (service/runtime/script_jobs.py), in one job too."""
+    from service.runtime import script_jobs  # it plans its cells with `prepare` below
+
     req = with_infotext(state, req)
+    parameters = req.model_dump()
+    script = script_jobs.selectable_script(req)  # unknown: A1111's 422, before the always-on check as A1111
+    req = script_jobs.with_alwayson(state, req)
+    if script is not None:
+        return script_jobs.submit_script(state, req, script, parameters, listener)
+    kind, generation = prepare(state, req, parameters)
+    job = enqueue(state, Job(kind=kind, run=generation.run, id=req.force_task_id or new_task_id(kind)), listener)
+    return job, generation.finish
+
+
+def prepare(state: ServerState, req: GenerationRequest, parameters: dict[str, Any] | None = None,
+            ) -> tuple[str, Generation]:
+    """A request planned (validated, images decoded, memory admitted) into the Generation a worker runs."""
     options = job_options(state, req.override_settings)
     entry = checkpoint(state, options)
-    parameters = req.model_dump()
+    parameters = req.model_dump() if parameters is None else dict(parameters)
     hires = None
     if isinstance(req, Img2ImgRequest):
         kind, plan = "img2img", plan_img2img(req, options, entry.edit_model, styles_of(state))
@@ -124,10 +143,8 @@ def submit(state: ServerState, req: GenerationRequest, listener: Listener | None
         hires = hires_checkpoint(req, state.models, entry)
         kind, plan = "txt2img", plan_txt2img(req, options, state.upscalers, styles_of(state), hires)
     needed = admission.check(state, entry, plan)  # 413 if it can never fit the memory budget
-    generation = Generation(state, req, plan, entry, hires, options, parameters, needed,
+    return kind, Generation(state, req, plan, entry, hires, options, parameters, needed,
                             time.strftime("%Y%m%d%H%M%S"))
-    job = enqueue(state, Job(kind=kind, run=generation.run, id=req.force_task_id or new_task_id(kind)), listener)
-    return job, generation.finish
 
 
 def with_infotext(state: ServerState, req: Request) -> Request:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -95,6 +96,14 @@ def cell_run(generation: Generation, sub: SubRequest, result, index: int) -> Cel
                    infotext_with=lambda more, i: infotext(i, more), index=index)
 
 
+@dataclass
+class ScriptResult:
+    """The job's result: the runs, and whether it was interrupted (the doors report it as for a generation)."""
+
+    runs: list[CellRun]
+    interrupted: bool = False
+
+
 class ScriptGeneration:
     """A script's work for the worker: its planned cells, later ones planned on the worker (loopback)."""
 
@@ -115,7 +124,7 @@ class ScriptGeneration:
             return self.plan.job_count
         return sum(c.plan.n_iter * (2 if c.plan.hires else 1) for c in self.cells)
 
-    def run(self, job: Job) -> list[CellRun]:
+    def run(self, job: Job) -> ScriptResult:
         total = self.job_count()
         job.progress.job_count = total
         done = 0
@@ -144,10 +153,10 @@ class ScriptGeneration:
                 if nxt is not None:
                     pending.append((nxt, prepare(self.state, nxt.request)[1]))
         release_memory()
-        return self.runs
+        return ScriptResult(self.runs, job.interrupted or any(r.interrupted for r in self.results))
 
-    def finish(self, runs: list[CellRun], as_bytes: bool = False) -> dict[str, Any]:
-        output = self.plan.combine(runs)
+    def finish(self, result: ScriptResult, as_bytes: bool = False) -> dict[str, Any]:
+        output = self.plan.combine(result.runs)
         return script_response(self, output, as_bytes=as_bytes)
 
 

@@ -236,4 +236,8 @@ def test_loopback_feeds_each_image_back_with_the_curved_strength(server):
     # Iteration 2 is the img2img of iteration 1's image.
     second = post(client, "/sdapi/v1/img2img", {**SMALL, "init_images": [r["images"][1]], "seed": 12,
                                                  "denoising_strength": 0.5, "inpainting_fill": 1})
-    assert base64.b64decode(second["images"][0]) == base64.b64decode(r["images"][2])
+    assert np.array_equal(pixels(second["images"][0]), pixels(r["images"][2]))
+    # ... and its infotext is that request's with the script's two entries (p.extra_generation_params).
+    alone = json.loads(second["info"])["infotexts"][0]
+    assert strengths[1] == alone.replace(", Version:", ", Final denoising strength: 0.2, Denoising curve: Linear, "
+                                                       "Version:")

@@ -241,3 +241,37 @@ def test_loopback_feeds_each_image_back_with_the_curved_strength(server):
     alone = json.loads(second["info"])["infotexts"][0]
     assert strengths[1] == alone.replace(", Version:", ", Final denoising strength: 0.2, Denoising curve: Linear, "
                                                        "Version:")
+
+
+def test_img2img_xyz_denoising_cells_equal_single_requests(server):
+    client, _ = server
+    labels = [o.label for o in __import__("service.a1111.scripts.xyz_grid", fromlist=["x"]).axis_options(True)]
+    init = b64(noise_image(64, 64, seed=9))
+    base = {**SMALL, "init_images": [init]}
+    args = [labels.index("Denoising"), "0.3, 0.6", [], 0, "", [], 0, "", [], False, True, False, False, False,
+            False, False, 0, False]
+    r = post(client, "/sdapi/v1/img2img", {**base, "script_name": "x/y/z plot", "script_args": args})
+    assert len(r["images"]) == 3
+    assert png(r["images"][0]).size == (128, 64)  # no legend: the bare 2×1 grid
+    for k, strength in enumerate((0.3, 0.6)):
+        single = post(client, "/sdapi/v1/img2img", {**base, "denoising_strength": strength})
+        assert base64.b64decode(r["images"][1 + k]) == base64.b64decode(single["images"][0])
+
+
+def test_an_interrupt_stops_the_whole_script(server):
+    """One job, one interrupt: interrupting during the first cell leaves the later cells unrun."""
+    from service.a1111.sdapi_models import Txt2ImgRequest
+    from service.runtime.generate import submit
+
+    _, state = server
+
+    def interrupt(job):
+        if job.progress.sampling_step >= 1:  # during the first cell's sampling
+            job.interrupt()
+
+    req = Txt2ImgRequest(**{**SMALL, "steps": 3, "script_name": "x/y/z plot", "script_args": xyz_args(1, "1, 2, 3")})
+    job, finish = submit(state, req, listener=interrupt)
+    result = job.future.result(timeout=120)
+    assert result.interrupted and len(result.runs) == 1
+    response = finish(result)
+    assert len(response["images"]) == 1 + 3  # the grid, the interrupted cell, two blank cells (A1111)

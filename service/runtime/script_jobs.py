@@ -171,7 +171,7 @@ def script_response(sg: ScriptGeneration, output: ScriptOutput, as_bytes: bool =
         base = build_response(template.plan, sg.results[t], template.entry, opts, sg.parameters, False, sg.timestamp)
         info = json.loads(base["info"])
     else:
-        info = {"images": [], "infotexts": []}
+        info = {}  # nothing ran (interrupted before the first cell)
     info.update(
         infotexts=output.infotexts, index_of_first_image=output.index_of_first_image,
         **{k: v for k, v in (("all_prompts", output.all_prompts), ("all_seeds", output.all_seeds),
@@ -194,6 +194,9 @@ def script_response(sg: ScriptGeneration, output: ScriptOutput, as_bytes: bool =
 
 def submit_script(state: ServerState, req: GenerationRequest, script: Script, parameters: dict[str, Any],
                   listener=None) -> tuple[Job, Callable[..., dict[str, Any]]]:
+    parameters = dict(parameters)
+    if isinstance(req, Img2ImgRequest) and not req.include_init_images:
+        parameters.update(init_images=None, mask=None)  # as for any img2img request (A1111 img2imgapi)
     sg = ScriptGeneration(state, req, script, parameters)
     job = enqueue(state, Job(kind=sg.kind, run=sg.run, id=req.force_task_id or new_task_id(sg.kind)), listener)
     return job, sg.finish

@@ -253,6 +253,7 @@ def test_img2img_xyz_denoising_cells_equal_single_requests(server):
     r = post(client, "/sdapi/v1/img2img", {**base, "script_name": "x/y/z plot", "script_args": args})
     assert len(r["images"]) == 3
     assert png(r["images"][0]).size == (128, 64)  # no legend: the bare 2×1 grid
+    assert r["parameters"]["init_images"] is None  # include_init_images false, as for any img2img request
     for k, strength in enumerate((0.3, 0.6)):
         single = post(client, "/sdapi/v1/img2img", {**base, "denoising_strength": strength})
         assert base64.b64decode(r["images"][1 + k]) == base64.b64decode(single["images"][0])

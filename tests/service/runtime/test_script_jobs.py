@@ -13,6 +13,9 @@ import pytest
 from PIL import Image
 
 from tests.images import b64, noise_image
+from tests.service.a1111.test_hires_checkpoint import linked_bundle
+
+OTHER = "sdedge-other-schedule"  # a second checkpoint: the demo model with another noise schedule
 
 SMALL = {"prompt": "a red circle", "negative_prompt": "blue", "steps": 2, "width": 64, "height": 64, "seed": 11,
          "sampler_name": "Euler", "override_settings": {"randn_source": "NV"}}
@@ -26,6 +29,9 @@ def server(demo_bundle, tmp_path_factory):
     from service.runtime.state import ServerConfig, ServerState
 
     tmp = tmp_path_factory.mktemp("scripts")
+    schedule = json.loads((demo_bundle / "manifest.json").read_text()).get("noise_schedule", {})
+    linked_bundle(demo_bundle, tmp / "models" / OTHER, name=OTHER, source_sha256="d" * 64,
+                  noise_schedule={**schedule, "beta_end": 0.02})
     state = ServerState(ServerConfig(model=demo_bundle, models_dir=tmp / "models", options_file=tmp / "o.json"))
     with TestClient(create_app(state)) as client:
         yield client, state
@@ -276,3 +282,23 @@ def test_an_interrupt_stops_the_whole_script(server):
     assert result.interrupted and len(result.runs) == 1
     response = finish(result)
     assert len(response["images"]) == 1 + 3  # the grid, the interrupted cell, two blank cells (A1111)
+
+
+def test_xyz_checkpoint_axis_cells_equal_single_requests_on_each_model(server):
+    """Checkpoint name (an override of sd_model_checkpoint per cell, A1111 apply_checkpoint), in csv mode."""
+    client, state = server
+    labels = [o.label for o in __import__("service.a1111.scripts.xyz_grid", fromlist=["x"]).axis_options(False)]
+    names = [state.models.find("sdedge-tiny").title, OTHER]
+    args = [labels.index("Checkpoint name"), ", ".join(names), [], 0, "", [], 0, "", [], True, True, False, False,
+            False, False, False, 0, True]
+    r = post(client, "/sdapi/v1/txt2img", {**SMALL, "steps": 1, "script_name": "x/y/z plot", "script_args": args})
+    assert len(r["images"]) == 3
+    for k, name in enumerate(names):
+        single = post(client, "/sdapi/v1/txt2img", {
+            **SMALL, "steps": 1, "override_settings": {**SMALL["override_settings"], "sd_model_checkpoint": name}})
+        assert base64.b64decode(r["images"][1 + k]) == base64.b64decode(single["images"][0])
+    assert r["images"][1] != r["images"][2]
+    unknown = client.post("/sdapi/v1/txt2img", json={**SMALL, "script_name": "x/y/z plot", "script_args": [
+        labels.index("Checkpoint name"), "nope", [], 0, "", [], 0, "", [], True, True, False, False, False, False,
+        False, 0, True]})
+    assert unknown.status_code == 422 and "Unknown checkpoint: nope" in unknown.json()["detail"]

@@ -56,6 +56,7 @@ def context(state: ServerState, img2img: bool, options: JobOptions | None = None
         upscalers=registry.names() if registry is not None else ("None", "Lanczos", "Nearest"),
         decode_image=lambda value: _image("init_images[0]", value, job),  # the request's image limits
         upscale=upscale,
+        checkpoints=sorted((e.title for e in state.models.entries()), key=str.casefold),
     )
 
 

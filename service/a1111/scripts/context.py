@@ -21,6 +21,7 @@ class ScriptContext:
     find_checkpoint: Callable[[str], str | None] = lambda name: None  # a name → the checkpoint's title
     upscalers: Sequence[str] = ("None", "Lanczos", "Nearest")  # A1111's shared.sd_upscalers names, in order
     vae_names: Sequence[str] = ()
+    checkpoints: Sequence[str] = ()  # checkpoint titles (the choices A1111's checkpoint dropdowns list)
     random_seed: Callable[[], int] = _random_seed
     decode_image: Callable[[Any], Any] | None = None  # an init_images entry → PIL image (the request's limits)
     upscale: Callable[[Any, str, float], Any] | None = None  # (image, upscaler name, scale) → image

@@ -70,7 +70,7 @@ def _const(*args: ScriptArg) -> Callable[[ScriptContext], tuple[ScriptArg, ...]]
 
 
 def _refiner(ctx: ScriptContext) -> tuple[ScriptArg, ...]:
-    return (ScriptArg("Refiner", False), ScriptArg("Checkpoint", "", choices=()),
+    return (ScriptArg("Refiner", False), ScriptArg("Checkpoint", "", choices=tuple(ctx.checkpoints)),
             ScriptArg("Switch at", 0.8, 0.01, 1.0, 0.01))
 
 

@@ -451,6 +451,21 @@ def plan(req: GenerationRequest, args: Sequence[Any], ctx: ScriptContext) -> Scr
     return ScriptPlan(requests=subs, combine=combine)
 
 
+def cell_image(run: CellRun, ctx: ScriptContext) -> tuple[Image.Image, str]:
+    """A cell's `processed.images[0]`: its first image, or the grid of its batch when process_images makes one
+    (A1111 process_images_inner: save_images — the API's do_not_save_grid is its negation —, option return_grid,
+    and at least two images unless grid_only_if_multiple is off); the grid carries the first infotext."""
+    request = run.sub.request
+    count = len(run.images)
+    if (request.save_images and ctx.option("return_grid", True)
+            and not (count < 2 and ctx.option("grid_only_if_multiple", True))):
+        grid = image_grid(run.images, request.batch_size or 1, n_rows=ctx.option("n_rows", -1),
+                          grid_prevent_empty_spots=ctx.option("grid_prevent_empty_spots", False),
+                          grid_background_color=ctx.option("grid_background_color", "#ffffff"))
+        return grid, run.infotexts[0]
+    return run.images[0], run.infotexts[0]
+
+
 def draw_xyz_grid(runs: Sequence[CellRun], order: list[tuple[int, int, int]], nx: int, ny: int, nz: int,
                   labels: list[list[Any]], sub_extras: dict, main_extras: dict, draw_legend: bool,
                   include_lone_images: bool, include_sub_grids: bool, margin: int,
@@ -471,7 +486,7 @@ def draw_xyz_grid(runs: Sequence[CellRun], order: list[tuple[int, int, int]], nx
         idx = ix + iy * nx + iz * nx * ny
         by_index[idx] = run
         if run.images:
-            cells[idx], infotexts[idx] = run.images[0], run.infotexts[0]
+            cells[idx], infotexts[idx] = cell_image(run, ctx)
             prompts[idx], seeds[idx] = run.prompts[0], run.seeds[0]
     first = next((im for im in cells if im is not None), None)
     if first is None:

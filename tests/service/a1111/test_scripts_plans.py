@@ -177,3 +177,20 @@ def test_grid_annotations_layout():
     assert (arr[top:, 175:185] == 255).all()  # the margin in the background colour
     plain = draw_grid_annotations(grid, 100, 100, [[GridAnnotation()]] * 2, [[GridAnnotation()]])
     assert plain.size == (200, 100)  # no texts, no bands
+
+
+def test_xyz_cell_is_its_batch_grid_only_when_a1111_makes_one():
+    from service.a1111.scripts.base import CellRun, SubRequest
+
+    images = [Image.new("RGB", (8, 8), c) for c in ("red", "blue")]
+
+    def run(**fields) -> CellRun:
+        req = Txt2ImgRequest(batch_size=2, **fields)
+        return CellRun(SubRequest(req), images, ["i0", "i1"], ["p"] * 2, [""] * 2, [1, 2], [0, 0], lambda e, i: "")
+
+    ctx = ScriptContext(is_img2img=False)
+    assert xyz_grid.cell_image(run(), ctx) == (images[0], "i0")  # save_images false: no grid (the API default)
+    grid, text = xyz_grid.cell_image(run(save_images=True), ctx)
+    assert grid.size == (16, 8) and text == "i0"
+    off = ScriptContext(is_img2img=False, options={"return_grid": False})
+    assert xyz_grid.cell_image(run(save_images=True), off)[0] is images[0]

@@ -20,6 +20,7 @@ from PIL import Image
 from engine.backend import release_memory
 from engine.pipeline import StepEvent
 from service.a1111.encode import encode_image, to_base64
+from service.a1111.errors import InvalidRequest
 from service.a1111.infotext import create_infotext, generation_parameters
 from service.a1111.job_options import JobOptions
 from service.a1111.results import build_response
@@ -112,7 +113,11 @@ class ScriptGeneration:
         self.state, self.req, self.script, self.parameters = state, req, script, parameters
         self.options = job_options(state, req.override_settings)
         ctx = context(state, is_img2img(req), self.options)
-        self.plan = script.planner(req, list(req.script_args or []), ctx)  # type: ignore[misc]
+        try:
+            self.plan = script.planner(req, list(req.script_args or []), ctx)  # type: ignore[misc]
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            # An argument of the wrong kind (a dict where A1111 takes text, ...): A1111's run() raises, a 500.
+            raise InvalidRequest("script_args", f"{script.title}: {type(exc).__name__}: {exc}") from None
         self.cells = [prepare(state, sub.request)[1] for sub in self.plan.requests]  # 4xx before queueing
         self.kind = "img2img" if is_img2img(req) else "txt2img"
         self.timestamp = time.strftime("%Y%m%d%H%M%S")

@@ -100,7 +100,9 @@ def parse_lines(text: str, find_checkpoint: Callable[[str], str | None] = lambda
 
 def plan(req: GenerationRequest, args: Sequence[Any], ctx: ScriptContext) -> ScriptPlan:
     iterate, iterate_batch, position, text = positional(args, ARGS)
-    jobs = parse_lines(str(text or ""), ctx.find_checkpoint)
+    if not isinstance(text, str | None):
+        raise bad_arg(TITLE, f"the list of prompt inputs (script arg 4) must be text, got {type(text).__name__}")
+    jobs = parse_lines(text or "", ctx.find_checkpoint)
     if not jobs:
         raise bad_arg(TITLE, "no prompts: the list of prompt inputs (script arg 4) is empty")
     if len(jobs) > MAX_LINES:

@@ -302,3 +302,16 @@ def test_xyz_checkpoint_axis_cells_equal_single_requests_on_each_model(server):
         labels.index("Checkpoint name"), "nope", [], 0, "", [], 0, "", [], True, True, False, False, False, False,
         False, 0, True]})
     assert unknown.status_code == 422 and "Unknown checkpoint: nope" in unknown.json()["detail"]
+
+
+@pytest.mark.parametrize(("name", "args"), [
+    ("x/y/z plot", [{"a": 1}, {"b": 2}]), ("x/y/z plot", [4, ["1"], [], 99]), ("x/y/z plot", [4, "1-3 (+0)"]),
+    ("prompt matrix", [False, False, "sideways"]), ("prompts from file or textbox", [False, False, "start", ""]),
+    ("prompts from file or textbox", [False, False, "start", {"x": 1}]),
+])
+def test_bad_script_args_are_422_and_the_server_keeps_serving(server, name, args):
+    client, _ = server
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "script_name": name, "script_args": args})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith("script_args: ")
+    assert client.post("/sdapi/v1/txt2img", json={**SMALL, "steps": 1}).status_code == 200

@@ -194,3 +194,35 @@ def test_xyz_cell_is_its_batch_grid_only_when_a1111_makes_one():
     assert grid.size == (16, 8) and text == "i0"
     off = ScriptContext(is_img2img=False, options={"return_grid": False})
     assert xyz_grid.cell_image(run(save_images=True), off)[0] is images[0]
+
+
+@pytest.mark.parametrize(("label", "text", "where", "expected"), [
+    # The axes the issue names, each onto the field or option A1111's apply function sets.
+    ("Seed", "7, 8", "seed", [7, 8]),
+    ("Var. seed", "3, 4", "subseed", [3, 4]),
+    ("Steps", "1-2", "steps", [1, 2]),
+    ("CFG Scale", "2.5, 9", "cfg_scale", [2.5, 9.0]),
+    ("Prompt S/R", "cat, dog", "prompt", ["a cat", "a dog"]),
+    ("Sampler", "euler a, DDIM", "sampler_name", ["Euler a", "DDIM"]),
+    ("Schedule type", "Karras, Exponential", "scheduler", ["Karras", "Exponential"]),
+    ("Denoising", "0.25, 0.5", "denoising_strength", [0.25, 0.5]),
+    ("Size", "64x96, 128 x 64", ("width", "height"), [(64, 96), (128, 64)]),
+    ("Clip skip", "1-2", "override:CLIP_stop_at_last_layers", [1, 2]),
+    ("VAE", "Automatic, None", "override:sd_vae", ["Automatic", "None"]),
+    ("Checkpoint name", "m", "override:sd_model_checkpoint", ["m.safetensors"]),
+    ("RNG source", "CPU, NV", "override:randn_source", ["CPU", "NV"]),
+])
+def test_each_axis_sets_what_a1111_sets(label, text, where, expected):
+    req = Txt2ImgRequest(prompt="a cat", seed=1)
+    ctx = ScriptContext(is_img2img=False, find_checkpoint=lambda name: name + ".safetensors")
+    labels = [o.label for o in xyz_grid.axis_options(False)]
+    args = [labels.index(label), text, [], 0, "", [], 0, "", [], True, False, False, False, False, False, False, 0,
+            True]
+    cells = [s.request for s in xyz_grid.plan(req, args, ctx).requests]
+    if isinstance(where, tuple):
+        got = [tuple(getattr(c, f) for f in where) for c in cells]
+    elif where.startswith("override:"):
+        got = [c.override_settings[where.split(":", 1)[1]] for c in cells]
+    else:
+        got = [getattr(c, where) for c in cells]
+    assert got == expected

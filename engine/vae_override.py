@@ -41,7 +41,9 @@ class VaeSwitch:
         self.selected = vae
 
     def _backend(self, component: str) -> ExecutionBackend:
-        return self.selected if self.selected is not None and component in VAE_COMPONENTS else self.inner
+        # `vae_decoder:circular` (tiling) is the chosen VAE's graph too.
+        chosen = self.selected is not None and component.partition(":")[0] in VAE_COMPONENTS
+        return self.selected if chosen else self.inner
 
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._backend(component).run(component, inputs)

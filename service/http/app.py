@@ -22,6 +22,7 @@ from service.http.routes import (
     pnginfo,
     progress,
     samplers,
+    scripts,
     server_control,
     styles,
     upscalers,
@@ -62,6 +63,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(listings.router)
     app.include_router(loras.router)
     app.include_router(vae.router)
+    app.include_router(scripts.router)
     app.include_router(samplers.router)
     app.include_router(styles.router)
     app.include_router(gradio.router)

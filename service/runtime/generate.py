@@ -96,8 +96,9 @@ class Generation:
     # Filled by `run` on the worker for `finish`: the job's outputs (grid included) and saving's warnings.
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    def run(self, job: Job) -> GenerationResult:
-        """On the worker: model switches happen in queue order; each pipeline resolves the plan's schedules."""
+    def run(self, job: Job, on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
+        """On the worker: model switches happen in queue order; each pipeline resolves the plan's schedules.
+        A script's cells pass their own `on_step` (the job's progress counts the whole script)."""
         if self.hires is None:
             pipeline, hires_pipeline = self.state.pipeline_for(self.entry), None
         else:
@@ -105,9 +106,11 @@ class Generation:
             self.state.vaes.apply(hires_pipeline, self.hires_vae)
         self.state.vaes.apply(pipeline, self.vae)  # A1111 loads the VAE with the model (sd_vae.reload_vae_weights)
         admission.wait_for_memory(self.needed)  # fits the budget; waits while other processes hold the memory
-        plan, on_step = self.plan, progress_hook(job)
+        plan = self.plan
         pipeline, hires_pipeline = self._with_networks(pipeline, hires_pipeline)
-        job.progress.job_count = plan.n_iter * (2 if plan.hires else 1)  # hires: A1111 counts both passes
+        if on_step is None:
+            on_step = progress_hook(job)
+            job.progress.job_count = plan.n_iter * (2 if plan.hires else 1)  # hires: A1111 counts both passes
         try:
             if plan.img2img is not None:
                 result = pipeline.img2img(plan, on_step=on_step, should_stop=job.should_stop)
@@ -176,11 +179,27 @@ class Generation:
 
 def submit(state: ServerState, req: GenerationRequest, listener: Listener | None = None) -> tuple[Job, Finish]:
     """Validate and plan a txt2img or img2img request once (a bad request is refused before it queues), queue
-    it, and return the job with `finish(result, as_bytes=False)`, which builds the sdapi response."""
+    it, and return the job with `finish(result, as_bytes=False)`, which builds the sdapi response.
+    A `script_name` runs the script instead (service/runtime/script_jobs.py), in one job too."""
+    from service.runtime import script_jobs  # it plans its cells with `prepare` below
+
     req = with_infotext(state, req)
+    parameters = req.model_dump()
+    script = script_jobs.selectable_script(req)  # unknown: A1111's 422, before the always-on check as A1111
+    req = script_jobs.with_alwayson(state, req)
+    if script is not None:
+        return script_jobs.submit_script(state, req, script, parameters, listener)
+    kind, generation = prepare(state, req, parameters)
+    job = enqueue(state, Job(kind=kind, run=generation.run, id=req.force_task_id or new_task_id(kind)), listener)
+    return job, generation.finish
+
+
+def prepare(state: ServerState, req: GenerationRequest, parameters: dict[str, Any] | None = None,
+            ) -> tuple[str, Generation]:
+    """A request planned (validated, images decoded, memory admitted) into the Generation a worker runs."""
     options = job_options(state, req.override_settings)
     entry = checkpoint(state, options)
-    parameters = req.model_dump()
+    parameters = req.model_dump() if parameters is None else dict(parameters)
     hires = None
     if isinstance(req, Img2ImgRequest):
         kind, plan = "img2img", plan_img2img(req, options, entry.edit_model, styles_of(state), loras=state.loras)
@@ -196,11 +215,9 @@ def submit(state: ServerState, req: GenerationRequest, listener: Listener | None
     plan = replace(plan, report=replace(plan.report, vae=(vae.file.name, vae.short_hash) if vae else None))
     save = saving.save_request(req.save_images, req.do_not_save_samples, req.do_not_save_grid)
     saving.check_options(state.config.data_dir, kind, options, save)  # refused before it queues
-    generation = Generation(state, req, plan, entry, hires, options, parameters, needed,
+    return kind, Generation(state, req, plan, entry, hires, options, parameters, needed,
                             time.strftime("%Y%m%d%H%M%S"), vae=vae,
                             hires_vae=vae_choice(state, options, hires) if hires else None, kind=kind, save=save)
-    job = enqueue(state, Job(kind=kind, run=generation.run, id=req.force_task_id or new_task_id(kind)), listener)
-    return job, generation.finish
 
 
 def vae_choice(state: ServerState, options: JobOptions, entry: ModelEntry) -> VaeChoice | None:

@@ -525,3 +525,17 @@ def test_grpc_port_flag_zero_disables_and_a_busy_port_is_refused_unless_defaulte
     finally:
         taken.stop(grace=None)
         state.close()
+
+
+def test_xyz_plot_script_over_grpc_gives_the_rest_bytes(served, stub):
+    """script_name / script_args (a ListValue) pass through the converter unchanged: the X/Y/Z plot's grid
+    and cells over gRPC are the REST bytes."""
+    args = [4, "1-2", [], 0, "", [], 0, "", [], True, True, False, False, False, False, False, 0, False]
+    body = {"prompt": "grid", "seed": 5, "script_name": "x/y/z plot", "script_args": args, **SMALL}
+    rest = requests.post(f"{served[0]}/sdapi/v1/txt2img", json=body, timeout=120)
+    assert rest.status_code == 200, rest.text
+    request = pb.Txt2ImgRequest(prompt="grid", seed=5, script_name="x/y/z plot", **SMALL)
+    request.script_args.extend(args)
+    r = stub.Txt2Img(request, timeout=120)
+    assert [i.data for i in r.images] == [base64.b64decode(b) for b in rest.json()["images"]]
+    assert len(r.images) == 3 and "Script: X/Y/Z plot" in r.images[0].infotext

@@ -20,11 +20,6 @@ class EmbeddingsResponse(BaseModel):
     skipped: dict[str, Any]
 
 
-class ScriptsList(BaseModel):
-    txt2img: list[str]
-    img2img: list[str]
-
-
 class InterrogateRequest(BaseModel):
     image: str = ""
     model: str = "clip"
@@ -57,16 +52,6 @@ def face_restorers(request: Request) -> list[dict]:
 
 @router.get("/sdapi/v1/realesrgan-models")
 def realesrgan_models() -> list[dict]:
-    return []
-
-
-@router.get("/sdapi/v1/scripts", response_model=ScriptsList)
-def scripts():
-    return {"txt2img": [], "img2img": []}
-
-
-@router.get("/sdapi/v1/script-info")
-def script_info() -> list[dict]:
     return []
 
 

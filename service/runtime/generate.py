@@ -14,7 +14,7 @@ from typing import Any
 from engine.backend import release_memory
 from engine.pipeline import GenerationResult, StepEvent
 from engine.plan import GenerationPlan
-from service.a1111.errors import InvalidRequest, ModelUnavailable, QueueBusy
+from service.a1111.errors import InvalidRequest, ModelUnavailable, QueueBusy, ShuttingDown
 from service.a1111.infotext_request import Request, apply_infotext
 from service.a1111.job_options import JobOptions
 from service.a1111.results import build_response
@@ -22,7 +22,7 @@ from service.a1111.sdapi_models import GenerationRequest, Img2ImgRequest
 from service.a1111.styles import styles_of
 from service.a1111.translate import hires_checkpoint, plan_img2img, plan_txt2img
 from service.runtime import admission
-from service.runtime.jobs import Job, QueueFull, new_task_id
+from service.runtime.jobs import Job, QueueClosed, QueueFull, new_task_id
 from service.runtime.models import ModelEntry
 from service.runtime.options import InvalidOption
 from service.runtime.state import NoModelLoaded, ServerState
@@ -64,6 +64,8 @@ def enqueue(state: ServerState, job: Job, listener: Listener | None = None) -> J
         job.listeners.append(listener)
     try:
         return state.queue.submit(job)
+    except QueueClosed as exc:
+        raise ShuttingDown(str(exc)) from None
     except QueueFull as exc:
         raise QueueBusy(str(exc)) from None
 
@@ -89,7 +91,7 @@ class Generation:
         else:
             pipeline, hires_pipeline = self.state.hires_pipelines_for(self.entry, self.hires)
         admission.wait_for_memory(self.needed)  # fits the budget; waits while other processes hold the memory
-        plan, on_step = self.plan, progress_hook(job)
+        plan, on_step = self.plan, self.state.metrics.timed_steps(progress_hook(job))
         job.progress.job_count = plan.n_iter * (2 if plan.hires else 1)  # hires: A1111 counts both passes
         try:
             if plan.img2img is not None:
@@ -99,6 +101,7 @@ class Generation:
                                           hires_pipeline=hires_pipeline)
         finally:
             release_memory()  # a large job's freed buffers go back to the OS
+        self.state.metrics.images.inc(len(result.images))
         if self.req.override_settings_restore_afterwards is False:
             self.state.keep_overrides(self.req.override_settings, self.entry)
         return result

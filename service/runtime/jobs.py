@@ -47,6 +47,10 @@ class JobCancelled(Exception):
     """The job was removed before it started."""
 
 
+class QueueClosed(QueueFull):
+    """The queue takes no more jobs: the server is draining (service/runtime/drain.py)."""
+
+
 def describe(exc: BaseException) -> str:
     """`Type: message`, even for an exception whose `__str__` itself raises."""
     try:
@@ -208,6 +212,10 @@ class JobQueue:
         self._sequence = itertools.count()
         self._closed = False
         self._stop = threading.Event()
+        self._refuse: str | None = None  # why submit refuses every job (drain), None while accepting
+        # Called with the job as it starts and as it ends (metrics, job logs); a failing hook is logged only.
+        self.on_start: list[Callable[[Job], None]] = []
+        self.on_end: list[Callable[[Job], None]] = []
         self._generation = 0  # which worker thread owns the queue; an abandoned one sees it change and leaves
         self._worker: threading.Thread
         with self._cond:
@@ -218,6 +226,8 @@ class JobQueue:
 
     def submit(self, job: Job) -> Job:
         with self._cond:
+            if self._refuse is not None:
+                raise QueueClosed(self._refuse)
             if len(self._pending) >= self.max_pending:
                 raise QueueFull(f"queue is full ({self.max_pending} jobs waiting)")
             job.sequence = next(self._sequence)
@@ -270,6 +280,7 @@ class JobQueue:
             else:
                 cancelled = False
         if cancelled:
+            _call(self.on_end, job)
             job.notify()  # e.g. an SSE stream waiting for this job ends now
             return
         if job.state == JobState.RUNNING:
@@ -326,6 +337,29 @@ class JobQueue:
         overdue = job is not None and job.deadline is not None and time.time() >= job.deadline
         return self._worker.is_alive() and not overdue
 
+    def stop_accepting(self, reason: str) -> None:
+        """From now on `submit` raises QueueClosed(reason); waiting and running jobs go on."""
+        with self._cond:
+            self._refuse = reason
+
+    def fail_pending(self, error: Exception) -> list[Job]:
+        """Every waiting job removed and answered with `error` (a drain's deadline passed before they ran)."""
+        with self._cond:
+            dropped = list(self._pending)
+            self._pending.clear()
+            for job in dropped:
+                self._record_end(job, error)
+        for job in dropped:
+            _resolve(job, None, error)
+            _call(self.on_end, job)
+            job.notify()
+        return dropped
+
+    def idle(self) -> bool:
+        """No job waiting or running."""
+        with self._cond:
+            return not self._pending and self._current is None
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -381,6 +415,8 @@ class JobQueue:
                     job.deadline = now + seconds if seconds > 0 else None
                     self._current = job
                     self.started.append((job.sequence, job.id))
+            if runnable:
+                _call(self.on_start, job)
             job.notify()
             if runnable:
                 return job
@@ -417,6 +453,7 @@ class JobQueue:
             if generation == self._generation and self._current is job:
                 self._current = None
         _resolve(job, result, error)
+        _call(self.on_end, job)
         job.notify()
 
     def _record_end(self, job: Job, error: BaseException | None) -> None:
@@ -490,7 +527,16 @@ class JobQueue:
             self._start_worker()
         if record:
             _resolve(job, None, error)
+            _call(self.on_end, job)
             job.notify()
+
+
+def _call(hooks: list[Callable[[Job], None]], job: Job) -> None:
+    for hook in list(hooks):
+        try:
+            hook(job)
+        except BaseException as exc:  # noqa: BLE001 - metrics or a log line must never fail a job or the worker
+            log.error("job hook failed for %s: %s", job.id, describe(exc))
 
 
 def _resolve(job: Job, result: Any, error: BaseException | None) -> None:

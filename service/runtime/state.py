@@ -11,6 +11,8 @@ from engine.upscalers import UpscalerRegistry
 from service.a1111.errors import InvalidRequest
 from service.a1111.job_options import JobOptions
 from service.runtime.jobs import Job, JobQueue
+from service.runtime.logs import log_jobs
+from service.runtime.metrics import ServerMetrics
 from service.runtime.models import ModelEntry, ModelRegistry
 from service.runtime.options import Options
 
@@ -41,15 +43,24 @@ class ServerConfig:
     memory_budget: int | None = None
     job_timeout: float = 3600.0  # seconds a running job may take (0: no deadline); option sdedge_job_timeout wins
     api_server_stop: bool = False  # A1111's --api-server-stop: /sdapi/v1/server-kill|restart|stop exist
+    log_format: str = "text"  # --log-format: json adds sdedge's own access log (service/http/observe.py)
+    drain_timeout: float = 60.0  # seconds a SIGTERM waits for running and queued jobs (--drain-timeout)
     extra: dict = field(default_factory=dict)
 
 
 class ServerState:
     def __init__(self, config: ServerConfig):
         self.config = config
+        self.metrics = ServerMetrics()
+        self.draining = False  # set by service/runtime/drain.py: the doors refuse new work (503 / UNAVAILABLE)
         self.options = Options(config.options_file)
         self.models = ModelRegistry(config.models_dir, [config.model] if config.model else [], config.providers)
+        self.models.loader = self.metrics.loader(self.models.loader)
         self.queue = JobQueue(max_pending=config.max_queue, timeout=self.job_timeout)
+        self.queue.on_start.append(self.metrics.job_started)
+        self.queue.on_end.append(self.metrics.job_ended)
+        log_jobs(self.queue)
+        self.metrics.attach(self)
         self.upscalers = UpscalerRegistry(config.upscalers_dir, config.providers)
 
     def job_timeout(self) -> float:

@@ -17,6 +17,7 @@ from service.runtime.metrics import ServerMetrics
 log = logging.getLogger("sdedge.access")
 
 UNMATCHED = "<unmatched>"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others count as OTHER
 
 
 class ObserveMiddleware:
@@ -44,7 +45,7 @@ class ObserveMiddleware:
         finally:
             seconds = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or UNMATCHED
-            method = scope.get("method", "")
+            method = scope.get("method", "") if scope.get("method") in METHODS else "OTHER"
             self.metrics.http_requests.labels(method, route, str(seen["status"])).inc()
             self.metrics.http_seconds.labels(method, route).observe(seconds)
             if self.access_log:

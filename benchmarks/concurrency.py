@@ -3,8 +3,8 @@ client one after another, then the same N requests (same seeds) from 4 clients a
 ratio, and whether every image is byte-identical between the two runs. `python -m benchmarks.concurrency`, and the
 last table of `make bench`.
 
-Without batching of compatible jobs the queue runs one job at a time, so the ratio stays near 1; it is the number
-a batching worker has to raise.
+Without batching the queue runs one job at a time, so the ratio stays near 1; with `--batch-max` the jobs that wait
+together run as one UNet batch (service/runtime/batching.py).
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(bundle: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
+def _start(bundle: Path, workdir: Path, flags: list[str]) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     log = open(workdir / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--model", str(bundle), "--port", str(port),
                              "--grpc-port", "0", "--models-dir", str(workdir / "models"),
-                             "--options-file", str(workdir / "config.json")],
+                             "--options-file", str(workdir / "config.json"), *flags],
                             cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
@@ -71,27 +71,39 @@ def measure(url: str, requests_n: int, clients: int, size: int, steps: int) -> t
     return requests_n / seconds, {b["seed"]: d for b, d in zip(bodies, digests, strict=True)}
 
 
-def run(bundle: Path, say=print, requests_n: int = 16, clients: int = 4, size: int = 64, steps: int = 20) -> dict:
+def run(bundle: Path, say=print, requests_n: int = 16, clients: int = 4, size: int = 64, steps: int = 20,
+        batch_max: int = 4, windows_ms: tuple[float, ...] = (0.0, 100.0)) -> dict:
+    """The sequential baseline without batching, then `clients` concurrent clients without batching and with
+    `--batch-max batch_max` at each gather window."""
+    configs = [("no batching", [])] + [(f"--batch-max {batch_max} --batch-window-ms {w:g}",
+                                        ["--batch-max", str(batch_max), "--batch-window-ms", str(w)])
+                                       for w in windows_ms]
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = _start(bundle, Path(tmp))
-        try:
-            _generate(url, {"width": size, "height": size, "steps": 2})  # warm-up
-            one, alone = measure(url, requests_n, 1, size, steps)
-            many, together = measure(url, requests_n, clients, size, steps)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-    result = {"requests": requests_n, "clients": clients, "size": size, "steps": steps,
-              "sequential_images_per_s": one, "concurrent_images_per_s": many, "ratio": many / one,
-              "byte_identical": alone == together}
+        for i, (name, flags) in enumerate(configs):
+            workdir = Path(tmp) / str(i)
+            workdir.mkdir()
+            proc, url = _start(bundle, workdir, flags)
+            try:
+                _generate(url, {"width": size, "height": size, "steps": 2})  # warm-up
+                if i == 0:
+                    one, alone = measure(url, requests_n, 1, size, steps)
+                many, together = measure(url, requests_n, clients, size, steps)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+            rows.append((name, many, together == alone))
     say("")
-    say(f"## Concurrent clients (issue 17): {requests_n} txt2img {size} px, {steps} steps, {bundle.name}")
+    say(f"## Concurrent clients (issue 17): {requests_n} txt2img {size} px, {steps} steps, one prompt, "
+        f"{requests_n} seeds, {bundle.name}")
     say("")
-    say("| clients | images/s | ratio to 1 client | images byte-identical to 1 client's |")
-    say("|---|---|---|---|")
-    say(f"| 1 (sequential) | {one:.2f} | 1.00 | |")
-    say(f"| {clients} (concurrent) | {many:.2f} | {many / one:.2f} | {'yes' if alone == together else 'NO'} |")
-    return result
+    say("| clients | server | images/s | ratio to 1 client | images byte-identical to 1 client's |")
+    say("|---|---|---|---|---|")
+    say(f"| 1 (sequential) | no batching | {one:.2f} | 1.00 | |")
+    for name, many, same in rows:
+        say(f"| {clients} (concurrent) | {name} | {many:.2f} | {many / one:.2f} | {'yes' if same else 'NO'} |")
+    return {"sequential_images_per_s": one, "rows": [{"server": n, "images_per_s": m, "ratio": m / one,
+                                                      "byte_identical": same} for n, m, same in rows]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
         bundle = ensure_models().shapes
     result = run(bundle, requests_n=args.requests, clients=args.clients, size=args.size, steps=args.steps)
-    return 0 if result["byte_identical"] else 1
+    return 0 if all(row["byte_identical"] for row in result["rows"]) else 1
 
 
 if __name__ == "__main__":

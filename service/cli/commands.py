@@ -81,6 +81,7 @@ def serve(args: argparse.Namespace) -> int:
         memory_budget=args.memory_budget,
         job_timeout=args.job_timeout, api_server_stop=args.api_server_stop,
         log_format=args.log_format, drain_timeout=args.drain_timeout,
+        batch_max=args.batch_max, batch_window_ms=args.batch_window_ms,
     )
     if args.api_auth:
         from service.http.auth import parse_credentials
@@ -211,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT: refuse new work (503), finish running and queued jobs for up to this "
                    "long, answer what is left with 503, exit 0; a second signal forces (default 60)")
+    s.add_argument("--batch-max", type=int, default=1, metavar="IMAGES",
+                   help="run waiting txt2img jobs that differ only in seed as one batch of up to this many images, "
+                   "each with the images it gets alone (default 1: off)")
+    s.add_argument("--batch-window-ms", type=float, default=0.0, metavar="MS",
+                   help="with --batch-max: how long a job waits for compatible jobs to arrive (default 0: batch only "
+                   "jobs already waiting; a lone job is never delayed by more than this)")
     s.set_defaults(func=serve)
     g = sub.add_parser("generate", help="txt2img on a running server (gRPC or REST), with a progress bar")
     cli_generate.add_arguments(g)

@@ -85,6 +85,12 @@ class Generation:
     timestamp: str
 
     def run(self, job: Job) -> GenerationResult:
+        """On the worker; with batching on, compatible waiting jobs join this one (service/runtime/batching.py)."""
+        if self.state.batcher is not None:
+            return self.state.batcher.run(self, job, progress_hook)
+        return self.run_alone(job)
+
+    def run_alone(self, job: Job) -> GenerationResult:
         """On the worker: model switches happen in queue order; each pipeline resolves the plan's schedules."""
         if self.hires is None:
             pipeline, hires_pipeline = self.state.pipeline_for(self.entry), None
@@ -129,7 +135,8 @@ def submit(state: ServerState, req: GenerationRequest, listener: Listener | None
     needed = admission.check(state, entry, plan)  # 413 if it can never fit the memory budget
     generation = Generation(state, req, plan, entry, hires, options, parameters, needed,
                             time.strftime("%Y%m%d%H%M%S"))
-    job = enqueue(state, Job(kind=kind, run=generation.run, id=req.force_task_id or new_task_id(kind)), listener)
+    job = enqueue(state, Job(kind=kind, run=generation.run, id=req.force_task_id or new_task_id(kind),
+                             payload=generation), listener)
     return job, generation.finish
 
 

@@ -129,6 +129,7 @@ class Job:
     error: str | None = None  # "ExceptionType: message" of a failed job
     deadline: float | None = None  # time.time() by which a running job must be done (None: no deadline)
     timed_out: bool = False  # the watchdog interrupted it at its deadline
+    payload: Any = None  # what the job runs (a Generation), for the batcher to tell compatible jobs apart
     _skip_pending: bool = False
     _finalized: bool = False  # its end is recorded (by its worker, or by the watchdog that abandoned it)
 
@@ -216,6 +217,7 @@ class JobQueue:
         # Called with the job as it starts and as it ends (metrics, job logs); a failing hook is logged only.
         self.on_start: list[Callable[[Job], None]] = []
         self.on_end: list[Callable[[Job], None]] = []
+        self._riders: list[Job] = []  # jobs running inside the current job's batch (service/runtime/batching.py)
         self._generation = 0  # which worker thread owns the queue; an abandoned one sees it change and leaves
         self._worker: threading.Thread
         with self._cond:
@@ -236,7 +238,7 @@ class JobQueue:
             self._jobs[job.id] = job
             watchers = self._watchers.pop(job.id, [])
             job.listeners.extend(watchers)
-            self._cond.notify()
+            self._cond.notify_all()  # the worker, or a batch gathering companions (take_riders)
         for watcher in watchers:  # a subscriber that came first sees the job queued, then every change
             watcher(job)
         return job
@@ -317,17 +319,78 @@ class JobQueue:
             return list(self._recent.values())
 
     def interrupt_current(self) -> Job | None:
-        """A1111's /interrupt: whatever job runs now ends after its current step; queued jobs are untouched."""
+        """A1111's /interrupt: whatever job runs now ends after its current step (every job of a batch);
+        queued jobs are untouched."""
         job = self._current
-        if job is not None:
-            job.interrupt()
+        for running in self._running_group():
+            running.interrupt()
         return job
 
     def skip_current(self) -> Job | None:
         job = self._current
-        if job is not None:
-            job.skip()
+        for running in self._running_group():
+            running.skip()
         return job
+
+    def _running_group(self) -> list[Job]:
+        with self._cond:
+            return ([self._current] if self._current is not None else []) + list(self._riders)
+
+    def take_riders(self, lead: Job, accept: Callable[[list[Job], Job], bool], limit: int,
+                    window: float) -> list[Job]:
+        """Waiting jobs that `accept(taken, job)` takes into `lead`'s batch, in queue order, at most `limit`;
+        waits up to `window` seconds for more to arrive. Each is marked running (its own start time and
+        deadline) and must end through `finish_rider`."""
+        deadline = time.monotonic() + max(0.0, window)
+        taken: list[Job] = []
+        with self._cond:
+            while True:
+                for job in list(self._pending):
+                    if len(taken) >= limit:
+                        break
+                    if not accept(taken, job):
+                        continue
+                    self._pending.remove(job)
+                    try:
+                        runnable = job.future.set_running_or_notify_cancel()
+                    except RuntimeError:
+                        runnable = False
+                    if not runnable:
+                        job.state = JobState.CANCELLED
+                        job._finalized = True
+                        self._jobs.pop(job.id, None)
+                        continue
+                    now = time.time()
+                    job.state = JobState.RUNNING
+                    job.progress.time_start = now
+                    job.progress.job_timestamp = time.strftime("%Y%m%d%H%M%S")
+                    job.progress.job_count = -1
+                    job.deadline = lead.deadline
+                    self.started.append((job.sequence, job.id))
+                    taken.append(job)
+                remaining = deadline - time.monotonic()
+                if len(taken) >= limit or remaining <= 0 or self._closed or self._refuse is not None:
+                    break
+                self._cond.wait(remaining)
+            self._riders = list(taken)
+        for job in taken:
+            _call(self.on_start, job)
+            job.notify()
+        return taken
+
+    def finish_rider(self, job: Job, result: Any, error: BaseException | None) -> None:
+        """End a job that ran in another job's batch, as `_finish` ends the worker's own job."""
+        with self._cond:
+            if job in self._riders:
+                self._riders.remove(job)
+            if job._finalized:
+                return
+            if job.timed_out:
+                result, error = None, JobTimeout(job.id, self._deadline_seconds(job))
+            self._record_end(job, error)
+        _resolve(job, result, error)
+        _call(self.on_end, job)
+        job.notify()
 
     def healthy(self) -> bool:
         """False while the worker thread is dead (until the watchdog restarts it) or its job is overdue."""
@@ -507,8 +570,9 @@ class JobQueue:
         seconds = self._deadline_seconds(job)
         if not job.timed_out:
             log.warning("job %s passed its deadline of %g s; interrupting it", job.id, seconds)
-            job.timed_out = True
-            job.interrupt()
+            for running in self._running_group():  # a batch shares its lead's deadline
+                running.timed_out = True
+                running.interrupt()
         elif now >= job.deadline + self.abandon_after:
             log.error("job %s did not stop %g s after its deadline; abandoning it and replacing the worker",
                       job.id, self.abandon_after)
@@ -524,11 +588,21 @@ class JobQueue:
             record = job is not None and not job._finalized
             if record:
                 self._record_end(job, error)
+            riders, self._riders = [r for r in self._riders if not r._finalized], []
+            rider_error: BaseException | None = None
+            if riders:
+                rider_error = error or JobFailed("the worker running this job's batch was replaced")
+            for rider in riders:  # they ran in the abandoned job's batch: they end with it
+                self._record_end(rider, rider_error)
             self._start_worker()
         if record:
             _resolve(job, None, error)
             _call(self.on_end, job)
             job.notify()
+        for rider in riders:
+            _resolve(rider, None, rider_error)
+            _call(self.on_end, rider)
+            rider.notify()
 
 
 def _call(hooks: list[Callable[[Job], None]], job: Job) -> None:

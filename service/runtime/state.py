@@ -10,6 +10,7 @@ from typing import Any
 from engine.upscalers import UpscalerRegistry
 from service.a1111.errors import InvalidRequest
 from service.a1111.job_options import JobOptions
+from service.runtime.batching import BatchConfig, Batcher
 from service.runtime.jobs import Job, JobQueue
 from service.runtime.logs import log_jobs
 from service.runtime.metrics import ServerMetrics
@@ -44,6 +45,8 @@ class ServerConfig:
     job_timeout: float = 3600.0  # seconds a running job may take (0: no deadline); option sdedge_job_timeout wins
     api_server_stop: bool = False  # A1111's --api-server-stop: /sdapi/v1/server-kill|restart|stop exist
     log_format: str = "text"  # --log-format: json adds sdedge's own access log (service/http/observe.py)
+    batch_max: int = 1  # images one batch of compatible jobs may hold (--batch-max); 1 = no batching
+    batch_window_ms: float = 0.0  # how long a job waits for companions (--batch-window-ms)
     drain_timeout: float = 60.0  # seconds a SIGTERM waits for running and queued jobs (--drain-timeout)
     extra: dict = field(default_factory=dict)
 
@@ -61,6 +64,8 @@ class ServerState:
         self.queue.on_end.append(self.metrics.job_ended)
         log_jobs(self.queue)
         self.metrics.attach(self)
+        batching = BatchConfig(max(1, int(config.batch_max)), max(0.0, float(config.batch_window_ms)) / 1000)
+        self.batcher = Batcher(self, batching) if batching.enabled else None
         self.upscalers = UpscalerRegistry(config.upscalers_dir, config.providers)
 
     def job_timeout(self) -> float:

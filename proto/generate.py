@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-PROTOS = ["sdedge/v1/sdedge.proto"]
+PROTOS = ["sdedge/v1/sdedge.proto", "sdedge/v1/metrics.proto"]
 DEFAULT_OUT = ROOT / "service" / "generated"
 INIT = '"""Stubs generated from proto/ by `make proto` (proto/generate.py). Do not edit."""\n'
 

@@ -69,6 +69,13 @@ class QueueBusy(ServiceError):
     retry_after_s = 5
 
 
+class ShuttingDown(ServiceError):
+    """The server is draining after a SIGTERM (service/runtime/drain.py): REST 503 with Retry-After, gRPC
+    UNAVAILABLE; the client retries, on another replica or after the restart."""
+
+    retry_after_s = 5
+
+
 class ModelUnavailable(ServiceError):
     """No checkpoint can be loaded: REST 503, gRPC UNAVAILABLE."""
 

@@ -65,8 +65,6 @@ def _prepare_single_file(path: Path, models_dir: Path) -> Path:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from service.http.app import create_app
     from service.runtime.state import ServerConfig, ServerState
 
@@ -90,6 +88,8 @@ def serve(args: argparse.Namespace) -> int:
         vae_dirs=[Path(d) for d in args.vae_dir or []], vae_path=Path(args.vae_path) if args.vae_path else None,
         data_dir=Path(args.data_dir),
         local_images_dir=Path(args.allow_local_images).resolve() if args.allow_local_images else None,
+        log_format=args.log_format, drain_timeout=args.drain_timeout,
+        batch_max=args.batch_max, batch_window_ms=args.batch_window_ms,
     )
     if args.api_auth:
         from service.http.auth import parse_credentials
@@ -106,8 +106,7 @@ def serve(args: argparse.Namespace) -> int:
         entry, pipeline = state.load_default()
         log.info("model %s on %s", entry.title, ", ".join(pipeline.backend.providers))
         app = create_app(state)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=args.port, log_level="info",
-                                               timeout_keep_alive=30))
+        server = _draining_server(state, app, host, args, grpc_server)
         # /sdapi/v1/server-stop: uvicorn's own graceful exit (a signal would be re-raised: exit status -15).
         app.state.stop_server = lambda: setattr(server, "should_exit", True)
         server.run()
@@ -115,6 +114,24 @@ def serve(args: argparse.Namespace) -> int:
         if grpc_server is not None:
             grpc_server.stop()
     return 0
+
+
+def _draining_server(state, app, host: str, args: argparse.Namespace, grpc_server):
+    """uvicorn whose SIGTERM/SIGINT drains first (service/runtime/drain.py); with --log-format json, uvicorn's
+    own lines go through the root JSON handler and sdedge's access log replaces uvicorn's."""
+    import uvicorn
+
+    from service.http.drain_gate import DrainingServer
+    from service.runtime.drain import Drain
+
+    json_logs = args.log_format == "json"
+    extra = {"log_config": None, "access_log": False} if json_logs else {}
+    server = DrainingServer(uvicorn.Config(app, host=host, port=args.port, log_level="info", timeout_keep_alive=30,
+                                           timeout_graceful_shutdown=10,
+                                           **extra))
+    server.drain = Drain(state, args.drain_timeout, on_done=lambda: setattr(server, "should_exit", True),
+                         on_begin=grpc_server.begin_drain if grpc_server is not None else None)
+    return server
 
 
 def start_grpc(state, host: str, args: argparse.Namespace):
@@ -214,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "under it and never outside it (default: the working folder, as A1111)")
     s.add_argument("--allow-local-images", default=None, metavar="DIR",
                    help="let init_images/mask name image files inside DIR on the server (default: refused, 403)")
+    s.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="text, or json: one JSON object per line with task_id on access and job lines")
+    s.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT: refuse new work (503), finish running and queued jobs for up to this "
+                   "long, answer what is left with 503, exit 0; a second signal forces (default 60)")
+    s.add_argument("--batch-max", type=int, default=1, metavar="IMAGES",
+                   help="run waiting txt2img jobs that differ only in seed as one batch of up to this many images, "
+                   "each with the images it gets alone (default 1: off)")
+    s.add_argument("--batch-window-ms", type=float, default=0.0, metavar="MS",
+                   help="with --batch-max: how long a job waits for compatible jobs to arrive (default 0: batch only "
+                   "jobs already waiting; a lone job is never delayed by more than this)")
     s.set_defaults(func=serve)
     g = sub.add_parser("generate", help="txt2img on a running server (gRPC or REST), with a progress bar")
     cli_generate.add_arguments(g)
@@ -222,8 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.runtime.logs import configure_logging
+
     args = build_parser().parse_args(argv)
+    configure_logging(getattr(args, "log_format", "text"))
     return args.func(args)
 
 

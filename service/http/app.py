@@ -10,13 +10,16 @@ from service.a1111.sdapi_models import RequestLimits, configure_limits
 from service.http.api_log import TimingLogMiddleware
 from service.http.auth import BasicAuthMiddleware, parse_credentials
 from service.http.body_limit import BodyLimitMiddleware
+from service.http.drain_gate import DrainGateMiddleware
 from service.http.errors import install_error_handlers
+from service.http.observe import ObserveMiddleware
 from service.http.routes import (
     extras,
     generation,
     gradio,
     listings,
     loras,
+    metrics,
     models,
     options,
     pnginfo,
@@ -39,6 +42,8 @@ def create_app(state: ServerState) -> FastAPI:
     if state.config.api_auth:  # innermost: CORS answers preflights and decorates the 401s
         app.add_middleware(BasicAuthMiddleware, credentials=parse_credentials(state.config.api_auth))
     config = state.config
+    # Outside auth: a draining server answers 503 to anyone (service/runtime/drain.py).
+    app.add_middleware(DrainGateMiddleware, state=state)
     # Outside auth (an oversized body is refused before anything reads it), inside CORS and the API log (its
     # 413/422 are decorated for browsers and logged like every answer).
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_size)
@@ -52,6 +57,8 @@ def create_app(state: ServerState) -> FastAPI:
         allow_credentials=True,
     )
     app.add_middleware(TimingLogMiddleware, api_log=config.api_log)
+    # Outermost: counts and logs every answer, the ones the middlewares above give included.
+    app.add_middleware(ObserveMiddleware, metrics=state.metrics, access_log=config.log_format == "json")
 
     app.include_router(generation.router)
     app.include_router(models.router)
@@ -67,6 +74,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(samplers.router)
     app.include_router(styles.router)
     app.include_router(gradio.router)
+    app.include_router(metrics.router)
     if config.api_server_stop:
         app.include_router(server_control.router)
     return app

@@ -23,6 +23,7 @@ from service.a1111.errors import (
     RequestForbidden,
     RequestTooLarge,
     ServiceError,
+    ShuttingDown,
 )
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ _STATUS: tuple[tuple[type[ServiceError], int], ...] = (
     (OptionRefused, 422),
     (JobTooLarge, 413),
     (QueueBusy, 503),
+    (ShuttingDown, 503),
     (ModelUnavailable, 503),
     (JobTimeout, 504),
 )
@@ -65,7 +67,7 @@ async def _http_exception(request: Request, exc: StarletteHTTPException) -> JSON
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     # Retry-After on a full queue is ours (A1111 has no queue limit).
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QueueBusy) else None
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QueueBusy | ShuttingDown) else None
     body = error_body(exc, errors="")
     if exc.a1111_error:
         body["error"] = exc.a1111_error

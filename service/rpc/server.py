@@ -34,15 +34,18 @@ from service.a1111.errors import (
     OptionRefused,
     QueueBusy,
     ServiceError,
+    ShuttingDown,
 )
 from service.a1111.image_io import ImageInputError, decode_image, limits_from_options
 from service.a1111.image_metadata import json_safe, read_info_from_image
 from service.a1111.infotext import parse_infotext
 from service.a1111.sdapi_models import Img2ImgRequest, Txt2ImgRequest
+from service.generated import metrics_pb2_grpc
 from service.generated import sdedge_pb2 as pb
 from service.generated import sdedge_pb2_grpc as pb_grpc
 from service.http.auth import check, parse_credentials
 from service.rpc import convert
+from service.rpc.observe import METRICS_SERVICE, MetricsServicer, ObserveInterceptor
 from service.runtime.generate import Finish, Listener, submit
 from service.runtime.jobs import Job, JobCancelled
 from service.runtime.progress import preview_of, progress_response
@@ -75,6 +78,7 @@ _CODES: tuple[tuple[type[ServiceError], grpc.StatusCode], ...] = (
     (JobTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (QueueBusy, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (JobTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 # image_io.ImageInputError says 413 for oversized input, 403 for a fetch refused, else 422.
@@ -362,13 +366,15 @@ class GrpcServer:
         open_services = {health.SERVICE_NAME, reflection.SERVICE_NAME}
         credentials = parse_credentials(state.config.api_auth) if state.config.api_auth else {}
         interceptors = [BasicAuthInterceptor(credentials, open_services)] if credentials else []
+        interceptors.insert(0, ObserveInterceptor(state, {SERVICE_NAME}))  # outermost: counts the 401s too
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="grpc"),
                                   options=options, interceptors=interceptors)
         pb_grpc.add_SdEdgeServicer_to_server(SdEdgeServicer(state), self.server)
+        metrics_pb2_grpc.add_MetricsServicer_to_server(MetricsServicer(state), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if config.reflection:
-            reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
-                                                self.server)
+            reflection.enable_server_reflection((SERVICE_NAME, METRICS_SERVICE, health.SERVICE_NAME,
+                                                 reflection.SERVICE_NAME), self.server)
 
     def start(self) -> int:
         address = f"{self.config.host}:{self.config.port}"
@@ -398,6 +404,11 @@ class GrpcServer:
                 self._set_serving(now)
                 serving = now
             self._stop.wait(HEALTH_POLL_SECONDS)
+
+    def begin_drain(self) -> None:
+        """Health NOT_SERVING for good (load balancers and probes stop sending); calls are refused by
+        ObserveInterceptor while `state.draining`."""
+        self.health.enter_graceful_shutdown()
 
     def stop(self, grace: float | None = 5.0) -> None:
         self._stop.set()

@@ -17,7 +17,7 @@ from engine.lora import NetworkError
 from engine.pipeline import GenerationResult, StepEvent
 from engine.plan import GenerationPlan
 from service.a1111 import saving
-from service.a1111.errors import InvalidRequest, ModelUnavailable, QueueBusy
+from service.a1111.errors import InvalidRequest, ModelUnavailable, QueueBusy, ShuttingDown
 from service.a1111.infotext_request import Request, apply_infotext
 from service.a1111.job_options import JobOptions
 from service.a1111.results import build_response, collect_outputs
@@ -25,7 +25,7 @@ from service.a1111.sdapi_models import GenerationRequest, Img2ImgRequest
 from service.a1111.styles import styles_of
 from service.a1111.translate import hires_checkpoint, plan_img2img, plan_txt2img
 from service.runtime import admission, face_restoration
-from service.runtime.jobs import Job, QueueFull, new_task_id
+from service.runtime.jobs import Job, QueueClosed, QueueFull, new_task_id
 from service.runtime.loras import pipeline_with_networks
 from service.runtime.models import ModelEntry
 from service.runtime.options import InvalidOption
@@ -71,6 +71,8 @@ def enqueue(state: ServerState, job: Job, listener: Listener | None = None) -> J
         job.listeners.append(listener)
     try:
         return state.queue.submit(job)
+    except QueueClosed as exc:
+        raise ShuttingDown(str(exc)) from None
     except QueueFull as exc:
         raise QueueBusy(str(exc)) from None
 
@@ -97,8 +99,14 @@ class Generation:
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def run(self, job: Job, on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
-        """On the worker: model switches happen in queue order; each pipeline resolves the plan's schedules.
-        A script's cells pass their own `on_step` (the job's progress counts the whole script)."""
+        """On the worker; with batching on, compatible waiting jobs join this one (service/runtime/batching.py).
+        A script's cells pass their own `on_step` (the job's progress counts the whole script) and run alone."""
+        if self.state.batcher is not None and on_step is None:
+            return self.state.batcher.run(self, job, progress_hook)
+        return self.run_alone(job, on_step)
+
+    def run_alone(self, job: Job, on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
+        """On the worker: model switches happen in queue order; each pipeline resolves the plan's schedules."""
         if self.hires is None:
             pipeline, hires_pipeline = self.state.pipeline_for(self.entry), None
         else:
@@ -111,6 +119,7 @@ class Generation:
         if on_step is None:
             on_step = progress_hook(job)
             job.progress.job_count = plan.n_iter * (2 if plan.hires else 1)  # hires: A1111 counts both passes
+        on_step = self.state.metrics.timed_steps(on_step)
         try:
             if plan.img2img is not None:
                 result = pipeline.img2img(plan, on_step=on_step, should_stop=job.should_stop)
@@ -120,6 +129,7 @@ class Generation:
             result = face_restoration.apply(getattr(self.state, "face_restorers", None), plan, result)
         finally:
             release_memory()  # a large job's freed buffers go back to the OS
+        self.state.metrics.images.inc(len(result.images))
         if self.req.override_settings_restore_afterwards is False:
             self.state.keep_overrides(self.req.override_settings, self.entry)
         self.save_images(result)
@@ -190,7 +200,8 @@ def submit(state: ServerState, req: GenerationRequest, listener: Listener | None
     if script is not None:
         return script_jobs.submit_script(state, req, script, parameters, listener)
     kind, generation = prepare(state, req, parameters)
-    job = enqueue(state, Job(kind=kind, run=generation.run, id=req.force_task_id or new_task_id(kind)), listener)
+    job = enqueue(state, Job(kind=kind, run=generation.run, id=req.force_task_id or new_task_id(kind),
+                             payload=generation), listener)
     return job, generation.finish
 
 

@@ -47,6 +47,10 @@ class JobCancelled(Exception):
     """The job was removed before it started."""
 
 
+class QueueClosed(QueueFull):
+    """The queue takes no more jobs: the server is draining (service/runtime/drain.py)."""
+
+
 def describe(exc: BaseException) -> str:
     """`Type: message`, even for an exception whose `__str__` itself raises."""
     try:
@@ -125,6 +129,7 @@ class Job:
     error: str | None = None  # "ExceptionType: message" of a failed job
     deadline: float | None = None  # time.time() by which a running job must be done (None: no deadline)
     timed_out: bool = False  # the watchdog interrupted it at its deadline
+    payload: Any = None  # what the job runs (a Generation), for the batcher to tell compatible jobs apart
     _skip_pending: bool = False
     _finalized: bool = False  # its end is recorded (by its worker, or by the watchdog that abandoned it)
 
@@ -208,6 +213,11 @@ class JobQueue:
         self._sequence = itertools.count()
         self._closed = False
         self._stop = threading.Event()
+        self._refuse: str | None = None  # why submit refuses every job (drain), None while accepting
+        # Called with the job as it starts and as it ends (metrics, job logs); a failing hook is logged only.
+        self.on_start: list[Callable[[Job], None]] = []
+        self.on_end: list[Callable[[Job], None]] = []
+        self._riders: list[Job] = []  # jobs running inside the current job's batch (service/runtime/batching.py)
         self._generation = 0  # which worker thread owns the queue; an abandoned one sees it change and leaves
         self._worker: threading.Thread
         with self._cond:
@@ -218,6 +228,8 @@ class JobQueue:
 
     def submit(self, job: Job) -> Job:
         with self._cond:
+            if self._refuse is not None:
+                raise QueueClosed(self._refuse)
             if len(self._pending) >= self.max_pending:
                 raise QueueFull(f"queue is full ({self.max_pending} jobs waiting)")
             job.sequence = next(self._sequence)
@@ -226,7 +238,7 @@ class JobQueue:
             self._jobs[job.id] = job
             watchers = self._watchers.pop(job.id, [])
             job.listeners.extend(watchers)
-            self._cond.notify()
+            self._cond.notify_all()  # the worker, or a batch gathering companions (take_riders)
         for watcher in watchers:  # a subscriber that came first sees the job queued, then every change
             watcher(job)
         return job
@@ -270,6 +282,7 @@ class JobQueue:
             else:
                 cancelled = False
         if cancelled:
+            _call(self.on_end, job)
             job.notify()  # e.g. an SSE stream waiting for this job ends now
             return
         if job.state == JobState.RUNNING:
@@ -306,17 +319,78 @@ class JobQueue:
             return list(self._recent.values())
 
     def interrupt_current(self) -> Job | None:
-        """A1111's /interrupt: whatever job runs now ends after its current step; queued jobs are untouched."""
+        """A1111's /interrupt: whatever job runs now ends after its current step (every job of a batch);
+        queued jobs are untouched."""
         job = self._current
-        if job is not None:
-            job.interrupt()
+        for running in self._running_group():
+            running.interrupt()
         return job
 
     def skip_current(self) -> Job | None:
         job = self._current
-        if job is not None:
-            job.skip()
+        for running in self._running_group():
+            running.skip()
         return job
+
+    def _running_group(self) -> list[Job]:
+        with self._cond:
+            return ([self._current] if self._current is not None else []) + list(self._riders)
+
+    def take_riders(self, lead: Job, accept: Callable[[list[Job], Job], bool], limit: int,
+                    window: float) -> list[Job]:
+        """Waiting jobs that `accept(taken, job)` takes into `lead`'s batch, in queue order, at most `limit`;
+        waits up to `window` seconds for more to arrive. Each is marked running (its own start time and
+        deadline) and must end through `finish_rider`."""
+        deadline = time.monotonic() + max(0.0, window)
+        taken: list[Job] = []
+        with self._cond:
+            while True:
+                for job in list(self._pending):
+                    if len(taken) >= limit:
+                        break
+                    if not accept(taken, job):
+                        continue
+                    self._pending.remove(job)
+                    try:
+                        runnable = job.future.set_running_or_notify_cancel()
+                    except RuntimeError:
+                        runnable = False
+                    if not runnable:
+                        job.state = JobState.CANCELLED
+                        job._finalized = True
+                        self._jobs.pop(job.id, None)
+                        continue
+                    now = time.time()
+                    job.state = JobState.RUNNING
+                    job.progress.time_start = now
+                    job.progress.job_timestamp = time.strftime("%Y%m%d%H%M%S")
+                    job.progress.job_count = -1
+                    job.deadline = lead.deadline
+                    self.started.append((job.sequence, job.id))
+                    taken.append(job)
+                remaining = deadline - time.monotonic()
+                if len(taken) >= limit or remaining <= 0 or self._closed or self._refuse is not None:
+                    break
+                self._cond.wait(remaining)
+            self._riders = list(taken)
+        for job in taken:
+            _call(self.on_start, job)
+            job.notify()
+        return taken
+
+    def finish_rider(self, job: Job, result: Any, error: BaseException | None) -> None:
+        """End a job that ran in another job's batch, as `_finish` ends the worker's own job."""
+        with self._cond:
+            if job in self._riders:
+                self._riders.remove(job)
+            if job._finalized:
+                return
+            if job.timed_out:
+                result, error = None, JobTimeout(job.id, self._deadline_seconds(job))
+            self._record_end(job, error)
+        _resolve(job, result, error)
+        _call(self.on_end, job)
+        job.notify()
 
     def healthy(self) -> bool:
         """False while the worker thread is dead (until the watchdog restarts it) or its job is overdue."""
@@ -325,6 +399,29 @@ class JobQueue:
         job = self._current
         overdue = job is not None and job.deadline is not None and time.time() >= job.deadline
         return self._worker.is_alive() and not overdue
+
+    def stop_accepting(self, reason: str) -> None:
+        """From now on `submit` raises QueueClosed(reason); waiting and running jobs go on."""
+        with self._cond:
+            self._refuse = reason
+
+    def fail_pending(self, error: Exception) -> list[Job]:
+        """Every waiting job removed and answered with `error` (a drain's deadline passed before they ran)."""
+        with self._cond:
+            dropped = list(self._pending)
+            self._pending.clear()
+            for job in dropped:
+                self._record_end(job, error)
+        for job in dropped:
+            _resolve(job, None, error)
+            _call(self.on_end, job)
+            job.notify()
+        return dropped
+
+    def idle(self) -> bool:
+        """No job waiting or running."""
+        with self._cond:
+            return not self._pending and self._current is None
 
     def close(self) -> None:
         with self._cond:
@@ -381,6 +478,8 @@ class JobQueue:
                     job.deadline = now + seconds if seconds > 0 else None
                     self._current = job
                     self.started.append((job.sequence, job.id))
+            if runnable:
+                _call(self.on_start, job)
             job.notify()
             if runnable:
                 return job
@@ -417,6 +516,7 @@ class JobQueue:
             if generation == self._generation and self._current is job:
                 self._current = None
         _resolve(job, result, error)
+        _call(self.on_end, job)
         job.notify()
 
     def _record_end(self, job: Job, error: BaseException | None) -> None:
@@ -470,8 +570,9 @@ class JobQueue:
         seconds = self._deadline_seconds(job)
         if not job.timed_out:
             log.warning("job %s passed its deadline of %g s; interrupting it", job.id, seconds)
-            job.timed_out = True
-            job.interrupt()
+            for running in self._running_group():  # a batch shares its lead's deadline
+                running.timed_out = True
+                running.interrupt()
         elif now >= job.deadline + self.abandon_after:
             log.error("job %s did not stop %g s after its deadline; abandoning it and replacing the worker",
                       job.id, self.abandon_after)
@@ -487,10 +588,29 @@ class JobQueue:
             record = job is not None and not job._finalized
             if record:
                 self._record_end(job, error)
+            riders, self._riders = [r for r in self._riders if not r._finalized], []
+            rider_error: BaseException | None = None
+            if riders:
+                rider_error = error or JobFailed("the worker running this job's batch was replaced")
+            for rider in riders:  # they ran in the abandoned job's batch: they end with it
+                self._record_end(rider, rider_error)
             self._start_worker()
         if record:
             _resolve(job, None, error)
+            _call(self.on_end, job)
             job.notify()
+        for rider in riders:
+            _resolve(rider, None, rider_error)
+            _call(self.on_end, rider)
+            rider.notify()
+
+
+def _call(hooks: list[Callable[[Job], None]], job: Job) -> None:
+    for hook in list(hooks):
+        try:
+            hook(job)
+        except BaseException as exc:  # noqa: BLE001 - metrics or a log line must never fail a job or the worker
+            log.error("job hook failed for %s: %s", job.id, describe(exc))
 
 
 def _resolve(job: Job, result: Any, error: BaseException | None) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 
 from service.a1111.a1111_options import A1111_DEFAULTS, CLIENT_KEYS, INFO_ONLY
 from service.a1111.sdapi_models import OPTION_RANGES
+from service.runtime.atomic_write import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -275,11 +274,7 @@ class Options:
     def _save(self) -> None:
         if not self.path:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".options-", dir=self.path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(self._values, f, indent=2, ensure_ascii=False)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self._values, indent=2, ensure_ascii=False))
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         """The option values one job sees: current values with the request's `override_settings` applied."""

@@ -11,8 +11,11 @@ from engine.face_restoration import FaceRestorers
 from engine.upscalers import UpscalerRegistry
 from service.a1111.errors import InvalidRequest
 from service.a1111.job_options import JobOptions
+from service.runtime.batching import BatchConfig, Batcher
 from service.runtime.jobs import Job, JobQueue
 from service.runtime.loras import LoraRegistry
+from service.runtime.logs import log_jobs
+from service.runtime.metrics import ServerMetrics
 from service.runtime.models import ModelEntry, ModelRegistry
 from service.runtime.options import Options
 from service.runtime.vae import VaeLibrary
@@ -52,15 +55,28 @@ class ServerConfig:
     data_dir: Path = Path(".")
     # init_images may name files inside this folder (--allow-local-images); None: paths are refused (403).
     local_images_dir: Path | None = None
+    log_format: str = "text"  # --log-format: json adds sdedge's own access log (service/http/observe.py)
+    batch_max: int = 1  # images one batch of compatible jobs may hold (--batch-max); 1 = no batching
+    batch_window_ms: float = 0.0  # how long a job waits for companions (--batch-window-ms)
+    drain_timeout: float = 60.0  # seconds a SIGTERM waits for running and queued jobs (--drain-timeout)
     extra: dict = field(default_factory=dict)
 
 
 class ServerState:
     def __init__(self, config: ServerConfig):
         self.config = config
+        self.metrics = ServerMetrics()
+        self.draining = False  # set by service/runtime/drain.py: the doors refuse new work (503 / UNAVAILABLE)
         self.options = Options(config.options_file)
         self.models = ModelRegistry(config.models_dir, [config.model] if config.model else [], config.providers)
+        self.models.loader = self.metrics.loader(self.models.loader)
         self.queue = JobQueue(max_pending=config.max_queue, timeout=self.job_timeout)
+        self.queue.on_start.append(self.metrics.job_started)
+        self.queue.on_end.append(self.metrics.job_ended)
+        log_jobs(self.queue)
+        self.metrics.attach(self)
+        batching = BatchConfig(max(1, int(config.batch_max)), max(0.0, float(config.batch_window_ms)) / 1000)
+        self.batcher = Batcher(self, batching) if batching.enabled else None
         self.upscalers = UpscalerRegistry(config.upscalers_dir, config.providers)
         self.loras = LoraRegistry(config.lora_dirs)
         # A1111 also finds `*.vae.*` files beside the checkpoints: here the --model bundle's folder too.

@@ -13,8 +13,8 @@ from service.a1111.errors import InvalidRequest
 from service.a1111.job_options import JobOptions
 from service.runtime.batching import BatchConfig, Batcher
 from service.runtime.jobs import Job, JobQueue
-from service.runtime.loras import LoraRegistry
 from service.runtime.logs import log_jobs
+from service.runtime.loras import LoraRegistry
 from service.runtime.metrics import ServerMetrics
 from service.runtime.models import ModelEntry, ModelRegistry
 from service.runtime.options import Options

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from engine import image_ops
-from engine.backend import ExecutionBackend, OrtBackend
+from engine.backend import BackendChoice, ExecutionBackend, create_backend
 from engine.brownian import NoiseSampler, brownian_noise_sampler
 from engine.bundle import Bundle, load_bundle
 from engine.color_correction import apply_color_correction, correction_target
@@ -106,9 +106,10 @@ class Pipeline:
         self.unet = UNet(backend)
 
     @classmethod
-    def from_path(cls, path: str | Path, providers: str | list[str] = "cpu") -> Pipeline:
+    def from_path(cls, path: str | Path, providers: str | list[str] = "cpu",
+                  choice: BackendChoice = BackendChoice()) -> Pipeline:
         bundle = load_bundle(path)
-        return cls(bundle, OrtBackend(bundle, providers))
+        return cls(bundle, create_backend(bundle, providers, choice))
 
     def model_schedule(self, settings: SamplerSettings | None = None) -> ModelSchedule:
         """The model's ᾱ schedule, rescaled to zero terminal SNR when option sd_noise_schedule asks (A1111

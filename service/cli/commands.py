@@ -74,6 +74,7 @@ def serve(args: argparse.Namespace) -> int:
     model = prepare_model(Path(args.model), models_dir) if args.model else None
     config = ServerConfig(
         model=model, models_dir=models_dir, providers=args.providers, max_queue=args.max_queue,
+        backend=args.backend, precision=args.precision,
         options_file=Path(args.options_file) if args.options_file else None,
         cors_allow_origins=args.cors_allow_origins, cors_allow_origins_regex=args.cors_allow_origins_regex,
         api_auth=args.api_auth, api_log=args.api_log, host=args.host, port=args.port, listen=args.listen,
@@ -164,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     s.add_argument("--listen", action="store_true", help="bind 0.0.0.0")
     s.add_argument("--providers", default="cpu", help="cpu, cuda, tensorrt (ONNX Runtime execution providers)")
+    s.add_argument("--backend", default="ort", choices=["ort", "openvino", "auto"],
+                   help="runtime: ONNX Runtime, OpenVINO (extra `openvino`), or auto: the fastest variant whose "
+                        "quality gate recorded in the bundle passed (`sdedge gate`)")
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="inference precision; bf16 needs --backend openvino (a CPU with avx512_bf16/AMX)")
     s.add_argument("--max-queue", type=int, default=64, help="jobs that may wait; more get 503")
     s.add_argument("--options-file", default="config.json", help="where options are persisted")
     s.add_argument("--cors-allow-origins", default=None)

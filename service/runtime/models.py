@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.backend import BackendChoice
 from engine.bundle import Bundle, is_bundle, load_bundle
 from engine.img2img import is_edit_model
 from engine.pipeline import Pipeline
@@ -53,10 +54,11 @@ class ModelRegistry:
     """Known bundles and the one loaded pipeline; loading happens on the worker thread that runs jobs."""
 
     def __init__(self, models_dir: Path | None = None, extra: list[Path] | None = None,
-                 providers: str | list[str] = "cpu"):
+                 providers: str | list[str] = "cpu", choice: BackendChoice = BackendChoice()):
         self.models_dir = Path(models_dir) if models_dir else None
         self.extra = [Path(p) for p in (extra or [])]
         self.providers = providers
+        self.choice = choice  # --backend / --precision
         self._entries: list[ModelEntry] = []
         self._loaded: tuple[ModelEntry, Pipeline] | None = None
         self._lock = threading.Lock()
@@ -95,7 +97,7 @@ class ModelRegistry:
         with self._lock:
             if self._loaded is None or self._loaded[0] != entry:
                 log.info("loading %s from %s", entry.title, entry.path)
-                self._loaded = (entry, Pipeline.from_path(entry.path, self.providers))
+                self._loaded = (entry, Pipeline.from_path(entry.path, self.providers, self.choice))
             return self._loaded[1]
 
     def load_beside(self, entry: ModelEntry, second: ModelEntry) -> tuple[Pipeline, Pipeline]:
@@ -107,7 +109,7 @@ class ModelRegistry:
         pipeline = self.load(entry)
         if reuse is None:
             log.info("loading %s from %s for one job", second.title, second.path)
-            reuse = Pipeline.from_path(second.path, self.providers)
+            reuse = Pipeline.from_path(second.path, self.providers, self.choice)
         return pipeline, reuse
 
     def unload(self) -> None:

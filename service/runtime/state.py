@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.backend import BackendChoice
 from engine.upscalers import UpscalerRegistry
 from service.a1111.errors import InvalidRequest
 from service.a1111.job_options import JobOptions
@@ -24,6 +25,8 @@ class ServerConfig:
     model: Path | None = None
     models_dir: Path | None = None
     providers: str = "cpu"
+    backend: str = "ort"  # --backend: ort | openvino | auto (engine/backend.py: BackendChoice)
+    precision: str = "fp32"  # --precision: fp32 | bf16 (bf16 on OpenVINO only)
     max_queue: int = 64
     options_file: Path | None = None
     api_auth: str | None = None
@@ -48,7 +51,8 @@ class ServerState:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.options = Options(config.options_file)
-        self.models = ModelRegistry(config.models_dir, [config.model] if config.model else [], config.providers)
+        self.models = ModelRegistry(config.models_dir, [config.model] if config.model else [], config.providers,
+                                    BackendChoice(config.backend, config.precision))
         self.queue = JobQueue(max_pending=config.max_queue, timeout=self.job_timeout)
         self.upscalers = UpscalerRegistry(config.upscalers_dir, config.providers)
 

@@ -63,6 +63,9 @@ class MemoryPolicy:
     mem_pattern: bool = True
     # With the arena on: shrink it back to its initial size at the end of every run (ORT run option).
     arena_shrinkage: bool = True
+    # ORT's `session.disable_prepacking`: without it, MatMul/Conv kernels copy their (memory-mapped) weights into
+    # packed buffers at session creation, a second full copy of the weights in anonymous memory.
+    disable_prepacking: bool = False
 
 
 class OrtBackend:
@@ -94,6 +97,8 @@ class OrtBackend:
                     options.intra_op_num_threads = self.intra_op_threads
                 options.enable_cpu_mem_arena = self.memory.cpu_mem_arena
                 options.enable_mem_pattern = self.memory.mem_pattern
+                if self.memory.disable_prepacking:
+                    options.add_session_config_entry("session.disable_prepacking", "1")
                 available = set(self._ort.get_available_providers())
                 providers = [p for p in self.requested_providers if p in available] or ["CPUExecutionProvider"]
                 session = self._ort.InferenceSession(

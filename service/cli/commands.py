@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -109,6 +110,21 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def gate(args: argparse.Namespace) -> int:
+    """`sdedge gate`: engine/quality_gate.py on one variant; exit status 1 when the gate fails."""
+    from dataclasses import asdict
+
+    from engine.backend import BackendChoice
+    from engine.bundle import load_bundle
+    from engine.quality_gate import record, run_gate
+
+    choice = BackendChoice(args.backend, args.precision, args.threads)
+    result = run_gate(load_bundle(args.model), choice, args.samples, args.size, args.steps, args.threads)
+    record(args.model, result)
+    print(json.dumps(asdict(result), indent=2))
+    return 0 if result.passed else 1
+
+
 def start_grpc(state, host: str, args: argparse.Namespace):
     """The gRPC server, or None when disabled. A busy default port only warns: REST users need no gRPC."""
     from service.rpc.server import GrpcConfig, GrpcServer, MiB
@@ -197,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-side", type=int, default=4096, metavar="PX",
                    help="largest width/height a request may ask for, hires result included (default 4096)")
     s.set_defaults(func=serve)
+    q = sub.add_parser("gate", help="measure a backend/precision variant against ONNX Runtime fp32 and record the "
+                       "result in the bundle's manifest (read by --backend auto)")
+    q.add_argument("--model", required=True, help="an sdedge bundle")
+    q.add_argument("--backend", default="openvino", choices=["ort", "openvino"])
+    q.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    q.add_argument("--samples", type=int, default=8, help="prompts/seeds (default 8)")
+    q.add_argument("--size", type=int, default=256, help="image side in px (default 256)")
+    q.add_argument("--steps", type=int, default=4)
+    q.add_argument("--threads", type=int, default=0)
+    q.set_defaults(func=gate)
     g = sub.add_parser("generate", help="txt2img on a running server (gRPC or REST), with a progress bar")
     cli_generate.add_arguments(g)
     g.set_defaults(func=cli_generate.run)

@@ -75,21 +75,30 @@ class OpenVinoBackend:
             # The compiled blob is written there and reused by the next compile of that shape (the weights' size
             # on disk per shape; it saved ≈1 s of 4 on a SD 1.5 UNet here, so it is off by default).
             self.config["CACHE_DIR"] = str(cache_dir)
-        self._models: dict[str, object] = {}
+        self._io: dict[str, tuple[list[TensorSpec], list[str]]] = {}
         self._compiled: dict[str, OrderedDict] = {}
         self._lock = threading.Lock()
         self.compiles = 0  # how many compiles this backend did (tests, logs)
 
-    def model(self, component: str):
-        """The component as read from its ONNX file (dynamic shapes), read once."""
+    def _read(self, component: str):
+        """The component as read from its ONNX file (dynamic shapes). Not kept: once compiled, the plugin holds
+        the weights in its own layout (a bf16 copy at bf16), and a kept model would hold the fp32 weights too."""
+        return self._core.read_model(str(self.bundle.component_path(component)))
+
+    def _ports(self, component: str) -> tuple[list[TensorSpec], list[str]]:
         with self._lock:
-            if component not in self._models:
-                self._models[component] = self._core.read_model(str(self.bundle.component_path(component)))
-            return self._models[component]
+            if component not in self._io:
+                model = self._read(component)
+                specs = []
+                for port in model.inputs:
+                    shape = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
+                    dtype = port.get_element_type().get_type_name()
+                    specs.append(TensorSpec(port.get_any_name(), shape, _OV_DTYPES.get(dtype, dtype)))
+                self._io[component] = (specs, [port.get_any_name() for port in model.outputs])
+            return self._io[component]
 
     def compiled(self, component: str, shapes: dict[str, tuple[int, ...]]):
         key = tuple(sorted(shapes.items()))
-        model = self.model(component)
         with self._lock:
             cache = self._compiled.setdefault(component, OrderedDict())
             if key in cache:
@@ -97,10 +106,11 @@ class OpenVinoBackend:
                 return cache[key]
             while len(cache) >= self.shapes_per_component:
                 cache.popitem(last=False)  # drop the least recently used shape before compiling the new one
-            static = model.clone()
+            static = self._read(component)
             static.reshape({name: self._ov.PartialShape(list(shape)) for name, shape in shapes.items()})
             log.info("openvino: compiling %s for %s (%s)", component, dict(key), self.precision)
             compiled = self._core.compile_model(static, "CPU", self.config)
+            del static
             self.compiles += 1
             cache[key] = compiled
             return compiled
@@ -112,23 +122,17 @@ class OpenVinoBackend:
         return {out.get_any_name(): np.array(request.get_tensor(out).data, copy=True) for out in compiled.outputs}
 
     def input_specs(self, component: str) -> list[TensorSpec]:
-        specs = []
-        for port in self.model(component).inputs:
-            shape = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
-            dtype = port.get_element_type().get_type_name()
-            specs.append(TensorSpec(port.get_any_name(), shape, _OV_DTYPES.get(dtype, dtype)))
-        return specs
+        return self._ports(component)[0]
 
     def output_names(self, component: str) -> list[str]:
-        return [port.get_any_name() for port in self.model(component).outputs]
+        return self._ports(component)[1]
 
     @property
     def providers(self) -> list[str]:
         return [f"OpenVINO CPU ({self.precision})"]
 
     def release(self, component: str | None = None) -> None:
-        """Drop compiled models (all, or one component's) and read models; they are rebuilt on next use."""
+        """Drop compiled models (all, or one component's); they are compiled again on next use."""
         with self._lock:
             for name in [component] if component else list(self._compiled):
                 self._compiled.pop(name, None)
-                self._models.pop(name, None)

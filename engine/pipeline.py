@@ -222,6 +222,9 @@ class Pipeline:
             image_cond=run.image_cond, latent_mask=run.latent_mask, image_cfg_scale=image_cfg_scale,
             s_min_uncond=settings.s_min_uncond, s_min_uncond_all=settings.s_min_uncond_all,
             skip_early_cond=settings.skip_early_cond, total_steps=sampler.total_steps(launch_steps(plan, run)),
+            pad_cond_uncond=settings.pad_cond_uncond,
+            empty_context=self.prompt_encoder.encode_texts([""], plan.text_encoder_options)[0]
+            if settings.pad_cond_uncond == "empty" else None,
         )
         last = {"x": x}
         # k-diffusion samplers walk sigmas; timestep samplers walk DDIM's grid (read back from the sigmas).

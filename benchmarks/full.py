@@ -128,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
             row = run_child(pipeline, size, models, args.steps, args.threads)
             print(json.dumps(row), flush=True)
             rows.append(row)
-    loads["end"] = tuple(round(x, 2) for x in load_average())
+            loads["end"] = tuple(round(x, 2) for x in load_average())
+            if args.write:  # after every row: a long run stopped early still leaves its finished rows
+                write_results(args.write, markdown(args, rows, machine, loads))
     for line in table(rows, args.sizes):
         print(line)
-    if args.write:
-        write_results(args.write, markdown(args, rows, machine, loads))
     return 0
 
 

@@ -8,7 +8,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 DEMO_BUNDLE ?= models/sdedge-shapes
 PORT ?= 7860
 
-.PHONY: serve test test-fast test-slow bench lint export demo proto clean fuzz
+.PHONY: serve test test-fast test-slow bench bench-full lint export demo proto clean fuzz
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ test-slow: $(STAMP_DEV)
 
 bench: $(STAMP_DEV)
 	$(PY) -m benchmarks.run $(ARGS)
+
+# Full-size random-weight SD 1.5 (built once into .cache/bench-full/, ~4 GB): sdedge per backend/precision vs
+# diffusers fp32/bf16 at 256 and 512 px, each in its own process; ~10 GiB peak, tens of minutes on 2 cores.
+# Updates the full-size section of benchmarks/RESULTS.md. Never part of `make test`.
+bench-full: $(STAMP_DEV)
+	$(PIP) install -q -e ".[openvino]"
+	$(PY) -m benchmarks.full --write benchmarks/RESULTS.md $(ARGS)
 
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check .

@@ -63,6 +63,9 @@ class MemoryPolicy:
     mem_pattern: bool = True
     # With the arena on: shrink it back to its initial size at the end of every run (ORT run option).
     arena_shrinkage: bool = True
+    # ORT's `session.disable_prepacking`: without it, MatMul/Conv kernels copy their (memory-mapped) weights into
+    # packed buffers at session creation, a second full copy of the weights in anonymous memory.
+    disable_prepacking: bool = False
 
 
 class OrtBackend:
@@ -92,6 +95,8 @@ class OrtBackend:
             options.intra_op_num_threads = self.intra_op_threads
         options.enable_cpu_mem_arena = self.memory.cpu_mem_arena
         options.enable_mem_pattern = self.memory.mem_pattern
+        if self.memory.disable_prepacking:
+            options.add_session_config_entry("session.disable_prepacking", "1")
         if initializers:
             # Replaces external-data initializers before graph optimisation (data copied at load), so merged
             # LoRA weights reach every kernel, prepacked or not (engine/network_sessions.py).
@@ -150,6 +155,46 @@ class OrtBackend:
         """Providers the sessions really got (not merely the available ones)."""
         session = self.session("unet")
         return list(session.get_providers())
+
+
+BACKENDS = ("ort", "openvino", "auto")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """Which runtime runs the bundle (`--backend`, `--precision`). `auto` takes the fastest variant whose
+    quality gate, recorded in the bundle's manifest, passed (engine/quality_gate.py: pick_variant); ONNX Runtime
+    fp32 (the reference) when none is recorded. bf16 exists on OpenVINO only."""
+
+    backend: str = "ort"
+    precision: str = "fp32"
+    threads: int = 0
+    cache_dir: str | None = None  # OpenVINO's compiled-model cache (CACHE_DIR); None: no cache
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if self.backend == "ort" and self.precision != "fp32":
+            raise ValueError("ONNX Runtime runs fp32 bundles in fp32; --precision bf16 needs --backend openvino")
+
+
+def create_backend(bundle: Bundle, providers: str | Sequence[str] = "cpu",
+                   choice: BackendChoice = BackendChoice()) -> ExecutionBackend:
+    """The backend `choice` names for `bundle`; OpenVINO is imported only when chosen."""
+    if choice.backend == "auto":
+        from engine.quality_gate import pick_variant
+
+        backend, precision = pick_variant(bundle)
+        log.info("backend auto: %s %s", backend, precision)
+        choice = BackendChoice(backend, precision, choice.threads, choice.cache_dir)
+    if choice.backend == "openvino":
+        from engine.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(bundle, choice.precision, choice.threads, choice.cache_dir)
+    return OrtBackend(bundle, providers, intra_op_threads=choice.threads)
 
 
 def _libc():

@@ -68,6 +68,9 @@ class Manifest:
     io: dict[str, dict] = field(default_factory=dict)
     format: str = BUNDLE_FORMAT
     format_version: int = BUNDLE_FORMAT_VERSION
+    # Optional: variant ("openvino-bf16") -> its measured error against ONNX Runtime fp32 and its UNet call time
+    # (engine/quality_gate.py: GateResult), written by `sdedge gate`; `--backend auto` reads it.
+    quality_gate: dict[str, dict] = field(default_factory=dict)
 
     @property
     def is_inpainting(self) -> bool:

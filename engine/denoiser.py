@@ -71,6 +71,29 @@ def _pad_tokens(embeddings: list[np.ndarray], length: int) -> np.ndarray:
     return np.stack(rows)
 
 
+def pad_cond_uncond(cond: np.ndarray, uncond: np.ndarray, mode: str,
+                    empty: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """[B, T, D] cond and uncond brought to one token length so they share a UNet call (A1111
+    modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.pad_cond_uncond, pad_cond_uncond_v0). "empty": the shorter
+    gets whole copies of the empty prompt's [77, D] embedding; "v0": the uncond repeats its last vector or is
+    truncated to the cond's length."""
+    if mode == "v0":
+        if uncond.shape[1] < cond.shape[1]:
+            uncond = np.concatenate([uncond, np.repeat(uncond[:, -1:], cond.shape[1] - uncond.shape[1], axis=1)], 1)
+        return cond, uncond[:, : cond.shape[1]]
+    repeats = (cond.shape[1] - uncond.shape[1]) // empty.shape[0]
+
+    def padded(x: np.ndarray, n: int) -> np.ndarray:
+        return np.concatenate([x, np.broadcast_to(np.tile(empty, (n, 1)), (x.shape[0], n * empty.shape[0],
+                                                                          empty.shape[1]))], axis=1)
+
+    if repeats < 0:
+        cond = padded(cond, -repeats)
+    elif repeats > 0:
+        uncond = padded(uncond, repeats)
+    return cond, uncond
+
+
 @dataclass(frozen=True)
 class LatentMask:
     """Inpainting's latent blend (A1111 modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward): `nmask` (1
@@ -109,6 +132,8 @@ class CFGDenoiser:
         s_min_uncond_all: bool = False,
         skip_early_cond: float = 0.0,
         total_steps: int | None = None,
+        pad_cond_uncond: str = "",
+        empty_context: np.ndarray | None = None,
     ):
         if skip_early_cond and not total_steps:
             raise ValueError("skip_early_cond needs the denoiser's total_steps")
@@ -125,6 +150,11 @@ class CFGDenoiser:
         self.s_min_uncond_all = s_min_uncond_all
         self.skip_early_cond = skip_early_cond
         self.total_steps = total_steps
+        # Options pad_cond_uncond ("empty", with the encoded empty prompt [77, D]) and pad_cond_uncond_v0 ("v0").
+        if pad_cond_uncond == "empty" and empty_context is None:
+            raise ValueError("pad_cond_uncond needs the empty prompt's embedding")
+        self.pad_cond_uncond = pad_cond_uncond
+        self.empty_context = empty_context
         # DDIM CFG++ scales the guidance and reads the unconditional prediction (A1111's attributes of that name).
         self.cfg_scale_multiplier = 1.0
         self.need_last_uncond = False
@@ -215,11 +245,16 @@ class CFGDenoiser:
         x_cond = np.repeat(x, repeats, axis=0)
         image_cond_rows = None if image_cond is None else np.repeat(image_cond, repeats, axis=0)
         single_prompt = all(r == 1 for r in repeats) and all(w == 1.0 for s in cond.cond for _, w in s)
+        uncond_len = max(e.shape[0] for e in cond.uncond)
+        uncond_context = _pad_tokens(list(cond.uncond), uncond_len)
+        if self.pad_cond_uncond and cond_len != uncond_len:
+            # Before the skip checks, as A1111 pads: a cond padded with empty chunks is what the cond half sees.
+            cond_context, uncond_context = pad_cond_uncond(cond_context, uncond_context, self.pad_cond_uncond,
+                                                           self.empty_context)
+            cond_len, uncond_len = cond_context.shape[1], uncond_context.shape[1]
         if cfg_scale == 1.0 and single_prompt and not self.need_last_uncond:
             # U + 1·(C − U) = C: skip the unconditional half.
             return predict(x_cond, sigma, cond_context, image_cond_rows)
-        uncond_len = max(e.shape[0] for e in cond.uncond)
-        uncond_context = _pad_tokens(list(cond.uncond), uncond_len)
         if skip_uncond:
             # NGMS: no unconditional half; each image's first cond row stands in for it (A1111).
             out_cond = predict(x_cond, sigma, cond_context, image_cond_rows)

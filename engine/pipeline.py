@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from engine import image_ops
-from engine.backend import ExecutionBackend, OrtBackend
+from engine.backend import BackendChoice, ExecutionBackend, create_backend
 from engine.brownian import NoiseSampler, brownian_noise_sampler
 from engine.bundle import Bundle, load_bundle
 from engine.color_correction import apply_color_correction, correction_target
@@ -130,9 +130,10 @@ class Pipeline:
         return self._tiled
 
     @classmethod
-    def from_path(cls, path: str | Path, providers: str | list[str] = "cpu") -> Pipeline:
+    def from_path(cls, path: str | Path, providers: str | list[str] = "cpu",
+                  choice: BackendChoice = BackendChoice()) -> Pipeline:
         bundle = load_bundle(path)
-        return cls(bundle, OrtBackend(bundle, providers))
+        return cls(bundle, create_backend(bundle, providers, choice))
 
     def model_schedule(self, settings: SamplerSettings | None = None) -> ModelSchedule:
         """The model's ᾱ schedule, rescaled to zero terminal SNR when option sd_noise_schedule asks (A1111
@@ -247,6 +248,9 @@ class Pipeline:
             image_cond=run.image_cond, latent_mask=run.latent_mask, image_cfg_scale=image_cfg_scale,
             s_min_uncond=settings.s_min_uncond, s_min_uncond_all=settings.s_min_uncond_all,
             skip_early_cond=settings.skip_early_cond, total_steps=sampler.total_steps(launch_steps(plan, run)),
+            pad_cond_uncond=settings.pad_cond_uncond,
+            empty_context=self.prompt_encoder.encode_texts([""], plan.text_encoder_options)[0]
+            if settings.pad_cond_uncond == "empty" else None,
         )
         last = {"x": x}
         # k-diffusion samplers walk sigmas; timestep samplers walk DDIM's grid (read back from the sigmas).

@@ -658,6 +658,10 @@ class SamplerSettings:
     skip_early_cond: float = 0.0  # cfg 1 (no uncond) while denoiser step / total steps ≤ this (A1111 modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward)
     img2img_extra_noise: float = 0.0  # img2img and hires start: x += noise·e (A1111 KDiffusionSampler.sample_img2img)
     sgm_noise_multiplier: bool = False  # txt2img, k-diffusion: start at noise·√(1 + σ₀²), not noise·σ₀ (A1111 modules/sd_samplers_kdiffusion.py: KDiffusionSampler.sample)
+    # Cond and uncond of different token lengths: "" runs them as two UNet calls (A1111's default); "empty" pads the
+    # shorter with the encoded empty prompt (option pad_cond_uncond), "v0" repeats or truncates the uncond's last
+    # vector (pad_cond_uncond_v0, which wins), so one batched call serves both.
+    pad_cond_uncond: str = ""
     noise_schedule: str = "Default"  # sd_noise_schedule; "Zero Terminal SNR" rescales ᾱ (A1111 modules/sd_models.py: rescale_zero_terminal_snr_abar)
 
 

@@ -61,6 +61,8 @@ class JobOptions:
     beta_dist_beta: float = DEFAULTS["beta_dist_beta"]
     use_old_karras_scheduler_sigmas: bool = DEFAULTS["use_old_karras_scheduler_sigmas"]
     skip_early_cond: float = DEFAULTS["skip_early_cond"]
+    pad_cond_uncond: bool = DEFAULTS["pad_cond_uncond"]
+    pad_cond_uncond_v0: bool = DEFAULTS["pad_cond_uncond_v0"]
     img2img_extra_noise: float = DEFAULTS["img2img_extra_noise"]
     sgm_noise_multiplier: bool = DEFAULTS["sgm_noise_multiplier"]
     sd_noise_schedule: str = DEFAULTS["sd_noise_schedule"]
@@ -175,6 +177,7 @@ class JobOptions:
                 old_karras_sigmas=self.use_old_karras_scheduler_sigmas,
             ),
             skip_early_cond=self.skip_early_cond,
+            pad_cond_uncond="v0" if self.pad_cond_uncond_v0 else "empty" if self.pad_cond_uncond else "",
             img2img_extra_noise=self.img2img_extra_noise,
             sgm_noise_multiplier=self.sgm_noise_multiplier,
             noise_schedule=self.sd_noise_schedule,

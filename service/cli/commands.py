@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -74,6 +75,7 @@ def serve(args: argparse.Namespace) -> int:
     model = prepare_model(Path(args.model), models_dir) if args.model else None
     config = ServerConfig(
         model=model, models_dir=models_dir, providers=args.providers, max_queue=args.max_queue,
+        backend=args.backend, precision=args.precision,
         options_file=Path(args.options_file) if args.options_file else None,
         cors_allow_origins=args.cors_allow_origins, cors_allow_origins_regex=args.cors_allow_origins_regex,
         api_auth=args.api_auth, api_log=args.api_log, host=args.host, port=args.port, listen=args.listen,
@@ -134,6 +136,21 @@ def _draining_server(state, app, host: str, args: argparse.Namespace, grpc_serve
     return server
 
 
+def gate(args: argparse.Namespace) -> int:
+    """`sdedge gate`: engine/quality_gate.py on one variant; exit status 1 when the gate fails."""
+    from dataclasses import asdict
+
+    from engine.backend import BackendChoice
+    from engine.bundle import load_bundle
+    from engine.quality_gate import record, run_gate
+
+    choice = BackendChoice(args.backend, args.precision, args.threads)
+    result = run_gate(load_bundle(args.model), choice, args.samples, args.size, args.steps, args.threads)
+    record(args.model, result)
+    print(json.dumps(asdict(result), indent=2))
+    return 0 if result.passed else 1
+
+
 def start_grpc(state, host: str, args: argparse.Namespace):
     """The gRPC server, or None when disabled. A busy default port only warns: REST users need no gRPC."""
     from service.rpc.server import GrpcConfig, GrpcServer, MiB
@@ -190,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     s.add_argument("--listen", action="store_true", help="bind 0.0.0.0")
     s.add_argument("--providers", default="cpu", help="cpu, cuda, tensorrt (ONNX Runtime execution providers)")
+    s.add_argument("--backend", default="ort", choices=["ort", "openvino", "auto"],
+                   help="runtime: ONNX Runtime, OpenVINO (extra `openvino`), or auto: the fastest variant whose "
+                        "quality gate recorded in the bundle passed (`sdedge gate`)")
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="inference precision; bf16 needs --backend openvino (a CPU with avx512_bf16/AMX)")
     s.add_argument("--max-queue", type=int, default=64, help="jobs that may wait; more get 503")
     s.add_argument("--options-file", default="config.json", help="where options are persisted")
     s.add_argument("--cors-allow-origins", default=None)
@@ -243,6 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --batch-max: how long a job waits for compatible jobs to arrive (default 0: batch only "
                    "jobs already waiting; a lone job is never delayed by more than this)")
     s.set_defaults(func=serve)
+    q = sub.add_parser("gate", help="measure a backend/precision variant against ONNX Runtime fp32 and record the "
+                       "result in the bundle's manifest (read by --backend auto)")
+    q.add_argument("--model", required=True, help="an sdedge bundle")
+    q.add_argument("--backend", default="openvino", choices=["ort", "openvino"])
+    q.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    q.add_argument("--samples", type=int, default=8, help="prompts/seeds (default 8)")
+    q.add_argument("--size", type=int, default=256, help="image side in px (default 256)")
+    q.add_argument("--steps", type=int, default=4)
+    q.add_argument("--threads", type=int, default=0)
+    q.set_defaults(func=gate)
     g = sub.add_parser("generate", help="txt2img on a running server (gRPC or REST), with a progress bar")
     cli_generate.add_arguments(g)
     g.set_defaults(func=cli_generate.run)

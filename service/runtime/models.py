@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.backend import BackendChoice
 from engine.bundle import Bundle, is_bundle, load_bundle
 from engine.img2img import is_edit_model
 from engine.pipeline import Pipeline
@@ -59,10 +60,11 @@ class ModelRegistry:
     """Known bundles and the one loaded pipeline; loading happens on the worker thread that runs jobs."""
 
     def __init__(self, models_dir: Path | None = None, extra: list[Path] | None = None,
-                 providers: str | list[str] = "cpu"):
+                 providers: str | list[str] = "cpu", choice: BackendChoice = BackendChoice()):
         self.models_dir = Path(models_dir) if models_dir else None
         self.extra = [Path(p) for p in (extra or [])]
         self.providers = providers
+        self.choice = choice  # --backend / --precision
         self._entries: list[ModelEntry] = []
         self._loaded: tuple[ModelEntry, Pipeline] | None = None
         self.loader = Pipeline.from_path  # (path, providers) -> Pipeline; the server times it (metrics.py)
@@ -102,7 +104,7 @@ class ModelRegistry:
         with self._lock:
             if self._loaded is None or self._loaded[0] != entry:
                 log.info("loading %s from %s", entry.title, entry.path)
-                self._loaded = (entry, self.loader(entry.path, self.providers))
+                self._loaded = (entry, self.loader(entry.path, self.providers, self.choice))
             return self._loaded[1]
 
     def load_beside(self, entry: ModelEntry, second: ModelEntry) -> tuple[Pipeline, Pipeline]:
@@ -114,7 +116,7 @@ class ModelRegistry:
         pipeline = self.load(entry)
         if reuse is None:
             log.info("loading %s from %s for one job", second.title, second.path)
-            reuse = self.loader(second.path, self.providers)
+            reuse = self.loader(second.path, self.providers, self.choice)
         return pipeline, reuse
 
     def unload(self) -> None:

@@ -52,6 +52,8 @@ DEFAULTS: dict[str, Any] = {
     "beta_dist_beta": 0.6,
     "use_old_karras_scheduler_sigmas": False,
     "skip_early_cond": 0.0,
+    "pad_cond_uncond": False,
+    "pad_cond_uncond_v0": False,
     "img2img_extra_noise": 0.0,
     "sgm_noise_multiplier": False,
     "sd_noise_schedule": "Default",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from engine.backend import BackendChoice
 from engine.face_restoration import FaceRestorers
 from engine.upscalers import UpscalerRegistry
 from service.a1111.errors import InvalidRequest
@@ -30,6 +31,8 @@ class ServerConfig:
     model: Path | None = None
     models_dir: Path | None = None
     providers: str = "cpu"
+    backend: str = "ort"  # --backend: ort | openvino | auto (engine/backend.py: BackendChoice)
+    precision: str = "fp32"  # --precision: fp32 | bf16 (bf16 on OpenVINO only)
     max_queue: int = 64
     options_file: Path | None = None
     api_auth: str | None = None
@@ -68,7 +71,8 @@ class ServerState:
         self.metrics = ServerMetrics()
         self.draining = False  # set by service/runtime/drain.py: the doors refuse new work (503 / UNAVAILABLE)
         self.options = Options(config.options_file)
-        self.models = ModelRegistry(config.models_dir, [config.model] if config.model else [], config.providers)
+        self.models = ModelRegistry(config.models_dir, [config.model] if config.model else [], config.providers,
+                                    BackendChoice(config.backend, config.precision))
         self.models.loader = self.metrics.loader(self.models.loader)
         self.queue = JobQueue(max_pending=config.max_queue, timeout=self.job_timeout)
         self.queue.on_start.append(self.metrics.job_started)

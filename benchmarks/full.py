@@ -1,0 +1,140 @@
+"""`make bench-full` (`python -m benchmarks.full`): sdedge on each backend/precision, diffusers fp32 and diffusers
+bf16 side by side on a full-size random-weight SD 1.5 (benchmarks/full_models.py), at 256 and 512 px.
+
+Each (pipeline, size) runs in its own process (benchmarks/full_child.py), so its peak RSS is its own. Reported:
+load time, median UNet call (CFG batch 2), VAE decode, total per image, peak RSS, and each as a ratio to
+diffusers fp32 and bf16. `--write` puts the table into benchmarks/RESULTS.md between the full-size markers,
+leaving `make bench`'s sections alone. Full-size processes take ~10 GiB: run one benchmark at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmarks.full_child import PIPELINES
+from benchmarks.machine import _cpuinfo_field, describe, load_average
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- bench-full: begin -->", "<!-- bench-full: end -->"
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "f16c", "fma")
+
+
+def run_child(pipeline: str, size: int, models, steps: int, threads: int) -> dict:
+    command = [sys.executable, "-m", "benchmarks.full_child", "--pipeline", pipeline, "--bundle", str(models.bundle),
+               "--diffusers", str(models.diffusers), "--size", str(size), "--steps", str(steps),
+               "--threads", str(threads)]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"pipeline": pipeline, "size": size, "error": proc.stderr.strip().splitlines()[-1:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def ratio(a, b) -> str:
+    return f"{a / b:.2f}" if a and b else "–"
+
+
+def table(rows: list[dict], sizes: list[int]) -> list[str]:
+    by = {(r["pipeline"], r["size"]): r for r in rows}
+    out = ["| pipeline | size | load s | UNet call s | VAE decode s | total s/image | peak RSS MiB | "
+           "time ÷ diffusers fp32 | time ÷ diffusers bf16 | RSS ÷ diffusers fp32 | RSS ÷ diffusers bf16 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for size in sizes:
+        fp32, bf16 = by.get(("diffusers-fp32", size), {}), by.get(("diffusers-bf16", size), {})
+        for r in (by[(p, s)] for p, s in by if s == size):
+            if "error" in r:
+                out.append(f"| {r['pipeline']} | {size} | failed: {' '.join(r['error'])} |" + " |" * 9)
+                continue
+            out.append(
+                f"| {r['pipeline']} | {size} | {r['load_s']} | {r['unet_call_s']} | {r['vae_decode_s']} | "
+                f"{r['total_s']} | {r['peak_rss_mib']:.0f} | {ratio(r['total_s'], fp32.get('total_s'))} | "
+                f"{ratio(r['total_s'], bf16.get('total_s'))} | {ratio(r['peak_rss_mib'], fp32.get('peak_rss_mib'))}"
+                f" | {ratio(r['peak_rss_mib'], bf16.get('peak_rss_mib'))} |")
+    return out
+
+
+def markdown(args, rows: list[dict], machine: dict, loads: dict) -> str:
+    flags = set((_cpuinfo_field("flags") or "").split())
+    v = machine["versions"]
+    return "\n".join([
+        BEGIN,
+        "## Full-size SD 1.5 (issue 16): `make bench-full`",
+        "",
+        f"Written by `python -m benchmarks.full --sizes {' '.join(map(str, args.sizes))} --steps {args.steps} "
+        f"--threads {args.threads}` on {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
+        f"CPU: {machine['cpu']}, {machine['usable_cpus']} usable CPUs; flags: "
+        + ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in FLAGS) + ". "
+        f"onnxruntime {v['onnxruntime']}, openvino {_version('openvino')}, torch {v['torch']}, "
+        f"diffusers {v['diffusers']}. Load average {loads['start']} at start, {loads['end']} at end "
+        "(the machine is shared: times are noisy, ratios in one run are what counts).",
+        "",
+        "SD 1.5's architecture (export/configs/sd15) with seeded random weights, txt2img, batch 1, "
+        f"Euler, {args.steps} steps over A1111's sigmas, CFG 7 (UNet batch 2), the same initial latents; each "
+        "(pipeline, size) in its own process: load, a 1-step warm-up image (sessions, OpenVINO's compile for "
+        "the shape), then the timed image. UNet call = median call in the timed image; peak RSS = the "
+        "process's VmHWM (load, warm-up and the timed image).",
+        "",
+        *table(rows, args.sizes),
+        "",
+        "Raw rows:",
+        "",
+        "```",
+        *(json.dumps(r) for r in rows),
+        "```",
+        END,
+    ])
+
+
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def write_results(path: Path, section: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    if BEGIN in text and END in text:
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.full_models import ensure_full_models
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.full", description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
+    parser.add_argument("--write", type=Path, help="update the full-size section of this RESULTS.md")
+    args = parser.parse_args(argv)
+    machine = describe()
+    loads = {"start": tuple(round(x, 2) for x in load_average())}
+    models = ensure_full_models()
+    rows = []
+    for size in args.sizes:
+        for pipeline in args.pipelines:
+            row = run_child(pipeline, size, models, args.steps, args.threads)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            loads["end"] = tuple(round(x, 2) for x in load_average())
+            if args.write:  # after every row: a long run stopped early still leaves its finished rows
+                write_results(args.write, markdown(args, rows, machine, loads))
+    for line in table(rows, args.sizes):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

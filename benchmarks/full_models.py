@@ -1,0 +1,86 @@
+"""The full-size benchmark's model: SD 1.5's official architecture (export/configs/sd15) with seeded random
+weights, as a diffusers folder (for the torch runs) and as our bundle, built once and cached in
+.cache/bench-full/. Building needs torch and ~10 GiB, so it runs in a child process under the full-size lock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from export.build_cache import build_once, export_code_key
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache" / "bench-full"
+SEED = 0
+
+
+@dataclass(frozen=True)
+class FullModels:
+    diffusers: Path
+    bundle: Path
+
+    def complete(self) -> bool:
+        return all((p / ".complete").exists() for p in (self.diffusers, self.bundle))
+
+
+def full_models() -> FullModels:
+    base = CACHE / export_code_key()
+    return FullModels(base / "diffusers", base / "bundle")
+
+
+def _save_diffusers(out: Path) -> None:
+    """export/demo.py's recipe on the SD 1.5 configs; the scheduler through `from_config`, which ignores the
+    keys of the official config that PNDMScheduler's constructor does not take (clip_sample, ...)."""
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from export.clip_vocab import write_tokenizer_files
+    from export.single_file import SD15_CONFIG_DIR
+
+    def cfg(part: str, name: str = "config.json") -> dict:
+        data = json.loads((SD15_CONFIG_DIR / part / name).read_text())
+        return {k: v for k, v in data.items() if not k.startswith("_")}
+
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(**cfg("unet"))
+    torch.manual_seed(SEED + 1)
+    vae = AutoencoderKL(**cfg("vae"))
+    torch.manual_seed(SEED + 2)
+    text_cfg = {k: v for k, v in cfg("text_encoder").items() if k not in ("architectures", "model_type")}
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
+    scheduler = PNDMScheduler.from_config(cfg("scheduler", "scheduler_config.json"))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer_files(Path(tmp))
+        tokenizer = CLIPTokenizer.from_pretrained(tmp)
+    pipe = StableDiffusionPipeline(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(),
+                                   tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+def build(models: FullModels) -> None:
+    from export.onnx_export import export_diffusers_folder
+
+    models.diffusers.parent.mkdir(parents=True, exist_ok=True)
+    build_once(models.diffusers, _save_diffusers)
+    build_once(models.bundle, lambda out: export_diffusers_folder(models.diffusers, out, name="sd15-random"))
+
+
+def ensure_full_models() -> FullModels:
+    """The cached models, building missing ones in a child process (keeps torch out of this one)."""
+    models = full_models()
+    if not models.complete():
+        subprocess.run([sys.executable, "-m", "benchmarks.full_models"], cwd=ROOT, check=True)
+    return models
+
+
+if __name__ == "__main__":
+    models = full_models()
+    build(models)
+    print(models.bundle)

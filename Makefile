@@ -32,9 +32,14 @@ $(STAMP_RUNTIME): pyproject.toml $(VENV)/bin/python
 $(DEMO_BUNDLE)/manifest.json: $(STAMP_DEV) export/weights/shapes-sd/unet.safetensors $(wildcard export/*.py)
 	$(PY) -m export shapes --out $(DEMO_BUNDLE)
 
-demo: $(DEMO_BUNDLE)/manifest.json
+# The LoRA trained in the repo on the shapes model (export/train_lora.py): `<lora:purple:1>` in a prompt.
+DEMO_LORA := $(dir $(DEMO_BUNDLE))Lora/purple.safetensors
+$(DEMO_LORA): export/weights/loras/purple.safetensors
+	mkdir -p $(dir $@) && cp $< $@
 
-serve: $(DEMO_BUNDLE)/manifest.json
+demo: $(DEMO_BUNDLE)/manifest.json $(DEMO_LORA)
+
+serve: $(DEMO_BUNDLE)/manifest.json $(DEMO_LORA)
 	$(VENV)/bin/sdedge serve --model $(DEMO_BUNDLE) --port $(PORT) $(ARGS)
 
 test: $(STAMP_DEV)

@@ -13,6 +13,7 @@ is exact. The caller builds sessions over the merged initializers (engine/networ
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,20 @@ class WeightTarget:
 @dataclass(frozen=True)
 class LoraMap:
     targets: dict[str, WeightTarget]
+
+    @property
+    def layers_per_block(self) -> int:
+        """Resnets per UNet down block (1 + 3b + j numbering of LDM's input_blocks depends on it)."""
+        return sum(f"lora_unet_down_blocks_0_resnets_{j}_conv1" in self.targets for j in range(8)) or 2
+
+    def find(self, module: str) -> tuple[str, WeightTarget] | None:
+        """A module key's target: diffusers naming as exported, else its LDM/SGM spelling converted."""
+        if module in self.targets:
+            return module, self.targets[module]
+        for key in ldm_unet_candidates(module, self.layers_per_block):
+            if key in self.targets:
+                return key, self.targets[key]
+        return None
 
     @classmethod
     def load(cls, bundle: Path) -> LoraMap | None:
@@ -288,11 +303,11 @@ def merged_weights(
         applied = 0
         unmatched: list[str] = []
         for module, parts in network.modules.items():
-            key = module
-            target = lora_map.targets.get(key)
-            if target is None:
+            found_target = lora_map.find(module)
+            if found_target is None:
                 unmatched.append(module)
                 continue
+            key, target = found_target
             if key not in bases:
                 bases[key] = target.read(bundle)
             # A1111 network.py: the te multiplier for text-encoder modules, else unet
@@ -339,3 +354,56 @@ def load_network(path: Path, name: str | None = None) -> LoadedNetwork:
         except NetworkError as exc:
             raise NetworkError(f"{path.name}: {module}: {exc}") from exc
     return LoadedNetwork(name or path.stem, modules)
+
+
+_RESNET_PARTS = {"in_layers_0": "norm1", "in_layers_2": "conv1", "out_layers_0": "norm2", "out_layers_3": "conv2",
+                 "emb_layers_1": "time_emb_proj", "skip_connection": "conv_shortcut"}
+_FLAT_LDM = {"input_blocks_0_0": "conv_in", "time_embed_0": "time_embedding_linear_1",
+             "time_embed_2": "time_embedding_linear_2", "label_emb_0_0": "add_embedding_linear_1",
+             "label_emb_0_2": "add_embedding_linear_2", "out_0": "conv_norm_out", "out_2": "conv_out"}
+_RE_LDM = re.compile(r"(input_blocks|output_blocks)_(\d+)_(\d+)(?:_(.*))?$")
+_RE_LDM_MIDDLE = re.compile(r"middle_block_(\d+)_(.*)$")
+
+
+def _resnet_part(rest: str) -> str:
+    for ldm, diffusers in _RESNET_PARTS.items():
+        if rest == ldm or rest.startswith(ldm + "_"):
+            return diffusers + rest[len(ldm):]
+    return rest
+
+
+def ldm_unet_candidates(module: str, layers_per_block: int) -> list[str]:
+    """kohya keys in the UNet's LDM/SGM naming (`lora_unet_input_blocks_4_1_…`, what SDXL LoRAs and A1111's
+    own key names use) → the diffusers-named keys they may stand for (networks.py: convert_diffusers_name_to_compvis
+    in reverse; diffusers lora_conversion_utils: _maybe_map_sgm_blocks_to_diffusers). Several when the name alone
+    does not say it (an up block's second module is an attention, or its upsampler when it has none)."""
+    if not module.startswith("lora_unet_"):
+        return []
+    name = module[len("lora_unet_"):]
+    for ldm, diffusers in _FLAT_LDM.items():
+        if name == ldm or name.startswith(ldm + "_"):
+            return ["lora_unet_" + diffusers + name[len(ldm):]]
+    if m := _RE_LDM_MIDDLE.match(name):  # middle_block: resnet, attention, resnet
+        block, rest = int(m.group(1)), m.group(2)
+        if block == 1:
+            return [f"lora_unet_mid_block_attentions_0_{rest}"]
+        return [f"lora_unet_mid_block_resnets_{block // 2}_{_resnet_part(rest)}"]
+    m = _RE_LDM.match(name)
+    if m is None:
+        return []
+    kind, block, inner, rest = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4) or ""
+    tail = ("_" + rest) if rest else ""
+    per = layers_per_block + 1
+    if kind == "input_blocks":
+        b, j = (block - 1) // per, (block - 1) % per
+        if j == layers_per_block:  # the block's downsampler: input_blocks_{n}_0_op
+            return [f"lora_unet_down_blocks_{b}_downsamplers_0_conv"] if rest == "op" else []
+        if inner == 0:
+            return [f"lora_unet_down_blocks_{b}_resnets_{j}_{_resnet_part(rest)}".rstrip("_")]
+        return [f"lora_unet_down_blocks_{b}_attentions_{j}{tail}"]
+    b, j = block // per, block % per
+    if inner == 0:
+        return [f"lora_unet_up_blocks_{b}_resnets_{j}_{_resnet_part(rest)}".rstrip("_")]
+    attention = f"lora_unet_up_blocks_{b}_attentions_{j}{tail}"
+    upsampler = f"lora_unet_up_blocks_{b}_upsamplers_0{tail}"
+    return [attention] if inner == 1 and rest != "conv" else [attention, upsampler]

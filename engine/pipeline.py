@@ -70,6 +70,7 @@ class GenerationResult:
     # from which options return_mask / return_mask_composite make their images.
     mask_for_overlay: Image.Image | None = None
     denoised: list[Image.Image] = field(default_factory=list)
+    refined: bool = False  # the refiner took over (A1111 then writes `Refiner` and `Refiner switch at`)
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,7 @@ class Pipeline:
             )
             latents, interrupted = self._sample(plan, run, self._start(plan, run, noise), rng, on_step, should_stop)
             decoder = refiner.pipeline if refiner is not None and refiner.switched else self
+            result.refined |= decoder is not self
             if plan.hires and not interrupted:
                 # A refiner that took over the first pass stays loaded for the hires pass (A1111).
                 hires_model = decoder if decoder is not self and hires_pipeline is None else second
@@ -314,6 +316,7 @@ class Pipeline:
                 )
                 decoder = hires_refiner.pipeline if hires_refiner is not None and hires_refiner.switched \
                     else hires_model
+                result.refined |= hires_refiner is not None and hires_refiner.switched
             result.latents.extend(latents)
             result.images.extend(decoder._decode(latents))
             if interrupted:
@@ -432,6 +435,7 @@ class Pipeline:
                 latents = latent_mask.blend(latents)
             result.latents.extend(latents)
             decoder = refiner.pipeline if refiner is not None and refiner.switched else self
+            result.refined |= decoder is not self
             for i, image in enumerate(decoder._decode(latents)):
                 if targets:  # A1111 corrects before the overlay, so `denoised` is the corrected result too
                     image = apply_color_correction(targets[min(i, len(targets) - 1)], image)

@@ -94,6 +94,14 @@ class JobOptions:
     auto_backcompat: bool = DEFAULTS["auto_backcompat"]
     infotext_skip_pasting: tuple[str, ...] = tuple(DEFAULTS["infotext_skip_pasting"])
     disable_weights_auto_swap: bool = DEFAULTS["disable_weights_auto_swap"]
+    # SDXL (engine.conditioning.SdxlOptions) and the refiner (engine.plan.RefinerPlan)
+    sdxl_clip_l_skip: bool = DEFAULTS["sdxl_clip_l_skip"]
+    sdxl_crop_top: int = DEFAULTS["sdxl_crop_top"]
+    sdxl_crop_left: int = DEFAULTS["sdxl_crop_left"]
+    sdxl_refiner_low_aesthetic_score: float = DEFAULTS["sdxl_refiner_low_aesthetic_score"]
+    sdxl_refiner_high_aesthetic_score: float = DEFAULTS["sdxl_refiner_high_aesthetic_score"]
+    hires_fix_refiner_pass: str = DEFAULTS["hires_fix_refiner_pass"]
+    refiner_switch_by_sample_steps: bool = DEFAULTS["refiner_switch_by_sample_steps"]
     # Not an option: one sentence per option in effect that sdedge stores but does not implement.
     unimplemented: tuple[str, ...] = ()
 

@@ -20,7 +20,13 @@ from service.a1111.job_options import JobOptions
 from service.a1111.results import build_response
 from service.a1111.sdapi_models import GenerationRequest, Img2ImgRequest
 from service.a1111.styles import styles_of
-from service.a1111.translate import hires_checkpoint, plan_img2img, plan_txt2img
+from service.a1111.translate import (
+    hires_checkpoint,
+    plan_img2img,
+    plan_txt2img,
+    refiner_checkpoint,
+    with_refiner,
+)
 from service.runtime import admission
 from service.runtime.jobs import Job, QueueFull, new_task_id
 from service.runtime.models import ModelEntry
@@ -81,6 +87,7 @@ class Generation:
     parameters: dict[str, Any]
     needed: int  # admission's estimate of the job's memory
     timestamp: str
+    refiner: ModelEntry | None = None  # refiner_checkpoint's checkpoint, when not the job's own
 
     def run(self, job: Job) -> GenerationResult:
         """On the worker: model switches happen in queue order; each pipeline resolves the plan's schedules."""
@@ -88,15 +95,18 @@ class Generation:
             pipeline, hires_pipeline = self.state.pipeline_for(self.entry), None
         else:
             pipeline, hires_pipeline = self.state.hires_pipelines_for(self.entry, self.hires)
+        # The refiner is held for this job only, like a hires checkpoint (A1111 reloads the job's model after).
+        refiner_pipeline = None if self.refiner is None else self.state.hires_pipelines_for(self.entry, self.refiner)[1]
         admission.wait_for_memory(self.needed)  # fits the budget; waits while other processes hold the memory
         plan, on_step = self.plan, progress_hook(job)
         job.progress.job_count = plan.n_iter * (2 if plan.hires else 1)  # hires: A1111 counts both passes
         try:
             if plan.img2img is not None:
-                result = pipeline.img2img(plan, on_step=on_step, should_stop=job.should_stop)
+                result = pipeline.img2img(plan, on_step=on_step, should_stop=job.should_stop,
+                                          refiner_pipeline=refiner_pipeline)
             else:
                 result = pipeline.txt2img(plan, on_step=on_step, should_stop=job.should_stop,
-                                          hires_pipeline=hires_pipeline)
+                                          hires_pipeline=hires_pipeline, refiner_pipeline=refiner_pipeline)
         finally:
             release_memory()  # a large job's freed buffers go back to the OS
         if self.req.override_settings_restore_afterwards is False:
@@ -123,9 +133,11 @@ def submit(state: ServerState, req: GenerationRequest, listener: Listener | None
     else:
         hires = hires_checkpoint(req, state.models, entry)
         kind, plan = "txt2img", plan_txt2img(req, options, state.upscalers, styles_of(state), hires)
+    refiner = refiner_checkpoint(req, state.models, entry)
+    plan = with_refiner(plan, req, options, refiner)
     needed = admission.check(state, entry, plan)  # 413 if it can never fit the memory budget
     generation = Generation(state, req, plan, entry, hires, options, parameters, needed,
-                            time.strftime("%Y%m%d%H%M%S"))
+                            time.strftime("%Y%m%d%H%M%S"), refiner)
     job = enqueue(state, Job(kind=kind, run=generation.run, id=req.force_task_id or new_task_id(kind)), listener)
     return job, generation.finish
 

@@ -42,10 +42,15 @@ class ModelEntry:
         return names
 
 
+def latent_family(architecture: str) -> str:
+    """SDXL's refiner works in its base's latent space (the same VAE): one family for both."""
+    return "sdxl" if architecture == "sdxl-refiner" else architecture
+
+
 def entry_for(bundle: Bundle) -> ModelEntry:
     m = bundle.manifest
     return ModelEntry(name=m.name or bundle.path.name, path=bundle.path.resolve(), sha256=m.source_sha256,
-                      latent_space=(m.architecture, m.latent_channels, m.vae_scale_factor),
+                      latent_space=(latent_family(m.architecture), m.latent_channels, m.vae_scale_factor),
                       edit_model=is_edit_model(m.unet_in_channels))
 
 

@@ -251,3 +251,61 @@ def test_refiner_takes_over_at_the_switch_point(sdxl_pipeline, refiner_pipeline,
     decoders = [name for name, component, _ in log if component == "vae_decoder"]
     assert decoders == ["refiner"]  # the loaded model (the refiner) decodes
     assert len(result.images) == 1 and result.images[0].size == (48, 32)
+
+
+# --- Turbo and inpainting ------------------------------------------------------------------------------------
+
+
+def test_turbo_one_step_euler_a_at_cfg_1_matches_diffusers_trailing(sdxl_pipeline, sdxl_torch, monkeypatch):
+    """SDXL-Turbo is the SDXL architecture sampled in 1–4 steps without guidance: A1111's Euler a at cfg 1 over
+    [σ_max, 0] is diffusers' Euler ancestral with trailing spacing at t = 999, guidance off (one UNet row)."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline
+
+    calls = []
+    run = sdxl_pipeline.backend.run
+    monkeypatch.setattr(sdxl_pipeline.backend, "run",
+                        lambda c, i: (calls.append(i["sample"].shape) if c == "unet" else None) or run(c, i))
+    plan = GenerationPlan(prompts=("a cat",), negative_prompts=("",), seeds=(0,), subseeds=(0,), width=48, height=48,
+                          steps=1, cfg_scale=1.0, sampler="Euler a", scheduler="automatic")
+    noise = np.random.default_rng(9).standard_normal((1, *sdxl_pipeline.latent_shape(48, 48))).astype(np.float32)
+    latents = np.stack(sdxl_pipeline.txt2img(plan, initial_noise=noise).latents)
+    assert calls == [(1, 4, 24, 24)]  # the unconditional half is skipped
+    scheduler = EulerAncestralDiscreteScheduler.from_config(sdxl_torch.scheduler.config, timestep_spacing="trailing")
+    ref = StableDiffusionXLPipeline(**{**sdxl_torch.components, "scheduler": scheduler})
+    ref.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        ref_latents = ref(prompt="a cat", num_inference_steps=1, guidance_scale=0.0, width=48, height=48,
+                          latents=torch.from_numpy(noise), output_type="latent").images.numpy()
+    assert np.abs(latents - ref_latents).max() <= LATENT_RTOL * np.abs(ref_latents).max()
+
+
+def test_sdxl_inpainting_exports_and_runs_the_inpainting_path(tmp_path):
+    """The 9-channel SDXL UNet reads [x, mask, masked-image latent] through the engine's inpainting path."""
+    from PIL import Image
+
+    from engine.pipeline import Pipeline
+    from engine.plan import Img2ImgPlan, MaskPlan
+    from export.onnx_export import export_pipeline
+    from export.sdxl_demo import build_tiny_sdxl_pipeline
+
+    bundle = export_pipeline(build_tiny_sdxl_pipeline(seed=2, inpainting=True), tmp_path / "tiny-sdxl-inpaint")
+    ours = Pipeline.from_path(bundle)
+    assert ours.manifest.is_inpainting and ours.manifest.architecture == "sdxl"
+    calls = []
+    run = ours.backend.run
+    ours.backend.run = lambda c, i: (calls.append(i["sample"].shape) if c == "unet" else None) or run(c, i)
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    mask = Image.new("L", (48, 32), 0)
+    mask.paste(255, (16, 8, 32, 24))
+    plan = GenerationPlan(
+        prompts=("a dog",), negative_prompts=("",), seeds=(1,), subseeds=(1,), width=48, height=32, steps=4,
+        cfg_scale=5.0, sampler="Euler", scheduler="automatic",
+        img2img=Img2ImgPlan(init_images=(image,), denoising_strength=0.75,
+                            mask=MaskPlan(mask, blur_x=0, blur_y=0, only_masked=False)),
+    )
+    result = ours.img2img(plan)
+    assert calls and all(shape[1] == 9 for shape in calls)
+    out = np.asarray(result.images[0]).astype(int)
+    # The overlay keeps the unmasked pixels; the masked square was repainted.
+    assert np.array_equal(out[:4, :], np.asarray(image)[:4, :])
+    assert np.abs(out[10:22, 18:30] - np.asarray(image)[10:22, 18:30]).mean() > 5

@@ -309,3 +309,25 @@ def test_sdxl_inpainting_exports_and_runs_the_inpainting_path(tmp_path):
     # The overlay keeps the unmasked pixels; the masked square was repainted.
     assert np.array_equal(out[:4, :], np.asarray(image)[:4, :])
     assert np.abs(out[10:22, 18:30] - np.asarray(image)[10:22, 18:30]).mean() > 5
+
+
+@pytest.mark.slow
+def test_optimum_sdxl_export_loads_and_renders_like_ours(sdxl_pipeline, sdxl_torch, tmp_path):
+    """`optimum-cli export onnx` of the same SDXL folder (scalar timestep, no manifest): the manifest is derived
+    from its configs and the image is ours."""
+    from optimum.exporters.onnx import main_export
+
+    from engine.pipeline import Pipeline
+
+    sdxl_torch.save_pretrained(tmp_path / "diffusers", safe_serialization=True)
+    main_export(str(tmp_path / "diffusers"), output=str(tmp_path / "optimum"), task="text-to-image")
+    theirs = Pipeline.from_path(tmp_path / "optimum")
+    m = theirs.manifest
+    assert (m.architecture, m.source_kind, m.text_pooled_size, m.tokenizer_2.pad_token_id) == ("sdxl", "optimum", 48, 0)
+    assert not theirs.unet.per_sample_timestep
+    plan = GenerationPlan(prompts=("a (cat:1.2), BREAK on a mat",), negative_prompts=("",), seeds=(4,),
+                          subseeds=(4,), width=48, height=40, steps=3, cfg_scale=4.0, sampler="Euler a",
+                          scheduler="automatic")
+    ours = np.stack(sdxl_pipeline.txt2img(plan).latents)
+    other = np.stack(theirs.txt2img(plan).latents)
+    assert np.abs(ours - other).max() <= 1e-5 * np.abs(ours).max()

@@ -102,3 +102,13 @@ def test_img2img_with_refiner(server):
     r = server.post("/sdapi/v1/img2img", json=body)
     assert r.status_code == 200, r.text
     assert f"Refiner: {REFINER_TITLE}, Refiner switch at: 0.6" in infotext(r.json())
+
+
+def test_refiner_with_hires_fix_and_by_steps(server):
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 2, "denoising_strength": 0.5,
+             "refiner_checkpoint": REFINER_TITLE, "refiner_switch_at": 0.5}
+    text = infotext(txt2img(server, **hires))  # default option: the refiner takes the hires pass
+    assert f"Refiner: {REFINER_TITLE}" in text and "Hires refiner" not in text
+    text = infotext(txt2img(server, **hires, override_settings={"hires_fix_refiner_pass": "first pass",
+                                                                 "refiner_switch_by_sample_steps": True}))
+    assert "Hires refiner: first pass" in text and "Refiner switch by sampling steps: True" in text

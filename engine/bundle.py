@@ -216,7 +216,7 @@ def manifest_from_optimum_folder(path: Path) -> Manifest:
     text_cfg = _read_json(path / "text_encoder" / "config.json")
     sched_cfg = _read_json(path / "scheduler" / "scheduler_config.json")
     block_out = vae_cfg.get("block_out_channels", [128, 256, 512, 512])
-    return Manifest(
+    manifest = Manifest(
         name=path.name,
         prediction_type=sched_cfg.get("prediction_type", "epsilon"),
         latent_channels=vae_cfg.get("latent_channels", 4),
@@ -238,6 +238,30 @@ def manifest_from_optimum_folder(path: Path) -> Manifest:
         source_sha256=hash_files(sorted((path / "unet").glob("*.onnx*"))),
         source_kind="optimum",
     )
+    return replace(manifest, **_optimum_sdxl_fields(path, unet_cfg, text_cfg))
+
+
+def _optimum_sdxl_fields(path: Path, unet_cfg: dict, text_cfg: dict) -> dict:
+    """What an optimum SDXL folder (a `text_encoder_2`) adds: the architecture from the UNet's time-id count (6
+    base, 5 refiner), the bigG encoder's sizes and its tokenizer's ids; the refiner has no first encoder."""
+    text_2_cfg = _read_json(path / "text_encoder_2" / "config.json")
+    if not text_2_cfg:
+        return {}
+    pooled = text_2_cfg.get("projection_dim", 1280)
+    n_time_ids = (unet_cfg.get("projection_class_embeddings_input_dim", 2816) - pooled) \
+        // unet_cfg.get("addition_time_embed_dim", 256)
+    tokenizer_2 = (read_special_token_ids(path / "tokenizer_2") if (path / "tokenizer_2" / "vocab.json").is_file()
+                   else SpecialTokenIds(pad_token_id=0))
+    fields = {
+        "architecture": "sdxl-refiner" if n_time_ids == 5 else "sdxl",
+        "tokenizer_2": tokenizer_2,
+        "text_2_hidden_size": text_2_cfg.get("hidden_size", 1280),
+        "text_2_num_layers": text_2_cfg.get("num_hidden_layers", 32),
+        "text_pooled_size": pooled,
+    }
+    if not text_cfg:
+        fields |= {"text_hidden_size": 0, "text_num_layers": 0, "tokenizer": tokenizer_2}
+    return fields
 
 
 def pooled_output_rule(config_eos_token_id: int) -> str:

@@ -96,6 +96,8 @@ class PromptChunk:
 class PromptEncoder:
     """Runs the text encoder the way A1111's CLIP wrapper does; results are cached by (texts, options)."""
 
+    encodes_negatives_differently = False  # SDXL's does (engine/sdxl_conditioning.py)
+
     def __init__(self, backend: ExecutionBackend, tokenizer: ClipTokenizer, manifest: Manifest, cache_size: int = 32):
         self.backend = backend
         self.tokenizer = tokenizer
@@ -191,6 +193,7 @@ class PromptEncoder:
         whole batch tensor (A1111 encodes all texts of one prompt's schedule together). `negative`: the texts are
         a negative prompt's (SDXL encodes those differently; SD 1.x/2.x do not).
         """
+        negative = negative and self.encodes_negatives_differently
         key = (tuple(texts), options, negative)
         with self._lock:
             if key in self._cache:

@@ -11,6 +11,7 @@ import numpy as np
 
 from engine.backend import ExecutionBackend
 from engine.conditioning import ConditioningSchedule
+from engine.refiner import RefinerSwitch
 from engine.schedules import ModelSchedule
 from engine.sdxl_conditioning import split_packed
 
@@ -134,6 +135,8 @@ class CFGDenoiser:
         total_steps: int | None = None,
         pad_cond_uncond: str = "",
         empty_context: np.ndarray | None = None,
+        refiner: RefinerSwitch | None = None,
+        refiner_conditioning: Callable[[], ConditioningSchedule] | None = None,
     ):
         if skip_early_cond and not total_steps:
             raise ValueError("skip_early_cond needs the denoiser's total_steps")
@@ -155,6 +158,9 @@ class CFGDenoiser:
             raise ValueError("pad_cond_uncond needs the empty prompt's embedding")
         self.pad_cond_uncond = pad_cond_uncond
         self.empty_context = empty_context
+        # refiner_checkpoint: the refiner's UNet and conditioning (computed when it takes over) replace ours.
+        self.refiner = refiner
+        self.refiner_conditioning = refiner_conditioning
         # DDIM CFG++ scales the guidance and reads the unconditional prediction (A1111's attributes of that name).
         self.cfg_scale_multiplier = 1.0
         self.need_last_uncond = False
@@ -220,6 +226,12 @@ class CFGDenoiser:
         """One guided prediction; `sigma` is σ for x0 predictions and the timestep for ε (also in NGMS's test)."""
         if self.should_stop is not None and self.should_stop():
             raise Interrupted
+        if self.refiner is not None and self.refiner.due(
+            self.step, self.total_steps, sigma, self.schedule, predict == self._model_eps
+        ):
+            self.refiner.switched = True
+            self.unet = self.refiner.pipeline.unet
+            self.conditioning = self.refiner_conditioning()
         cond = self.conditioning.at(self.step)
         if self.image_cond is not None and self.image_cfg_scale is not None and self.image_cfg_scale != 1.0:
             denoised = self._edit_guided(x, sigma, cond, predict)

@@ -32,6 +32,7 @@ from engine.img2img import (
     resolve_schedule,
 )
 from engine.plan import GenerationPlan, ScheduleSpec
+from engine.refiner import RefinerSwitch
 from engine.rng import ImageRNG
 from engine.samplers import SAMPLERS, TIMESTEPS, SamplerSettings, SamplerSpec
 from engine.schedules import (
@@ -72,6 +73,7 @@ class GenerationResult:
     mask_for_overlay: Image.Image | None = None
     denoised: list[Image.Image] = field(default_factory=list)
     ngms_applied: bool = False  # a step skipped the uncond for s_min_uncond (A1111's `NGMS` infotext entry)
+    refined: bool = False  # the refiner took over (A1111 then writes `Refiner` and `Refiner switch at`)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class SamplingPass:
     img2img: bool = False  # starts from an init latent at sigmas[0] (img2img, hires) rather than pure noise
     hires_steps: int | None = None  # hires pass: its total steps (prompt schedules count on from pass 1)
     brownian_span: tuple[float, float] | None = None  # σ range of the Brownian trees when not that of `sigmas`
+    refiner: RefinerSwitch | None = None  # refiner_checkpoint: may take over this pass (engine/refiner.py)
 
 
 class Pipeline:
@@ -243,6 +246,16 @@ class Pipeline:
             plan.use_old_scheduling, sdxl_pass_options(plan.text_encoder_options, self.manifest, x.shape),
         )
         image_cfg_scale = plan.img2img.image_cfg_scale if plan.img2img else None
+        refiner_conditioning = None
+        if run.refiner is not None:
+            refiner = run.refiner.pipeline
+
+            def refiner_conditioning():
+                # A1111 recomputes the conds with the refiner loaded (apply_refiner → p.setup_conds()).
+                return scheduled_conditioning(
+                    refiner.prompt_encoder, run.prompts, run.negative_prompts, plan.total_steps, run.hires_steps,
+                    plan.use_old_scheduling, sdxl_pass_options(plan.text_encoder_options, refiner.manifest, x.shape),
+                )
         denoiser = CFGDenoiser(
             self.unet, schedule, conditioning, plan.cfg_scale, self.manifest.prediction_type, should_stop,
             image_cond=run.image_cond, latent_mask=run.latent_mask, image_cfg_scale=image_cfg_scale,
@@ -251,6 +264,7 @@ class Pipeline:
             pad_cond_uncond=settings.pad_cond_uncond,
             empty_context=self.prompt_encoder.encode_texts([""], plan.text_encoder_options)[0]
             if settings.pad_cond_uncond == "empty" else None,
+            refiner=run.refiner, refiner_conditioning=refiner_conditioning,
         )
         last = {"x": x}
         # k-diffusion samplers walk sigmas; timestep samplers walk DDIM's grid (read back from the sigmas).
@@ -296,10 +310,12 @@ class Pipeline:
         should_stop: Callable[[], bool] | None = None,
         initial_noise: np.ndarray | None = None,
         hires_pipeline: Pipeline | None = None,
+        refiner_pipeline: Pipeline | None = None,
     ) -> GenerationResult:
         """Run every batch iteration of the plan (and its hires pass). `initial_noise` (one row per image)
         replaces the seeded noise. `hires_pipeline` runs the hires pass (hr_checkpoint_name): as in A1111, the
-        first pass is decoded by this model's VAE, then encoding, sampling and the final decode are its own."""
+        first pass is decoded by this model's VAE, then encoding, sampling and the final decode are its own.
+        `refiner_pipeline` is plan.refiner's checkpoint; the images are decoded by the model sampling last."""
         if plan.hires is not None and plan.hires.checkpoint is not None and hires_pipeline is None:
             raise ValueError(f"the hires pass runs on {plan.hires.checkpoint}: pass its pipeline as hires_pipeline")
         if plan.tiling and self.tiled() is not self:
@@ -315,19 +331,27 @@ class Pipeline:
             rng = self._image_rng(plan, shape, images)
             noise = rng.first() if initial_noise is None else initial_noise[images]
             posterior_noise = encoder_noise(plan.seeds[images], plan.randn_source)
+            refiner = refiner_switch(plan, refiner_pipeline, second_pass=False)
             run = SamplingPass(
                 plan.sampler, sigmas, plan.prompts[images], plan.negative_prompts[images], n * passes,
                 plan.n_iter * passes, image_cond=self._txt2img_image_cond(len(noise), shape, posterior_noise),
+                refiner=refiner,
             )
             latents, interrupted = self._sample(plan, run, self._start(plan, run, noise), rng, on_step, should_stop,
                                                 result)
-            decoder = self
+            decoder = refiner.pipeline if refiner is not None and refiner.switched else self
+            result.refined |= decoder is not self
             if plan.hires and not interrupted:
-                latents, interrupted = second._hires_pass(
-                    plan, images, latents, posterior_noise, n * passes + 1, on_step, should_stop, first_pass=self,
-                    result=result,
+                # A refiner that took over the first pass stays loaded for the hires pass (A1111).
+                hires_model = decoder if decoder is not self and hires_pipeline is None else second
+                hires_refiner = None if decoder is not self else refiner_switch(plan, refiner_pipeline, True)
+                latents, interrupted = hires_model._hires_pass(
+                    plan, images, latents, posterior_noise, n * passes + 1, on_step, should_stop, first_pass=decoder,
+                    refiner=hires_refiner, result=result,
                 )
-                decoder = second
+                decoder = hires_refiner.pipeline if hires_refiner is not None and hires_refiner.switched \
+                    else hires_model
+                result.refined |= hires_refiner is not None and hires_refiner.switched
             result.latents.extend(latents)
             result.images.extend(decoder._decode(latents))
             if interrupted:
@@ -338,7 +362,8 @@ class Pipeline:
 
     def _hires_pass(self, plan: GenerationPlan, images: slice, latents: np.ndarray, posterior_noise,
                     job_no: int, on_step, should_stop, first_pass: Pipeline | None = None,
-                    result: GenerationResult | None = None) -> tuple[np.ndarray, bool]:
+                    result: GenerationResult | None = None,
+                    refiner: RefinerSwitch | None = None) -> tuple[np.ndarray, bool]:
         """A1111 modules/processing.py: StableDiffusionProcessingTxt2Img.sample_hr_pass: upscale the first
         pass (in latent space, or decode → upscaler → encode), crop, then img2img.
         Runs on the hires model; `first_pass` (default: the same) is the model whose VAE decodes the first pass
@@ -378,7 +403,7 @@ class Pipeline:
         run = SamplingPass(hr.sampler, schedule.sigmas, hr.prompts[images], hr.negative_prompts[images], job_no,
                            plan.n_iter * 2, image_cond=image_cond, img2img=True,
                            hires_steps=SAMPLERS[hr.sampler].total_steps(hr.steps),
-                           brownian_span=schedule.brownian_span)
+                           brownian_span=schedule.brownian_span, refiner=refiner)
         return self._sample(plan, run, self._start(plan, run, noise, x0), rng, on_step, should_stop, result)
 
     def img2img(
@@ -387,6 +412,7 @@ class Pipeline:
         on_step: Callable[[StepEvent], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         initial_noise: np.ndarray | None = None,
+        refiner_pipeline: Pipeline | None = None,
     ) -> GenerationResult:
         """img2img and inpainting (A1111 modules/processing.py: StableDiffusionProcessingImg2Img): init images
         → latents (posterior mean: A1111's draw there is not
@@ -437,15 +463,18 @@ class Pipeline:
             rng = self._image_rng(plan, shape, images)
             noise = rng.first() if initial_noise is None else initial_noise[images]
             noise = noise * spec.initial_noise_multiplier
+            refiner = refiner_switch(plan, refiner_pipeline, second_pass=False)
             run = SamplingPass(plan.sampler, schedule.sigmas, plan.prompts[images], plan.negative_prompts[images],
                                n, plan.n_iter, image_cond=image_cond, latent_mask=latent_mask, img2img=True,
-                               brownian_span=schedule.brownian_span)
+                               brownian_span=schedule.brownian_span, refiner=refiner)
             x = self._start(plan, run, noise, init_latent)
             latents, interrupted = self._sample(plan, run, x, rng, on_step, should_stop, result)
             if latent_mask is not None:
                 latents = latent_mask.blend(latents)
             result.latents.extend(latents)
-            for i, image in enumerate(self._decode(latents)):
+            decoder = refiner.pipeline if refiner is not None and refiner.switched else self
+            result.refined |= decoder is not self
+            for i, image in enumerate(decoder._decode(latents)):
                 if targets:  # A1111 corrects before the overlay, so `denoised` is the corrected result too
                     image = apply_color_correction(targets[min(i, len(targets) - 1)], image)
                 overlay = init.overlays[min(i, len(init.overlays) - 1)] if init.overlays else None
@@ -457,6 +486,19 @@ class Pipeline:
                 if ends_all_batches(should_stop):
                     break
         return result
+
+
+def refiner_switch(plan: GenerationPlan, refiner_pipeline: Pipeline | None, second_pass: bool) -> RefinerSwitch | None:
+    """The refiner of one pass; with hires fix, option hires_fix_refiner_pass picks the pass(es) (A1111
+    modules/sd_samplers_common.py: apply_refiner)."""
+    r = plan.refiner
+    if r is None:
+        return None
+    if refiner_pipeline is None:
+        raise ValueError(f"the plan refines with {r.checkpoint}: pass its pipeline as refiner_pipeline")
+    if plan.hires is not None and (r.hires_pass, second_pass) in {("first pass", True), ("second pass", False)}:
+        return None
+    return RefinerSwitch(r.switch_at, refiner_pipeline, r.by_sample_steps)
 
 
 def ends_all_batches(should_stop: Callable[[], bool] | None) -> bool:

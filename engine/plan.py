@@ -111,6 +111,18 @@ class HiresPlan:
 
 
 @dataclass(frozen=True)
+class RefinerPlan:
+    """refiner_checkpoint / refiner_switch_at (A1111 modules/sd_samplers_common.py: apply_refiner): the sampler
+    continues on `checkpoint` (a short title; its pipeline is handed to the pipeline as `refiner_pipeline`) from
+    the call where the completed fraction reaches `switch_at` (None: from the first call)."""
+
+    checkpoint: str
+    switch_at: float | None = None
+    by_sample_steps: bool = False  # option refiner_switch_by_sample_steps
+    hires_pass: str = "second pass"  # option hires_fix_refiner_pass: "first pass", "second pass", "both passes"
+
+
+@dataclass(frozen=True)
 class Report:
     """What the response reports (infotext, `info`) but the engine never reads, resolved with the plan.
 
@@ -196,6 +208,7 @@ class GenerationPlan:
     report: Report = Report()
     # SDXL options sdxl_crop_top/left, sdxl_refiner_*_aesthetic_score, sdxl_clip_l_skip (the size is the pass's).
     sdxl: SdxlOptions = SdxlOptions()
+    refiner: RefinerPlan | None = None
 
     @property
     def text_encoder_options(self) -> TextEncoderOptions:

@@ -52,6 +52,8 @@ def split_packed(context: np.ndarray, context_width: int, pooled_width: int) -> 
 class SdxlPromptEncoder(PromptEncoder):
     """PromptEncoder for SDXL bundles (base: both encoders; refiner: bigG only), returning packed embeddings."""
 
+    encodes_negatives_differently = True
+
     def __init__(self, backend: ExecutionBackend, tokenizer: ClipTokenizer, manifest: Manifest, cache_size: int = 32):
         # Not PromptEncoder.__init__: that one opens the `text_encoder` component, which the refiner lacks.
         self.backend = backend

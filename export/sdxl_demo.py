@@ -97,7 +97,9 @@ def build_tiny_sdxl_pipeline(seed: int = 0, refiner: bool = False, inpainting: b
     for module in (unet, vae, text_encoder, text_encoder_2):
         if module is not None:
             module.eval()
-    parts = dict(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+    # The refiner has neither CLIP-L nor its tokenizer (diffusers would pair that tokenizer with bigG).
+    parts = dict(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                 tokenizer=None if refiner else tokenizer,
                  tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
     if refiner:
         return StableDiffusionXLImg2ImgPipeline(**parts, requires_aesthetics_score=True,

@@ -93,6 +93,10 @@ def _denoising(s: Source) -> float | None:
     return float(denoising.denoising_strength) if denoising else None
 
 
+def _refined(s: Source) -> bool:
+    return s.plan.refiner is not None and s.result is not None and s.result.refined
+
+
 def _hires_schedule_type(s: Source) -> str | None:
     hr = s.plan.hires
     second = schedule_label(SAMPLERS[hr.sampler].default_scheduler, hr.scheduler)
@@ -320,10 +324,16 @@ FIELDS: tuple[Field, ...] = (
     Field("Pad conds v0", option="pad_cond_uncond_v0"),
     Field("VAE Encoder", option="sd_vae_encode_method"),
     Field("VAE Decoder", option="sd_vae_decode_method"),
-    Field("Refiner"),  # pasted as refiner_checkpoint through a checkpoint lookup (infotext_request.apply_infotext)
-    Field("Refiner switch at", paste=(Paste("refiner_switch_at", "Refiner switch at", txt2img=False),)),
-    Field("Hires refiner", option="hires_fix_refiner_pass"),
-    Field("Refiner switch by sampling steps", option="refiner_switch_by_sample_steps"),
+    # Written when the refiner took over (A1111 modules/sd_samplers_common.py: apply_refiner).
+    Field("Refiner", lambda s: s.plan.refiner.checkpoint if _refined(s) else None),
+    # pasted as refiner_checkpoint through a checkpoint lookup (infotext_request.apply_infotext)
+    Field("Refiner switch at", lambda s: s.plan.refiner.switch_at if _refined(s) else None,
+          paste=(Paste("refiner_switch_at", "Refiner switch at", txt2img=False),)),
+    Field("Hires refiner",
+          lambda s: s.plan.refiner.hires_pass if _refined(s) and s.plan.hires and s.plan.refiner.hires_pass
+          != "second pass" else None, option="hires_fix_refiner_pass"),
+    Field("Refiner switch by sampling steps", lambda s: True if _refined(s) and s.plan.refiner.by_sample_steps
+          else None, option="refiner_switch_by_sample_steps"),
     Field("Old prompt editing timelines", lambda s: True if s.plan.use_old_scheduling else None,
           option="use_old_scheduling"),
     Field("Downcast alphas_cumprod", option="use_downcasted_alpha_bar"),

@@ -135,6 +135,14 @@ class JobOptions:
     sd_lora: str = DEFAULTS["sd_lora"]
     extra_networks_default_multiplier: float = DEFAULTS["extra_networks_default_multiplier"]
     lora_add_hashes_to_infotext: bool = DEFAULTS["lora_add_hashes_to_infotext"]
+    # SDXL (engine.conditioning.SdxlOptions) and the refiner (engine.plan.RefinerPlan)
+    sdxl_clip_l_skip: bool = DEFAULTS["sdxl_clip_l_skip"]
+    sdxl_crop_top: int = DEFAULTS["sdxl_crop_top"]
+    sdxl_crop_left: int = DEFAULTS["sdxl_crop_left"]
+    sdxl_refiner_low_aesthetic_score: float = DEFAULTS["sdxl_refiner_low_aesthetic_score"]
+    sdxl_refiner_high_aesthetic_score: float = DEFAULTS["sdxl_refiner_high_aesthetic_score"]
+    hires_fix_refiner_pass: str = DEFAULTS["hires_fix_refiner_pass"]
+    refiner_switch_by_sample_steps: bool = DEFAULTS["refiner_switch_by_sample_steps"]
     # Not an option: one sentence per option in effect that sdedge stores but does not implement.
     unimplemented: tuple[str, ...] = ()
     # Not an option (a client cannot set it): the server's --allow-local-images folder.

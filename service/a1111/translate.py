@@ -10,8 +10,9 @@ from dataclasses import replace
 from typing import Any
 
 from engine import image_ops
+from engine.conditioning import SdxlOptions
 from engine.img2img import hires_size, img2img_steps
-from engine.plan import MASKED_CONTENT, GenerationPlan, HiresPlan, Img2ImgPlan, MaskPlan, Report
+from engine.plan import MASKED_CONTENT, GenerationPlan, HiresPlan, Img2ImgPlan, MaskPlan, RefinerPlan, Report
 from engine.prompt_parser import (
     PromptTooComplex,
     batch_extra_networks,
@@ -197,6 +198,7 @@ def _plan(req: GenerationRequest, options: JobOptions, styles=None) -> Generatio
         # A1111 modules/processing.py: process_images_inner, `p.tiling` (None: option tiling).
         tiling=bool(req.tiling if req.tiling is not None else options.tiling),
         report=_report(req, options),
+        sdxl=sdxl_options(options),
     )
     _check_schedules(plan.prompts[0], plan.negative_prompts[0], plan.total_steps, None, plan.use_old_scheduling)
     return plan
@@ -388,3 +390,45 @@ def plan_img2img(req: Img2ImgRequest, options: JobOptions | Mapping[str, Any], e
     plan = replace(plan, img2img=img2img, batch_size=batch_size if len(images) == 1 else len(images),
                    report=replace(plan.report, denoising_strength=strength))
     return with_networks(plan, req.disable_extra_networks, options, loras)
+
+
+def sdxl_options(options: JobOptions) -> SdxlOptions:
+    """Options sdxl_crop_top/left, sdxl_refiner_*_aesthetic_score and sdxl_clip_l_skip (A1111
+    modules/sd_models_xl.py: get_learned_conditioning; modules/sd_hijack_clip.py); the size is each pass's."""
+    return SdxlOptions(crop_top=int(options.sdxl_crop_top), crop_left=int(options.sdxl_crop_left),
+                       high_aesthetic_score=float(options.sdxl_refiner_high_aesthetic_score),
+                       low_aesthetic_score=float(options.sdxl_refiner_low_aesthetic_score),
+                       clip_l_skip=bool(options.sdxl_clip_l_skip))
+
+
+NO_REFINER = (None, "", "None", "none")
+
+
+def refiner_checkpoint(req: GenerationRequest, models: ModelRegistry, current: ModelEntry) -> ModelEntry | None:
+    """`refiner_checkpoint` (A1111 modules/processing.py: process_images; modules/sd_samplers_common.py:
+    apply_refiner): the checkpoint the sampler continues on. "", "None", "none" and null: no refiner; the job's
+    own checkpoint: no switch (A1111 skips it when the refiner is the loaded model). Unknown: a 422 where A1111
+    fails with a 500; a checkpoint of another latent space (architecture, channels, VAE factor): a 422."""
+    name = req.refiner_checkpoint
+    if name in NO_REFINER:
+        return None
+    entry = models.find(name)
+    if entry is None:
+        raise InvalidRequest("refiner_checkpoint", f"Could not find checkpoint with name {name}")
+    if entry == current:
+        return None
+    if entry.latent_space != current.latent_space:
+        raise InvalidRequest("refiner_checkpoint", f"{entry.title} ({entry.latent_space[0]}) cannot continue the "
+                                                   f"latents of {current.title} ({current.latent_space[0]})")
+    return entry
+
+
+def with_refiner(plan: GenerationPlan, req: GenerationRequest, options: JobOptions,
+                 refiner: ModelEntry | None) -> GenerationPlan:
+    """The plan with its RefinerPlan: `refiner_switch_at` (null: from the first step) and the options
+    refiner_switch_by_sample_steps and hires_fix_refiner_pass."""
+    if refiner is None:
+        return plan
+    return replace(plan, refiner=RefinerPlan(refiner.title, req.refiner_switch_at,
+                                             bool(options.refiner_switch_by_sample_steps),
+                                             str(options.hires_fix_refiner_pass)))

@@ -23,7 +23,13 @@ from service.a1111.job_options import JobOptions
 from service.a1111.results import build_response, collect_outputs
 from service.a1111.sdapi_models import GenerationRequest, Img2ImgRequest
 from service.a1111.styles import styles_of
-from service.a1111.translate import hires_checkpoint, plan_img2img, plan_txt2img
+from service.a1111.translate import (
+    hires_checkpoint,
+    plan_img2img,
+    plan_txt2img,
+    refiner_checkpoint,
+    with_refiner,
+)
 from service.runtime import admission, face_restoration
 from service.runtime.jobs import Job, QueueClosed, QueueFull, new_task_id
 from service.runtime.loras import pipeline_with_networks
@@ -97,6 +103,7 @@ class Generation:
     save: saving.SaveRequest = saving.SaveRequest(samples=False, grid=False)
     # Filled by `run` on the worker for `finish`: the job's outputs (grid included) and saving's warnings.
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
+    refiner: ModelEntry | None = None  # refiner_checkpoint's checkpoint, when not the job's own
 
     def run(self, job: Job, on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
         """On the worker; with batching on, compatible waiting jobs join this one (service/runtime/batching.py).
@@ -113,6 +120,8 @@ class Generation:
             pipeline, hires_pipeline = self.state.hires_pipelines_for(self.entry, self.hires)
             self.state.vaes.apply(hires_pipeline, self.hires_vae)
         self.state.vaes.apply(pipeline, self.vae)  # A1111 loads the VAE with the model (sd_vae.reload_vae_weights)
+        # The refiner is held for this job only, like a hires checkpoint (A1111 reloads the job's model after).
+        refiner_pipeline = None if self.refiner is None else self.state.hires_pipelines_for(self.entry, self.refiner)[1]
         admission.wait_for_memory(self.needed)  # fits the budget; waits while other processes hold the memory
         plan = self.plan
         pipeline, hires_pipeline = self._with_networks(pipeline, hires_pipeline)
@@ -122,10 +131,11 @@ class Generation:
         on_step = self.state.metrics.timed_steps(on_step)
         try:
             if plan.img2img is not None:
-                result = pipeline.img2img(plan, on_step=on_step, should_stop=job.should_stop)
+                result = pipeline.img2img(plan, on_step=on_step, should_stop=job.should_stop,
+                                          refiner_pipeline=refiner_pipeline)
             else:
                 result = pipeline.txt2img(plan, on_step=on_step, should_stop=job.should_stop,
-                                          hires_pipeline=hires_pipeline)
+                                          hires_pipeline=hires_pipeline, refiner_pipeline=refiner_pipeline)
             result = face_restoration.apply(getattr(self.state, "face_restorers", None), plan, result)
         finally:
             release_memory()  # a large job's freed buffers go back to the OS
@@ -220,6 +230,8 @@ def prepare(state: ServerState, req: GenerationRequest, parameters: dict[str, An
         hires = hires_checkpoint(req, state.models, entry)
         kind, plan = "txt2img", plan_txt2img(req, options, state.upscalers, styles_of(state), hires,
                                              loras=state.loras)
+    refiner = refiner_checkpoint(req, state.models, entry)
+    plan = with_refiner(plan, req, options, refiner)
     plan = face_restoration.with_warning(getattr(state, "face_restorers", None), plan)
     needed = admission.check(state, entry, plan)  # 413 if it can never fit the memory budget
     vae = vae_choice(state, options, entry)
@@ -228,7 +240,8 @@ def prepare(state: ServerState, req: GenerationRequest, parameters: dict[str, An
     saving.check_options(state.config.data_dir, kind, options, save)  # refused before it queues
     return kind, Generation(state, req, plan, entry, hires, options, parameters, needed,
                             time.strftime("%Y%m%d%H%M%S"), vae=vae,
-                            hires_vae=vae_choice(state, options, hires) if hires else None, kind=kind, save=save)
+                            hires_vae=vae_choice(state, options, hires) if hires else None, kind=kind, save=save,
+                            refiner=refiner)
 
 
 def vae_choice(state: ServerState, options: JobOptions, entry: ModelEntry) -> VaeChoice | None:

@@ -48,11 +48,15 @@ class ModelEntry:
 LATENT_FAMILY = {"sd2": "sd1", "sdxl-refiner": "sdxl"}
 
 
+def latent_family(architecture: str) -> str:
+    """The latent space a model samples in: SD 2.x shares SD 1.x's, the SDXL refiner its base's."""
+    return LATENT_FAMILY.get(architecture, architecture)
+
+
 def entry_for(bundle: Bundle) -> ModelEntry:
     m = bundle.manifest
-    family = LATENT_FAMILY.get(m.architecture, m.architecture)
     return ModelEntry(name=m.name or bundle.path.name, path=bundle.path.resolve(), sha256=m.source_sha256,
-                      latent_space=(family, m.latent_channels, m.vae_scale_factor),
+                      latent_space=(latent_family(m.architecture), m.latent_channels, m.vae_scale_factor),
                       edit_model=is_edit_model(m.unet_in_channels))
 
 

@@ -126,6 +126,14 @@ DEFAULTS: dict[str, Any] = {
     "directories_filename_pattern": "[date]",
     "directories_max_prompt_words": 8,
     "save_txt": False,
+    # SDXL conditioning and the refiner (engine/sdxl_conditioning.py, engine/refiner.py)
+    "sdxl_clip_l_skip": False,
+    "sdxl_crop_top": 0,
+    "sdxl_crop_left": 0,
+    "sdxl_refiner_low_aesthetic_score": 2.5,
+    "sdxl_refiner_high_aesthetic_score": 6.0,
+    "hires_fix_refiner_pass": "second pass",
+    "refiner_switch_by_sample_steps": False,
     # sdedge's own: a running job's deadline in seconds; 0 = the --job-timeout flag's value (docs/api.md).
     "sdedge_job_timeout": 0.0,
 }

@@ -148,6 +148,8 @@ def test_cases_cover_every_pasted_label(styles):
     # `VAE`: a separate VAE file in use, resolved by the runtime (tests/server/test_vae_choice.py pastes it).
     # NGMS: written from what the sampling did (tests/service/a1111/test_ngms_infotext.py).
     elsewhere = {"Model hash", "Conditional mask weight", "Noise multiplier", "VAE", "NGMS", "NGMS all steps"}
+    # Written once the refiner took over (the result says so): tests/service/a1111/test_refiner.py.
+    elsewhere |= {"Refiner switch at", "Hires refiner", "Refiner switch by sampling steps"}
     assert (written & pasted) - elsewhere <= seen, (written & pasted) - elsewhere - seen
 
 

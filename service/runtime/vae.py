@@ -257,7 +257,11 @@ class VaeLibrary:
             sha256 = self.sha256(file)
         except OSError as exc:  # removed or unreadable since the last scan
             raise ModelUnavailable(f"VAE {file.name} cannot be read: {exc.strerror or exc}") from None
-        return VaeChoice(file, sha256, family, Path(entry.path) / "vae_decoder" / "config.json")
+        config = Path(entry.path) / "vae_decoder" / "config.json"
+        if not config.is_file():
+            raise ModelUnavailable(f"VAE {file.name} cannot be used with {entry.name}: its bundle has no VAE config "
+                                   f"({config}); re-export the checkpoint")
+        return VaeChoice(file, sha256, family, config)
 
     # ---- exports
     def export_dir(self, choice: VaeChoice) -> Path:

@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 # Sequence numbers are read from the folder and then taken: one writer at a time.
 _lock = threading.Lock()
 
+# mkstemp makes 0600 files; saved images get the permissions a plain open() gives (read once, at import).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 # JPEG and WebP cannot hold larger images; A1111 switches to PNG (modules/images.py: save_image).
 _MAX_SIDE = {"jpg": 65535, "jpeg": 65535, "webp": 16383}
 
@@ -134,6 +139,7 @@ def _atomic_write(path: Path, data: bytes, root: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            os.fchmod(f.fileno(), _FILE_MODE)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

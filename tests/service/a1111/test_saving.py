@@ -237,3 +237,6 @@ def test_export_for_4chan_writes_a_downscaled_jpeg_beside_a_large_image(tmp_path
     saved = save_image(image, tmp_path / "g", "grid", namegen, JobOptions(grid_save_to_dirs=False), tmp_path,
                        short_filename=True, grid=True)
     assert saved.path.name == "grid-0000.png" and "parameters" not in Image.open(saved.path).info
+    umask = os.umask(0)
+    os.umask(umask)
+    assert saved.path.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() makes it, not mkstemp's 0600

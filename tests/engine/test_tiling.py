@@ -369,14 +369,3 @@ def test_a_wrapping_vae_is_never_run_in_tiles():
         decode_latents(vae, manifest, latents)
         vae_posterior(vae, np.zeros((1, 3, size * 8, size * 8), np.float32))
         assert (vae.calls == [(size, size), (size * 8, size * 8)]) is whole, vae.calls
-
-
-def test_admission_counts_a_whole_vae_for_tiled_jobs():
-    from engine.memory import ModelProfile
-    from service.runtime.admission import estimate
-
-    profile = ModelProfile(attention_chunked=True, score_budget_bytes=64 << 20)  # as our exports are
-    plan = make_plan(["a"], 1536, 1536, tiling=False)
-    assert estimate(replace(plan, tiling=True), profile) > estimate(plan, profile)
-    small = make_plan(["a"], 512, 512, tiling=False)
-    assert estimate(replace(small, tiling=True), profile) == estimate(small, profile)

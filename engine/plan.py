@@ -111,7 +111,7 @@ class Report:
     denoising_strength: float | None = None
     restore_faces: bool = False
     # With restore_faces: option face_restoration_model (the restorer's name) and code_former_weight (CodeFormer's
-    # fidelity); the service restores the decoded images (service/a1111/face_restoration.py).
+    # fidelity); the service restores the decoded images (service/runtime/face_restoration.py).
     face_restoration_model: str | None = None
     code_former_weight: float = 0.5
     model_hash: bool = True

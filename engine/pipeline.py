@@ -304,7 +304,7 @@ class Pipeline:
                 )
                 decoder = second
             result.latents.extend(latents)
-            result.images.extend(decoder._decode(latents))
+            result.images.extend(restore_faces(plan, decoder._decode(latents)))
             if interrupted:
                 result.interrupted = True
                 if ends_all_batches(should_stop):
@@ -419,7 +419,7 @@ class Pipeline:
             if latent_mask is not None:
                 latents = latent_mask.blend(latents)
             result.latents.extend(latents)
-            for i, image in enumerate(self._decode(latents)):
+            for i, image in enumerate(restore_faces(plan, self._decode(latents))):
                 if targets:  # A1111 corrects before the overlay, so `denoised` is the corrected result too
                     image = apply_color_correction(targets[min(i, len(targets) - 1)], image)
                 overlay = init.overlays[min(i, len(init.overlays) - 1)] if init.overlays else None
@@ -431,6 +431,12 @@ class Pipeline:
                 if ends_all_batches(should_stop):
                     break
         return result
+
+
+def restore_faces(plan: GenerationPlan, images: list[Image.Image]) -> list[Image.Image]:
+    """Each decoded image with its faces restored when the plan asks, before colour correction and the overlay
+    (A1111 modules/processing.py: process_images_inner)."""
+    return [plan.face_restorer(image) for image in images] if plan.face_restorer is not None else images
 
 
 def ends_all_batches(should_stop: Callable[[], bool] | None) -> bool:

@@ -171,6 +171,9 @@ class GenerationPlan:
     extra_networks: tuple[ExtraNetworkTag, ...] = ()
     # Request `tiling` (null: option `tiling`): the UNet and the VAE with circular padding (engine/tiling.py).
     tiling: bool = False
+    # restore_faces with an installed restorer: image → image with its faces restored, applied to each decoded
+    # image before colour correction and the overlay (engine/face_restoration.py; None: not restoring).
+    face_restorer: object | None = None
     report: Report = Report()
 
     @property

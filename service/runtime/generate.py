@@ -97,7 +97,6 @@ class Generation:
             else:
                 result = pipeline.txt2img(plan, on_step=on_step, should_stop=job.should_stop,
                                           hires_pipeline=hires_pipeline)
-            result = face_restoration.apply(getattr(self.state, "face_restorers", None), plan, result)
         finally:
             release_memory()  # a large job's freed buffers go back to the OS
         if self.req.override_settings_restore_afterwards is False:
@@ -124,7 +123,7 @@ def submit(state: ServerState, req: GenerationRequest, listener: Listener | None
     else:
         hires = hires_checkpoint(req, state.models, entry)
         kind, plan = "txt2img", plan_txt2img(req, options, state.upscalers, styles_of(state), hires)
-    plan = face_restoration.with_warning(getattr(state, "face_restorers", None), plan)
+    plan = face_restoration.attach(getattr(state, "face_restorers", None), plan)
     needed = admission.check(state, entry, plan)  # 413 if it can never fit the memory budget
     generation = Generation(state, req, plan, entry, hires, options, parameters, needed,
                             time.strftime("%Y%m%d%H%M%S"))

@@ -353,7 +353,7 @@ class Pipeline:
                     else hires_model
                 result.refined |= hires_refiner is not None and hires_refiner.switched
             result.latents.extend(latents)
-            result.images.extend(decoder._decode(latents))
+            result.images.extend(restore_faces(plan, decoder._decode(latents)))
             if interrupted:
                 result.interrupted = True
                 if ends_all_batches(should_stop):
@@ -474,7 +474,7 @@ class Pipeline:
             result.latents.extend(latents)
             decoder = refiner.pipeline if refiner is not None and refiner.switched else self
             result.refined |= decoder is not self
-            for i, image in enumerate(decoder._decode(latents)):
+            for i, image in enumerate(restore_faces(plan, decoder._decode(latents))):
                 if targets:  # A1111 corrects before the overlay, so `denoised` is the corrected result too
                     image = apply_color_correction(targets[min(i, len(targets) - 1)], image)
                 overlay = init.overlays[min(i, len(init.overlays) - 1)] if init.overlays else None
@@ -499,6 +499,12 @@ def refiner_switch(plan: GenerationPlan, refiner_pipeline: Pipeline | None, seco
     if plan.hires is not None and (r.hires_pass, second_pass) in {("first pass", True), ("second pass", False)}:
         return None
     return RefinerSwitch(r.switch_at, refiner_pipeline, r.by_sample_steps)
+
+
+def restore_faces(plan: GenerationPlan, images: list[Image.Image]) -> list[Image.Image]:
+    """Each decoded image with its faces restored when the plan asks, before colour correction and the overlay
+    (A1111 modules/processing.py: process_images_inner)."""
+    return [plan.face_restorer(image) for image in images] if plan.face_restorer is not None else images
 
 
 def ends_all_batches(should_stop: Callable[[], bool] | None) -> bool:

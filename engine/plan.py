@@ -136,7 +136,7 @@ class Report:
     denoising_strength: float | None = None
     restore_faces: bool = False
     # With restore_faces: option face_restoration_model (the restorer's name) and code_former_weight (CodeFormer's
-    # fidelity); the service restores the decoded images (service/a1111/face_restoration.py).
+    # fidelity); the service restores the decoded images (service/runtime/face_restoration.py).
     face_restoration_model: str | None = None
     code_former_weight: float = 0.5
     model_hash: bool = True
@@ -205,6 +205,9 @@ class GenerationPlan:
     networks: tuple[NetworkRequest, ...] = ()
     # Request `tiling` (null: option `tiling`): the UNet and the VAE with circular padding (engine/tiling.py).
     tiling: bool = False
+    # restore_faces with an installed restorer: image → image with its faces restored, applied to each decoded
+    # image before colour correction and the overlay (engine/face_restoration.py; None: not restoring).
+    face_restorer: object | None = None
     report: Report = Report()
     # SDXL options sdxl_crop_top/left, sdxl_refiner_*_aesthetic_score, sdxl_clip_l_skip (the size is the pass's).
     sdxl: SdxlOptions = SdxlOptions()

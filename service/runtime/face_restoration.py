@@ -1,5 +1,6 @@
-"""`restore_faces` at run time (A1111 modules/processing.py: process_images_inner, `if p.restore_faces`): the
-decoded images of a job go through the restorer option `face_restoration_model` names (engine/face_restoration.py).
+"""`restore_faces` at submit time (A1111 modules/processing.py: process_images_inner, `if p.restore_faces`): the plan
+gets the restorer option `face_restoration_model` names (engine/face_restoration.py), which the pipeline runs on
+each decoded image.
 
 A1111 restores nothing, silently, when that model is not installed (modules/face_restoration.py: restore_faces
 finds no restorer and returns the image). sdedge makes the image too but says so: a sentence in `info`'s
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from functools import partial
 
-from engine.pipeline import GenerationResult
 from engine.plan import GenerationPlan
 
 log = logging.getLogger(__name__)
@@ -28,20 +29,15 @@ def unavailable(restorers, plan: GenerationPlan) -> str | None:
     return f"restore_faces: {reason}; the images are not restored" if reason else None
 
 
-def with_warning(restorers, plan: GenerationPlan) -> GenerationPlan:
-    """The plan with a warning in its report when its face restoration cannot run (logged too)."""
+def attach(restorers, plan: GenerationPlan) -> GenerationPlan:
+    """The plan with its face restorer (the pipeline runs it on each decoded image), or, when its face
+    restoration cannot run, with a warning in its report (logged too)."""
+    report = plan.report
+    if not report.restore_faces:
+        return plan
     reason = unavailable(restorers, plan)
     if reason is None:
-        return plan
+        restore = partial(restorers.restore, name=report.face_restoration_model, weight=report.code_former_weight)
+        return replace(plan, face_restorer=restore)
     log.warning("%s", reason)
-    return replace(plan, report=replace(plan.report, warnings=(*plan.report.warnings, reason)))
-
-
-def apply(restorers, plan: GenerationPlan, result: GenerationResult) -> GenerationResult:
-    """Restore the faces of every generated image in place (on the worker, after decoding)."""
-    report = plan.report
-    if not report.restore_faces or unavailable(restorers, plan) is not None:
-        return result
-    result.images = [restorers.restore(image, report.face_restoration_model, report.code_former_weight)
-                     for image in result.images]
-    return result
+    return replace(plan, report=replace(report, warnings=(*report.warnings, reason)))

@@ -136,7 +136,6 @@ class Generation:
             else:
                 result = pipeline.txt2img(plan, on_step=on_step, should_stop=job.should_stop,
                                           hires_pipeline=hires_pipeline, refiner_pipeline=refiner_pipeline)
-            result = face_restoration.apply(getattr(self.state, "face_restorers", None), plan, result)
         finally:
             release_memory()  # a large job's freed buffers go back to the OS
         self.state.metrics.images.inc(len(result.images))
@@ -232,7 +231,7 @@ def prepare(state: ServerState, req: GenerationRequest, parameters: dict[str, An
                                              loras=state.loras)
     refiner = refiner_checkpoint(req, state.models, entry)
     plan = with_refiner(plan, req, options, refiner)
-    plan = face_restoration.with_warning(getattr(state, "face_restorers", None), plan)
+    plan = face_restoration.attach(getattr(state, "face_restorers", None), plan)
     needed = admission.check(state, entry, plan)  # 413 if it can never fit the memory budget
     vae = vae_choice(state, options, entry)
     plan = replace(plan, report=replace(plan.report, vae=(vae.file.name, vae.short_hash) if vae else None))

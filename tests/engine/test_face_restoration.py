@@ -29,9 +29,10 @@ def priors(size: int) -> np.ndarray:
     return np.asarray(out, np.float32)
 
 
-def detector_model() -> bytes:
+def detector_model(fixed_box: tuple[float, float, float, float] | None = None) -> bytes:
     """x [1, 3, 640, 640] (BGR − mean) → loc, conf, landms of RetinaFace for the box of the pixels brighter than
-    100 in every channel; every prior centred inside the box scores 1 and decodes to it."""
+    100 in every channel (or for `fixed_box`, relative x1, y1, x2, y2, whatever the image); every prior centred
+    inside the box scores 1 and decodes to it."""
     from onnx import TensorProto, helper, numpy_helper
 
     p = priors(SIZE)
@@ -58,8 +59,13 @@ def detector_model() -> bytes:
         n("Greater", ["darkest", "threshold"], ["bright"]),  # [1, H, W]
         n("Shape", ["darkest"], ["shape"]),
     ]
-    for name, grid, fill, reduce in (("x1", "col0", "big", "ReduceMin"), ("y1", "row0", "big", "ReduceMin"),
-                                     ("x2", "col1", "small", "ReduceMax"), ("y2", "row1", "small", "ReduceMax")):
+    for i, (name, grid, fill, reduce) in enumerate((("x1", "col0", "big", "ReduceMin"),
+                                                    ("y1", "row0", "big", "ReduceMin"),
+                                                    ("x2", "col1", "small", "ReduceMax"),
+                                                    ("y2", "row1", "small", "ReduceMax"))):
+        if fixed_box is not None:
+            inits.append(numpy_helper.from_array(np.array(fixed_box[i], np.float32), name))
+            continue
         nodes += [n("Expand", [grid, "shape"], [f"{name}_grid"]),
                   n("Where", ["bright", f"{name}_grid", fill], [f"{name}_all"]),
                   n(reduce, [f"{name}_all"], [name], keepdims=0)]
@@ -133,9 +139,10 @@ def codeformer_model() -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
 
-def install(folder: Path, detector: bool = True, gfpgan: bool = True, codeformer: bool = True) -> Path:
+def install(folder: Path, detector: bool = True, gfpgan: bool = True, codeformer: bool = True,
+            fixed_box: tuple[float, float, float, float] | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for wanted, name, build in ((detector, "retinaface_synthetic.onnx", detector_model),
+    for wanted, name, build in ((detector, "retinaface_synthetic.onnx", lambda: detector_model(fixed_box)),
                                 (gfpgan, "GFPGANv1.4.onnx", gfpgan_model),
                                 (codeformer, "codeformer.onnx", codeformer_model)):
         if wanted:

@@ -371,12 +371,14 @@ def test_a_wrapping_vae_is_never_run_in_tiles():
         assert (vae.calls == [(size, size), (size * 8, size * 8)]) is whole, vae.calls
 
 
-def test_admission_counts_a_whole_vae_for_tiled_jobs():
-    from engine.memory import ModelProfile
-    from service.runtime.admission import estimate
-
-    profile = ModelProfile(attention_chunked=True, score_budget_bytes=64 << 20)  # as our exports are
-    plan = make_plan(["a"], 1536, 1536, tiling=False)
-    assert estimate(replace(plan, tiling=True), profile) > estimate(plan, profile)
-    small = make_plan(["a"], 512, 512, tiling=False)
-    assert estimate(replace(small, tiling=True), profile) == estimate(small, profile)
+@pytest.mark.slow
+def test_optimum_bundles_tile_too(demo_pipeline, optimum_bundle):
+    """optimum-cli's graphs (opset 18, weights inline) get the same rewrite: same weights, same tiled image."""
+    optimum = Pipeline.from_path(optimum_bundle, "cpu")
+    plan = make_plan(["a red circle"], 64, 64, steps=4)
+    noise = np.random.default_rng(6).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    ours = np.asarray(demo_pipeline.txt2img(plan, initial_noise=noise).images[0]).astype(int)
+    theirs = np.asarray(optimum.txt2img(plan, initial_noise=noise).images[0]).astype(int)
+    plain = np.asarray(optimum.txt2img(replace(plan, tiling=False), initial_noise=noise).images[0]).astype(int)
+    assert np.abs(ours - theirs).max() <= 1
+    assert np.abs(plain - theirs).max() > 10

@@ -60,6 +60,9 @@ class ObserveInterceptor(grpc.ServerInterceptor):
                 try:
                     check(context)
                     yield from inner(request, context)
+                except GeneratorExit:  # the client went away mid-stream
+                    counter.labels(method, "CANCELLED").inc()
+                    raise
                 except BaseException:
                     counter.labels(method, _code(context) if context.code() else "UNKNOWN").inc()
                     raise

@@ -175,3 +175,25 @@ def test_metrics_are_behind_api_auth(tmp_path):
                      status="401") == 1
     finally:
         state.close()
+
+
+def test_four_concurrent_clients_share_unet_batches_with_the_images_they_get_alone(demo_bundle, tmp_path, served):
+    """Against `--batch-max 4 --batch-window-ms 500`: four clients at once get the images the (unbatched) server
+    above gives them one by one, and the batching server made fewer UNet calls than four jobs alone would."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    plain_url = served[0]
+    bodies = [{"prompt": "a red circle", "seed": 50 + i, "width": 64, "height": 64, "steps": 5} for i in range(4)]
+    alone = [requests.post(f"{plain_url}/sdapi/v1/txt2img", json=b, timeout=120).json()["images"] for b in bodies]
+    with running_server(demo_bundle, tmp_path, "--batch-max", "4", "--batch-window-ms", "500",
+                        second_model=False) as url:
+        requests.post(f"{url}/sdapi/v1/txt2img", json={"width": 64, "height": 64, "steps": 1}, timeout=120)  # warm
+        before = scrape(url)
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda b: requests.post(f"{url}/sdapi/v1/txt2img", json=b, timeout=120), bodies))
+        after = scrape(url)
+    assert [r.json()["images"] for r in together] == alone  # PNG bytes (base64), infotext included
+    unet = value(after, "sdedge_component_call_seconds_count", component="unet") - \
+        value(before, "sdedge_component_call_seconds_count", component="unet")
+    assert unet < 4 * 5, unet  # alone: 5 calls each
+    assert value(after, "sdedge_images_generated_total") - value(before, "sdedge_images_generated_total") == 4

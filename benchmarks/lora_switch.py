@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if lora_map is None:
         raise SystemExit(f"{args.bundle} has no lora_map.json (exported before LoRA support): re-export it")
     keys = kohya_default_targets(lora_map)
-    pipeline = Pipeline.from_path(args.bundle)
     start = time.perf_counter()
+    pipeline = Pipeline.from_path(args.bundle)  # creates the UNet and text-encoder sessions (it reads their IO)
     for component in ("unet", "text_encoder"):
         pipeline.backend.session(component)
     base_seconds = time.perf_counter() - start

@@ -118,16 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
     parser.add_argument("--write", type=Path, help="update the full-size section of this RESULTS.md")
+    parser.add_argument("--previous", type=Path,
+                        help="JSON lines of rows measured earlier with the same settings, kept in the table unless "
+                             "measured again (a run finished in parts on a busy machine)")
     args = parser.parse_args(argv)
     machine = describe()
     loads = {"start": tuple(round(x, 2) for x in load_average())}
     models = ensure_full_models()
-    rows = []
+    rows = [json.loads(line) for line in args.previous.read_text().splitlines()
+            if line.startswith("{")] if args.previous else []
     for size in args.sizes:
         for pipeline in args.pipelines:
             row = run_child(pipeline, size, models, args.steps, args.threads)
             print(json.dumps(row), flush=True)
-            rows.append(row)
+            rows = [r for r in rows if (r["pipeline"], r["size"]) != (pipeline, size)] + [row]
             loads["end"] = tuple(round(x, 2) for x in load_average())
             if args.write:  # after every row: a long run stopped early still leaves its finished rows
                 write_results(args.write, markdown(args, rows, machine, loads))

@@ -71,6 +71,12 @@ def serve(args: argparse.Namespace) -> int:
     from service.http.app import create_app
     from service.runtime.state import ServerConfig, ServerState
 
+    from engine.backend import BackendChoice
+
+    try:
+        BackendChoice(args.backend, args.precision)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     models_dir = Path(args.models_dir)
     model = prepare_model(Path(args.model), models_dir) if args.model else None
     config = ServerConfig(

@@ -68,10 +68,9 @@ def _prepare_single_file(path: Path, models_dir: Path) -> Path:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from engine.backend import BackendChoice
     from service.http.app import create_app
     from service.runtime.state import ServerConfig, ServerState
-
-    from engine.backend import BackendChoice
 
     try:
         BackendChoice(args.backend, args.precision)

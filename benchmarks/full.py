@@ -78,7 +78,7 @@ def markdown(args, rows: list[dict], machine: dict, loads: dict) -> str:
         "the shape), then the timed image. UNet call = median call in the timed image; peak RSS = the "
         "process's VmHWM (load, warm-up and the timed image).",
         "",
-        *table(rows, args.sizes),
+        *table(rows, sorted({r["size"] for r in rows}, reverse=True)),
         "",
         *gate_lines([args.bundle_for_gates, *args.gate_bundles]),
         "Raw rows:",
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             loads["end"] = tuple(round(x, 2) for x in load_average())
             if args.write:  # after every row: a long run stopped early still leaves its finished rows
                 write_results(args.write, markdown(args, rows, machine, loads))
-    for line in table(rows, args.sizes):
+    for line in table(rows, sorted({r["size"] for r in rows}, reverse=True)):
         print(line)
     return 0
 

@@ -78,8 +78,9 @@ def markdown(args, rows: list[dict], machine: dict, loads: dict) -> str:
         "the shape), then the timed image. UNet call = median call in the timed image; peak RSS = the "
         "process's VmHWM (load, warm-up and the timed image).",
         "",
-        *table(rows, args.sizes),
+        *table(rows, sorted({r["size"] for r in rows}, reverse=True)),
         "",
+        *gate_lines([args.bundle_for_gates, *args.gate_bundles]),
         "Raw rows:",
         "",
         "```",
@@ -87,6 +88,26 @@ def markdown(args, rows: list[dict], machine: dict, loads: dict) -> str:
         "```",
         END,
     ])
+
+
+def gate_lines(bundles: list[Path]) -> list[str]:
+    """The quality gates recorded in these bundles' manifests (`sdedge gate`, engine/quality_gate.py)."""
+    lines = []
+    for bundle in bundles:
+        manifest = bundle / "manifest.json"
+        gates = json.loads(manifest.read_text()).get("quality_gate") if manifest.is_file() else None
+        for gate in (gates or {}).values():
+            lines.append(
+                f"| {json.loads(manifest.read_text()).get('name')} | {gate['variant']} vs {gate['reference']} | "
+                f"{gate['samples']} × {gate['size']} px, {gate['steps']} steps | {gate['min_cosine']} | "
+                f"{min(gate['psnr_db'])}–{max(gate['psnr_db'])} dB | {gate['unet_call_s']} s vs "
+                f"{gate['reference_unet_call_s']} s | {'pass' if gate['passed'] else 'FAIL'} ({gate['measured']}) |")
+    if not lines:
+        return []
+    return ["Quality gates recorded in the bundles (`sdedge gate`: per-UNet-call cosine ≥ 0.999 against ONNX "
+            "Runtime fp32 on the same inputs; image PSNR of the whole txt2img on the same noise):", "",
+            "| model | variant | samples | min cosine | PSNR | UNet call | gate |", "|---|---|---|---|---|---|---|",
+            *lines, ""]
 
 
 def _version(package: str) -> str | None:
@@ -118,20 +139,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
     parser.add_argument("--write", type=Path, help="update the full-size section of this RESULTS.md")
+    parser.add_argument("--gate-bundles", type=Path, nargs="*", default=[],
+                        help="more bundles whose recorded quality gates go into the report")
+    parser.add_argument("--previous", type=Path,
+                        help="JSON lines of rows measured earlier with the same settings, kept in the table unless "
+                             "measured again (a run finished in parts on a busy machine)")
     args = parser.parse_args(argv)
     machine = describe()
     loads = {"start": tuple(round(x, 2) for x in load_average())}
     models = ensure_full_models()
-    rows = []
+    args.bundle_for_gates = models.bundle
+    rows = [json.loads(line) for line in args.previous.read_text().splitlines()
+            if line.startswith("{")] if args.previous else []
     for size in args.sizes:
         for pipeline in args.pipelines:
             row = run_child(pipeline, size, models, args.steps, args.threads)
             print(json.dumps(row), flush=True)
-            rows.append(row)
+            rows = [r for r in rows if (r["pipeline"], r["size"]) != (pipeline, size)] + [row]
             loads["end"] = tuple(round(x, 2) for x in load_average())
             if args.write:  # after every row: a long run stopped early still leaves its finished rows
                 write_results(args.write, markdown(args, rows, machine, loads))
-    for line in table(rows, args.sizes):
+    for line in table(rows, sorted({r["size"] for r in rows}, reverse=True)):
         print(line)
     return 0
 

@@ -12,6 +12,7 @@ is created, so nothing else in the engine pays for it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 # Our precision names → OpenVINO's INFERENCE_PRECISION_HINT. The CPU plugin's own default on a bf16-capable
 # CPU is bf16 (EXECUTION_MODE_HINT=PERFORMANCE), so f32 is always asked for explicitly.
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+# Inside the bundle: hidden, so model registries never list it.
+IR_DIR = ".openvino-f16"
 
 _OV_DTYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "f64": "float64",
               "bf16": "bfloat16"}
@@ -54,7 +58,7 @@ class OpenVinoBackend:
     lean, at the cost of a recompile when the size changes (hires fix, a new resolution)."""
 
     def __init__(self, bundle: Bundle, precision: str = "fp32", threads: int = 0, cache_dir: str | Path | None = None,
-                 shapes_per_component: int = 1):
+                 shapes_per_component: int = 1, f16_weights: bool | None = None):
         import openvino as ov
 
         if precision not in PRECISION_HINTS:
@@ -76,14 +80,39 @@ class OpenVinoBackend:
             # on disk per shape; it saved ≈1 s of 4 on a SD 1.5 UNet here, so it is off by default).
             self.config["CACHE_DIR"] = str(cache_dir)
         self._io: dict[str, tuple[list[TensorSpec], list[str]]] = {}
+        # bf16 computes from f16-stored weights as well as from f32 ones (both are converted to bf16 at compile):
+        # an f16 copy in OpenVINO's IR (memory-mapped on read) halves what a compile reads. fp32 keeps the ONNX.
+        self.f16_weights = precision == "bf16" if f16_weights is None else f16_weights
         self._compiled: dict[str, OrderedDict] = {}
         self._lock = threading.Lock()
         self.compiles = 0  # how many compiles this backend did (tests, logs)
 
     def _read(self, component: str):
-        """The component as read from its ONNX file (dynamic shapes). Not kept: once compiled, the plugin holds
-        the weights in its own layout (a bf16 copy at bf16), and a kept model would hold the fp32 weights too."""
-        return self._core.read_model(str(self.bundle.component_path(component)))
+        """The component with dynamic shapes, read from its ONNX file (or its f16 IR copy). Not kept: once
+        compiled, the plugin holds the weights in its own layout (bf16 at bf16), and a kept model would hold the
+        file's weights too."""
+        onnx = self.bundle.component_path(component)
+        if not self.f16_weights:
+            return self._core.read_model(str(onnx))
+        ir = self.bundle.path / IR_DIR / component / "model.xml"
+        if not ir.is_file():
+            try:
+                self._write_f16_ir(onnx, ir)
+            except OSError as exc:  # a read-only bundle: compile from the ONNX
+                log.warning("openvino: cannot write %s (%s); reading the ONNX", ir, exc)
+                return self._core.read_model(str(onnx))
+        return self._core.read_model(str(ir))
+
+    def _write_f16_ir(self, onnx: Path, ir: Path) -> None:
+        """Once per bundle and component: OpenVINO's IR with weights stored as f16, written atomically."""
+        ir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ir.with_name(f".tmp-{os.getpid()}-{ir.name}")
+        log.info("openvino: writing f16 weights of %s to %s", onnx, ir)
+        model = self._core.read_model(str(onnx))
+        self._ov.save_model(model, str(tmp), compress_to_fp16=True)
+        del model
+        tmp.with_suffix(".bin").replace(ir.with_suffix(".bin"))
+        tmp.replace(ir)
 
     def _ports(self, component: str) -> tuple[list[TensorSpec], list[str]]:
         with self._lock:

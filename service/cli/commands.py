@@ -66,9 +66,14 @@ def _prepare_single_file(path: Path, models_dir: Path) -> Path:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from engine.backend import BackendChoice
     from service.http.app import create_app
     from service.runtime.state import ServerConfig, ServerState
 
+    try:
+        BackendChoice(args.backend, args.precision)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     models_dir = Path(args.models_dir)
     if args.vae_path and not Path(args.vae_path).is_file():
         raise SystemExit(f"--vae-path {args.vae_path}: no such file")

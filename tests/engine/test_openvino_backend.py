@@ -93,3 +93,27 @@ def test_choice_validation(bundle):
         BackendChoice("tensorflow")
     assert isinstance(create_backend(bundle, "cpu", BackendChoice("openvino")), OpenVinoBackend)
     assert isinstance(create_backend(bundle, "cpu", BackendChoice("ort")), OrtBackend)
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="CPU without native bf16")
+def test_bf16_reads_f16_weights_written_once_into_the_bundle(shapes_bundle, tmp_path):
+    from engine.openvino_backend import IR_DIR
+
+    copy = tmp_path / "bundle"
+    copy.mkdir()
+    for item in shapes_bundle.iterdir():
+        if not item.name.startswith("."):
+            (copy / item.name).symlink_to(item)
+    bundle = load_bundle(copy)
+    feeds = unet_feeds(bundle, 64)
+    from_onnx = OpenVinoBackend(bundle, "bf16", threads=2, f16_weights=False).run("unet", feeds)["out_sample"]
+    backend = OpenVinoBackend(bundle, "bf16", threads=2)
+    got = backend.run("unet", feeds)["out_sample"]
+    ir = copy / IR_DIR / "unet"
+    assert sorted(p.name for p in ir.iterdir()) == ["model.bin", "model.xml"]
+    onnx_bytes = (shapes_bundle / "unet" / "model.onnx_data").stat().st_size
+    assert (ir / "model.bin").stat().st_size < 0.6 * onnx_bytes  # f16: half the f32 weights
+    assert cosine(got, from_onnx) > 0.99999
+    mtime = (ir / "model.bin").stat().st_mtime_ns
+    OpenVinoBackend(bundle, "bf16", threads=2).run("unet", feeds)
+    assert (ir / "model.bin").stat().st_mtime_ns == mtime  # reused, not rewritten

@@ -1,0 +1,39 @@
+"""--backend / --precision reach the backend the model registry creates."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.backend import BackendChoice, OrtBackend
+from service.cli.commands import build_parser
+from service.runtime.models import ModelRegistry
+from service.runtime.state import ServerConfig, ServerState
+
+
+def test_serve_flags_parse_and_default_to_onnxruntime_fp32():
+    args = build_parser().parse_args(["serve"])
+    assert (args.backend, args.precision) == ("ort", "fp32")
+    args = build_parser().parse_args(["serve", "--backend", "openvino", "--precision", "bf16"])
+    assert (args.backend, args.precision) == ("openvino", "bf16")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--precision", "fp8"])
+
+
+def test_registry_loads_on_the_chosen_backend(shapes_bundle):
+    registry = ModelRegistry(None, [shapes_bundle])
+    assert isinstance(registry.load(registry.entries()[0]).backend, OrtBackend)
+    pytest.importorskip("openvino")
+    from engine.openvino_backend import OpenVinoBackend
+
+    registry = ModelRegistry(None, [shapes_bundle], "cpu", BackendChoice("openvino", "fp32"))
+    backend = registry.load(registry.entries()[0]).backend
+    assert isinstance(backend, OpenVinoBackend) and backend.precision == "fp32"
+
+
+def test_server_config_choice_reaches_the_registry(shapes_bundle, tmp_path):
+    state = ServerState(ServerConfig(model=shapes_bundle, models_dir=tmp_path, options_file=tmp_path / "o.json",
+                                     backend="auto"))
+    assert state.models.choice == BackendChoice("auto", "fp32")
+    with pytest.raises(ValueError, match="openvino"):
+        ServerState(ServerConfig(model=shapes_bundle, models_dir=tmp_path, options_file=tmp_path / "o.json",
+                                 backend="ort", precision="bf16"))

@@ -15,6 +15,7 @@ from engine.img2img import mask_composite
 from engine.pipeline import GenerationResult
 from engine.plan import GenerationPlan
 from service.a1111.encode import encode_image, to_base64
+from service.a1111.extra_networks import parse_lora_hashes
 from service.a1111.grids import image_grid
 from service.a1111.infotext import create_infotext, generation_parameters
 from service.a1111.infotext_fields import VERSION, Source, written
@@ -136,8 +137,13 @@ def build_response(plan: GenerationPlan, result: GenerationResult, entry: ModelE
     if notes:  # sdedge's own key: A1111 clients read `info` by key and ignore the ones they do not know
         info["sdedge_warnings"] = notes
     response = {"images": images, "parameters": parameters, "info": json.dumps(info, default=lambda _: None)}
-    if as_bytes:  # gRPC types each image; REST's sdapi shape has no place for this
+    if as_bytes:  # gRPC types each image and the networks; REST's sdapi shape has no place for these
         response["image_sources"] = sources
+        hashes = parse_lora_hashes(plan.report.lora_hashes or "")
+        response["networks"] = [
+            {"name": n.name, "hash": hashes.get(n.name.translate(str.maketrans("", "", ":,")), ""), "te": n.te,
+             "unet": n.unet, **({"dyn": n.dyn} if n.dyn is not None else {})}
+            for n in plan.networks]
     return response
 
 

@@ -96,9 +96,11 @@ def images(response: Mapping[str, Any], info: Mapping[str, Any]) -> list[pb.Imag
 def generation_response(response: Mapping[str, Any], task_id: str, interrupted: bool) -> pb.GenerationResponse:
     """The sdapi response dict (images as bytes) as a GenerationResponse."""
     info = json.loads(response["info"])
+    typed_info = generation_info(info)
+    typed_info.networks.extend(pb.Network(**n) for n in response.get("networks") or ())
     return pb.GenerationResponse(
         images=images(response, info),
-        info=generation_info(info),
+        info=typed_info,
         info_json=response["info"],
         parameters=python_to_struct(response.get("parameters") or {}),
         task_id=task_id,

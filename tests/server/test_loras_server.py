@@ -31,8 +31,8 @@ def server(demo_bundle, torch_pipeline, tmp_path_factory):
     write_file(lora_dir / "detail.safetensors", kohya_lora(torch_pipeline, 1, scale=0.3),
                {"ss_output_name": "detail-alias", "ss_network_dim": "4", "ss_tag_frequency": '{"a": {"b": 1}}'})
     write_file(lora_dir / "sub" / "second.safetensors", kohya_lora(torch_pipeline, 2))
-    with running_server(demo_bundle, workdir, second_model=False) as url:
-        yield url, lora_dir
+    with running_server(demo_bundle, workdir, second_model=False, grpc=True) as (url, grpc_target):
+        yield url, lora_dir, grpc_target
 
 
 def txt2img(url: str, prompt: str, **extra) -> tuple[bytes, dict]:
@@ -45,7 +45,7 @@ def txt2img(url: str, prompt: str, **extra) -> tuple[bytes, dict]:
 
 
 def test_listing_and_refresh(server):
-    url, lora_dir = server
+    url, lora_dir, _ = server
     listed = requests.get(f"{url}/sdapi/v1/loras", timeout=30).json()
     assert [item["name"] for item in listed] == ["detail", "second"]
     detail = listed[0]
@@ -62,7 +62,7 @@ def test_listing_and_refresh(server):
 
 
 def test_lora_changes_the_image_and_is_reported_in_the_infotext(server):
-    url, lora_dir = server
+    url, lora_dir, _ = server
     base, base_info = txt2img(url, "a red circle")
     with_lora, info = txt2img(url, "a red circle <lora:detail:1>")
     assert with_lora != base
@@ -83,7 +83,7 @@ def test_lora_changes_the_image_and_is_reported_in_the_infotext(server):
 
 
 def test_two_networks_and_named_arguments(server):
-    url, _ = server
+    url, _, _ = server
     one, _ = txt2img(url, "a red circle <lora:detail:1>")
     two, info = txt2img(url, "a red circle <lora:detail:1> <lora:second:0.5>")
     assert two != one
@@ -93,7 +93,7 @@ def test_two_networks_and_named_arguments(server):
 
 
 def test_missing_and_broken_networks_are_reported_and_the_image_is_made(server):
-    url, lora_dir = server
+    url, lora_dir, _ = server
     base, _ = txt2img(url, "a red circle")
     image, info = txt2img(url, "a red circle <lora:nothere:1>")
     assert image == base
@@ -111,7 +111,7 @@ def test_missing_and_broken_networks_are_reported_and_the_image_is_made(server):
 
 
 def test_negative_prompt_keeps_tags_as_text_and_disable_extra_networks(server):
-    url, _ = server
+    url, _, _ = server
     base, _ = txt2img(url, "a red circle")
     disabled, info = txt2img(url, "a red circle <lora:detail:1>", disable_extra_networks=True)
     assert disabled == base and "Lora hashes" not in info["infotexts"][0]
@@ -121,7 +121,7 @@ def test_negative_prompt_keeps_tags_as_text_and_disable_extra_networks(server):
 
 
 def test_sd_lora_option_appends_the_network(server):
-    url, _ = server
+    url, _, _ = server
     with_tag, _ = txt2img(url, "a red circle <lora:detail:1>")
     by_option, info = txt2img(url, "a red circle", override_settings={"sd_lora": "detail"})
     assert by_option == with_tag
@@ -129,7 +129,7 @@ def test_sd_lora_option_appends_the_network(server):
 
 
 def test_pasted_infotext_finds_the_network_by_its_hash(server):
-    url, lora_dir = server
+    url, lora_dir, _ = server
     direct, _ = txt2img(url, "a red circle <lora:detail:1>")
     shorthash = addnet_hash(lora_dir / "detail.safetensors")[:12]
     infotext = (f"a red circle <lora:renamed-on-their-machine:1>\nSteps: 3, Sampler: Euler, Seed: 7, Size: 64x64, "
@@ -140,3 +140,20 @@ def test_pasted_infotext_finds_the_network_by_its_hash(server):
     info = json.loads(response.json()["info"])
     assert info["prompt"] == "a red circle <lora:detail-alias:1>"  # the alias, as A1111 writes it back
     assert decode(response.json()["images"][0]).tobytes() == direct
+
+
+def test_grpc_lists_the_networks_of_a_request(server):
+    import grpc
+
+    from service.generated import sdedge_pb2 as pb
+    from service.generated import sdedge_pb2_grpc as pb_grpc
+
+    url, lora_dir, target = server
+    shorthash = addnet_hash(lora_dir / "detail.safetensors")[:12]
+    with grpc.insecure_channel(target) as channel:
+        response = pb_grpc.SdEdgeStub(channel).Txt2Img(pb.Txt2ImgRequest(
+            prompt="a red circle <lora:detail:0.5:unet=0.25:dyn=2> <lora:nothere:1>", steps=1, width=64, height=64,
+            seed=7), timeout=300)
+    assert [(n.name, n.hash, n.te, n.unet, n.dyn) for n in response.info.networks] == [
+        ("detail", shorthash, 0.5, 0.25, 2)]
+    assert response.info.networks[0].HasField("dyn")

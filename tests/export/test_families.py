@@ -5,6 +5,7 @@ diffusers' StableDiffusionPipeline on the same weights and noise."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -389,3 +390,23 @@ def test_sdxl_single_files_are_detected_and_convert_to_the_same_weights(configs,
     if not refiner:
         assert pipe.tokenizer.pad_token_id == 49407
     assert pipe.vae.config.scaling_factor == 0.13025
+
+
+
+def test_a_ckpt_that_would_run_code_is_refused_without_running_it(tmp_path):
+    import torch
+
+    from export.detect import SingleFileError
+    from export.single_file import load_state_dict
+
+    marker = tmp_path / "ran"
+
+    class Payload:  # unpickling this runs `marker.touch()`: a safe loader must refuse it
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1), "x": Payload()}},
+               tmp_path / "evil.ckpt")
+    with pytest.raises(SingleFileError, match="cannot read"):
+        load_state_dict(tmp_path / "evil.ckpt")
+    assert not marker.exists()

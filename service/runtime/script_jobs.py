@@ -205,6 +205,8 @@ def script_response(sg: ScriptGeneration, output: ScriptOutput, as_bytes: bool =
                              ("all_subseeds", output.all_subseeds), ("seed", output.seed)) if v is not None},
         **output.info,
     )
+    if sg.warnings:  # files that could not be saved, as for a single generation
+        info["sdedge_warnings"] = [*info.get("sdedge_warnings", []), *sg.warnings]
     images, sources = [], []
     if send:
         for i, (image, infotext) in enumerate(zip(output.images, output.png_infotexts, strict=True)):

@@ -123,6 +123,21 @@ def test_loopback_saves_each_iteration_with_the_script_entries_and_the_grid(serv
     assert "parameters" not in Image.open(root / f"outputs/img2img-grids/{DAY}/grid-0000.png").info
 
 
+def test_prompts_from_file_saves_each_lines_samples_but_no_batch_grid(server):
+    """A1111's prompts_from_file sets `do_not_save_grid`: a batch of two saves its two samples only."""
+    client, root = server
+    clear(root)
+    r = post(client, "/sdapi/v1/txt2img", {**SMALL, "batch_size": 2, "script_name": "Prompts from file or textbox",
+                                           "script_args": [False, False, "start", "a red circle\na blue square"],
+                                           "save_images": True})
+    info = json.loads(r["info"])
+    saved = files(root)
+    assert saved == {f"outputs/txt2img-images/{DAY}": ["00000-11.png", "00001-12.png", "00002-11.png",
+                                                       "00003-12.png"]}
+    last = Image.open(root / f"outputs/txt2img-images/{DAY}/00003-12.png").info["parameters"]
+    assert last == info["infotexts"][-1] and last.startswith("a blue square")
+
+
 def test_scripts_save_nothing_without_save_images(server):
     client, root = server
     clear(root)

@@ -4,7 +4,7 @@ prompt_matrix.py, prompts_from_file.py, sd_upscale.py, loopback.py: `images.save
 
 | script | each cell (process_images) | the script itself |
 |---|---|---|
-| X/Y/Z plot | samples and batch grid | the plot, `xyz_grid-NNNN-<seed>` in the grids folder, with its infotext |
+| X/Y/Z plot | samples and batch grid | the plot, then each Z value's sub-grid (with a Z axis), `xyz_grid-NNNN-<seed>` in the grids folder, with their infotexts |
 | Prompt matrix | samples (`do_not_save_grid = True`) | the matrix, `prompt_matrix-NNNN-<seed>`, grids folder, no infotext |
 | Prompts from file | samples (`do_not_save_grid = True`) | nothing |
 | SD upscale | nothing (`do_not_save_samples/grid = True`) | each combined image as a sample, with the first tile's infotext |
@@ -99,6 +99,8 @@ def save_script_outputs(title: str, output: ScriptOutput, template: Generation, 
         first_seed = (output.all_seeds or [seed])[0]
         warnings += _write(template, "grid", images[0], "xyz_grid", first_seed, first_prompt or "",
                            output.infotexts[0] if output.infotexts else None, grid=True)
+        for image, infotext, sub_prompt, sub_seed in output.sub_grids:
+            warnings += _write(template, "grid", image, "xyz_grid", sub_seed, sub_prompt or "", infotext, grid=True)
     elif title == "Prompt matrix" and save.grid and options.grid_save and output.index_of_first_image == 1:
         first_seed = (output.all_seeds or [seed])[0]
         warnings += _write(template, "grid", images[0], "prompt_matrix", first_seed, prompt, None, grid=True)

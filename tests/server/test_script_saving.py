@@ -81,6 +81,25 @@ def test_xyz_plot_saves_the_cells_and_the_grid_with_its_infotext(server):
     assert "Script:" not in cell.info["parameters"]
 
 
+def test_xyz_plot_with_a_z_axis_saves_each_sub_grid_too(server):
+    """A1111 saves the plot and then one grid per Z value (`grid_count = z_count + 1`), even when the response
+    leaves the sub-grids out."""
+    client, root = server
+    clear(root)
+    args = [1, "5, 6", [], 0, "", [], 4, "1, 2", [], True, False, False, False, False, False, False, 0, False]
+    r = post(client, "/sdapi/v1/txt2img", {**SMALL, "script_name": "X/Y/Z plot", "script_args": args,
+                                           "save_images": True})
+    info = json.loads(r["info"])
+    grids = root / f"outputs/txt2img-grids/{DAY}"
+    assert files(root)[f"outputs/txt2img-grids/{DAY}"] == ["xyz_grid-0000-5.png", "xyz_grid-0001-5.png",
+                                                            "xyz_grid-0002-5.png"]
+    assert len(files(root)[f"outputs/txt2img-images/{DAY}"]) == 4
+    assert Image.open(grids / "xyz_grid-0000-5.png").info["parameters"] == info["infotexts"][0]
+    z2 = Image.open(grids / "xyz_grid-0002-5.png")
+    assert "Steps: 2," in z2.info["parameters"] and "Z Type" not in z2.info["parameters"]
+    assert z2.width < Image.open(grids / "xyz_grid-0000-5.png").width  # one Z value's cells
+
+
 def test_prompt_matrix_saves_samples_and_the_matrix_without_infotext(server):
     client, root = server
     clear(root)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PIL import Image
 
 from engine.backend import release_memory
 from engine.pipeline import StepEvent
+from service.a1111 import saving
 from service.a1111.encode import encode_image, to_base64
 from service.a1111.errors import InvalidRequest
 from service.a1111.infotext import create_infotext, generation_parameters
@@ -31,6 +32,7 @@ from service.a1111.sdapi_models import GenerationRequest, Img2ImgRequest
 from service.a1111.translate import _image
 from service.runtime.generate import Generation, enqueue, job_options, prepare
 from service.runtime.jobs import Job, new_task_id
+from service.runtime.script_saving import cell_save, save_cell, save_script_outputs
 from service.runtime.state import ServerState
 
 
@@ -118,12 +120,22 @@ class ScriptGeneration:
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
             # An argument of the wrong kind (a dict where A1111 takes text, ...): A1111's run() raises, a 500.
             raise InvalidRequest("script_args", f"{script.title}: {type(exc).__name__}: {exc}") from None
-        self.cells = [prepare(state, sub.request)[1] for sub in self.plan.requests]  # 4xx before queueing
+        # What the request saves; the cells save what A1111's script lets them (service/runtime/script_saving.py),
+        # after their run, with the script's infotexts.
+        self.save = saving.save_request(getattr(req, "save_images", False), req.do_not_save_samples,
+                                        req.do_not_save_grid)
+        self.cell_save = cell_save(script.title, self.save)
+        self.cells = [self._cell(sub) for sub in self.plan.requests]  # 4xx before queueing
+        self.output: ScriptOutput | None = None
+        self.warnings: list[str] = []
         self.kind = "img2img" if is_img2img(req) else "txt2img"
         self.timestamp = time.strftime("%Y%m%d%H%M%S")
         self.runs: list[CellRun] = []
         self.generations: list[Generation] = []
         self.results: list[Any] = []
+
+    def _cell(self, sub: SubRequest) -> Generation:
+        return replace(prepare(self.state, sub.request)[1], save=saving.SaveRequest(samples=False, grid=False))
 
     def job_count(self) -> int:
         if self.plan.job_count is not None:
@@ -154,15 +166,23 @@ class ScriptGeneration:
             self.generations.append(generation)
             self.results.append(result)
             self.runs.append(cell_run(generation, sub, result, len(self.runs)))
+            self.warnings += save_cell(generation, self.runs[-1], result, self.cell_save)
             if not pending and self.plan.follow is not None and not job.interrupted:
                 nxt = self.plan.follow(self.runs)
                 if nxt is not None:
-                    pending.append((nxt, prepare(self.state, nxt.request)[1]))
+                    pending.append((nxt, self._cell(nxt)))
         release_memory()
+        self.output = self.plan.combine(self.runs)
+        if self.generations and (self.save.samples or self.save.grid):
+            output = self.output
+            seed = output.seed if output.seed is not None else (self.runs[0].seeds[0] if self.runs[0].seeds else None)
+            template = self.generations[min(output.template, len(self.generations) - 1)]
+            self.warnings += save_script_outputs(self.script.title, output, template, self.save,
+                                                 self.req.prompt or "", seed)
         return ScriptResult(self.runs, job.interrupted or any(r.interrupted for r in self.results))
 
     def finish(self, result: ScriptResult, as_bytes: bool = False) -> dict[str, Any]:
-        output = self.plan.combine(result.runs)
+        output = self.output if self.output is not None else self.plan.combine(result.runs)
         return script_response(self, output, as_bytes=as_bytes)
 
 
@@ -185,6 +205,8 @@ def script_response(sg: ScriptGeneration, output: ScriptOutput, as_bytes: bool =
                              ("all_subseeds", output.all_subseeds), ("seed", output.seed)) if v is not None},
         **output.info,
     )
+    if sg.warnings:  # files that could not be saved, as for a single generation
+        info["sdedge_warnings"] = [*info.get("sdedge_warnings", []), *sg.warnings]
     images, sources = [], []
     if send:
         for i, (image, infotext) in enumerate(zip(output.images, output.png_infotexts, strict=True)):

@@ -76,6 +76,9 @@ class ScriptOutput:
     seed: int | None = None
     template: int = 0
     info: dict[str, Any] = field(default_factory=dict)  # further `info` keys to set
+    # X/Y/Z with a Z axis: (sub-grid, its infotext, prompt, seed), saved beside the plot even when the response
+    # drops them (A1111 xyz_grid.py run(): grid_save)
+    sub_grids: list[tuple[Image.Image, str | None, str | None, int | None]] = field(default_factory=list)
 
 
 Combine = Callable[[Sequence[CellRun]], ScriptOutput]

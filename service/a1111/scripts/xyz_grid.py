@@ -527,7 +527,9 @@ def draw_xyz_grid(runs: Sequence[CellRun], order: list[tuple[int, int, int]], nx
     # all_prompts/all_seeds: a sub-grid's entry (its first cell's) ahead of the cells' when sub-grids are kept;
     # A1111 inserts one per sub-grid, none for the Z grid, then deletes them again with the sub-grids.
     subs = list(range(nz)) if include_sub_grids else []
+    saved_subs = [(sub_grids[iz], grid_infotexts[iz], prompts[iz * nx * ny], seeds[iz * nx * ny])
+                  for iz in range(nz)] if nz > 1 else []
     return ScriptOutput(images=out_images, png_infotexts=out_png, infotexts=out_infotexts,  # type: ignore[arg-type]
-                        index_of_first_image=1,
+                        index_of_first_image=1, sub_grids=saved_subs,  # type: ignore[arg-type]
                         all_prompts=[prompts[iz * nx * ny] for iz in subs] + prompts,  # type: ignore[operator]
                         all_seeds=[seeds[iz * nx * ny] for iz in subs] + seeds)  # type: ignore[operator]

@@ -85,10 +85,12 @@ def images(response: Mapping[str, Any], info: Mapping[str, Any]) -> list[pb.Imag
     out = []
     for i, (data, k) in enumerate(zip(data_list, sources, strict=True)):
         image = pb.Image(data=data, mime_type=mime_type(data), index=i)
-        if k is not None and 0 <= k and k + first < len(infotexts):  # `infotexts`: the grid's first, if any
+        # `infotexts`: the grid's first, if any; a script's grid (k < 0) carries its own infotext but no seed.
+        if k is not None and 0 <= k + first < len(infotexts):
             image.infotext = infotexts[k + first]
-            image.seed = seeds[k] if k < len(seeds) else 0
-            image.subseed = subseeds[k] if k < len(subseeds) else 0
+            if k >= 0:
+                image.seed = seeds[k] if k < len(seeds) else 0
+                image.subseed = subseeds[k] if k < len(subseeds) else 0
         out.append(image)
     return out
 

@@ -213,7 +213,7 @@ def script_response(sg: ScriptGeneration, output: ScriptOutput, as_bytes: bool =
             data = encode_image(image, opts.samples_format, infotext if opts.enable_pnginfo else None,
                                 opts.jpeg_quality, opts.webp_lossless)
             images.append(data if as_bytes else to_base64(data))
-            sources.append(i)
+            sources.append(i - output.index_of_first_image)  # the grid(s) before the cells: negative
     response = {"images": images, "parameters": sg.parameters, "info": json.dumps(info, default=lambda _: None)}
     if as_bytes:
         response["image_sources"] = sources

@@ -1,5 +1,6 @@
 """`make bench-full` (`python -m benchmarks.full`): sdedge on each backend/precision, diffusers fp32 and diffusers
-bf16 side by side on a full-size random-weight SD 1.5 (benchmarks/full_models.py), at 256 and 512 px.
+bf16 side by side on a full-size random-weight SD 1.5, or SD 2.1 with `--model sd21` (benchmarks/full_models.py),
+at 256 and 512 px.
 
 Each (pipeline, size) runs in its own process (benchmarks/full_child.py), so its peak RSS is its own. Reported:
 load time, median UNet call (CFG batch 2), VAE decode, total per image, peak RSS, and each as a ratio to
@@ -21,6 +22,14 @@ from benchmarks.machine import _cpuinfo_field, describe, load_average
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench-full: begin -->", "<!-- bench-full: end -->"
+TITLES = {"sd15": ("SD 1.5", "export/configs/sd15", "issue 16"),
+          "sd21": ("SD 2.1", "export/configs/sd2-base: 512 px, epsilon, OpenCLIP-H", "issue 14")}
+
+
+def markers(model: str) -> tuple[str, str]:
+    """Each model's section between its own markers, so one model's run leaves the other's rows alone."""
+    return (BEGIN, END) if model == "sd15" else (f"<!-- bench-full {model}: begin -->",
+                                                 f"<!-- bench-full {model}: end -->")
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "f16c", "fma")
 
 
@@ -60,11 +69,13 @@ def table(rows: list[dict], sizes: list[int]) -> list[str]:
 def markdown(args, rows: list[dict], machine: dict, loads: dict) -> str:
     flags = set((_cpuinfo_field("flags") or "").split())
     v = machine["versions"]
+    title, configs, issue = TITLES[args.model]
+    begin, end = markers(args.model)
     return "\n".join([
-        BEGIN,
-        "## Full-size SD 1.5 (issue 16): `make bench-full`",
+        begin,
+        f"## Full-size {title} ({issue}): `make bench-full`",
         "",
-        f"Written by `python -m benchmarks.full --sizes {' '.join(map(str, args.sizes))} --steps {args.steps} "
+        f"Written by `python -m benchmarks.full --model {args.model} --sizes {' '.join(map(str, args.sizes))} --steps {args.steps} "
         f"--threads {args.threads}` on {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
         f"CPU: {machine['cpu']}, {machine['usable_cpus']} usable CPUs; flags: "
         + ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in FLAGS) + ". "
@@ -72,7 +83,7 @@ def markdown(args, rows: list[dict], machine: dict, loads: dict) -> str:
         f"diffusers {v['diffusers']}. Load average {loads['start']} at start, {loads['end']} at end "
         "(the machine is shared: times are noisy, ratios in one run are what counts).",
         "",
-        "SD 1.5's architecture (export/configs/sd15) with seeded random weights, txt2img, batch 1, "
+        f"{title}'s architecture ({configs}) with seeded random weights, txt2img, batch 1, "
         f"Euler, {args.steps} steps over A1111's sigmas, CFG 7 (UNet batch 2), the same initial latents; each "
         "(pipeline, size) in its own process: load, a 1-step warm-up image (sessions, OpenVINO's compile for "
         "the shape), then the timed image. UNet call = median call in the timed image; peak RSS = the "
@@ -86,7 +97,7 @@ def markdown(args, rows: list[dict], machine: dict, loads: dict) -> str:
         "```",
         *(json.dumps(r) for r in rows),
         "```",
-        END,
+        end,
     ])
 
 
@@ -119,11 +130,12 @@ def _version(package: str) -> str | None:
         return None
 
 
-def write_results(path: Path, section: str) -> None:
+def write_results(path: Path, section: str, model: str = "sd15") -> None:
+    begin, end = markers(model)
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
@@ -134,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.full_models import ensure_full_models
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.full", description=__doc__)
+    parser.add_argument("--model", choices=TITLES, default="sd15",
+                        help="the full-size architecture (random weights): SD 1.5 or SD 2.1 (512 px base)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
@@ -147,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     machine = describe()
     loads = {"start": tuple(round(x, 2) for x in load_average())}
-    models = ensure_full_models()
+    models = ensure_full_models(args.model)
     args.bundle_for_gates = models.bundle
     rows = [json.loads(line) for line in args.previous.read_text().splitlines()
             if line.startswith("{")] if args.previous else []
@@ -158,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = [r for r in rows if (r["pipeline"], r["size"]) != (pipeline, size)] + [row]
             loads["end"] = tuple(round(x, 2) for x in load_average())
             if args.write:  # after every row: a long run stopped early still leaves its finished rows
-                write_results(args.write, markdown(args, rows, machine, loads))
+                write_results(args.write, markdown(args, rows, machine, loads), args.model)
     for line in table(rows, sorted({r["size"] for r in rows}, reverse=True)):
         print(line)
     return 0

@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[256, 512, 768, 1024, 2048],
                         help="sizes of the peak-RSS table on the shapes model (none: skip it)")
     parser.add_argument("--memory-steps", type=int, default=2)
+    parser.add_argument("--turbo-size", type=int, default=256,
+                        help="size of the cfg 1 vs cfg 7 (Turbo) table on the shapes model (0: skip it)")
     parser.add_argument("--concurrency-requests", type=int, default=16,
                         help="txt2img requests of the 1-vs-4-clients table on the shapes model (0: skip it)")
     args = parser.parse_args(argv)
@@ -277,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
 
         say()
         memory_run(models.shapes, args.memory_sizes, args.memory_steps, big_steps=1, say=say)
+    if args.turbo_size:
+        from benchmarks.turbo import run as turbo_run
+
+        say()
+        turbo_run(models.shapes, say, size=args.turbo_size, threads=args.threads)
     if args.concurrency_requests:
         from benchmarks.concurrency import run as concurrency_run
 

@@ -116,7 +116,9 @@ def _load_text_model(cls, weights: dict, config_folder: Path, subfolder: str, wh
     if missing or unexpected:
         raise SingleFileError(f"{what} does not match the config: missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}")
-    return model.eval()
+    # fp32 throughout, as the diffusers models above: the shipped SDXL encoder configs say torch_dtype float16,
+    # which leaves some of the model built from them in fp16 and breaks the export's fp32 trace.
+    return model.float().eval()
 
 
 def _clip_text_encoder(state: dict, config_folder: Path, prefix: str = CLIP_PREFIX, subfolder: str = "text_encoder"):

@@ -178,7 +178,8 @@ def random_sdxl_components(configs: Path, seed: int, in_channels: int = 4) -> di
     if (configs / "text_encoder").is_dir():
         made["text_encoder"] = CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder"))
     made["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(configs / "text_encoder_2"))
-    return {k: v.eval() for k, v in made.items()}
+    # fp32 as a checkpoint's trainer holds them (the encoders' configs say torch_dtype float16)
+    return {k: v.float().eval() for k, v in made.items()}
 
 
 def write_sdxl_single_file(components: dict, path: Path) -> Path:
@@ -204,3 +205,40 @@ def write_sdxl_single_file(components: dict, path: Path) -> Path:
     state[bigg_prefix + "text_projection"] = bigg["text_projection.weight"].T  # OpenCLIP: x @ P
     save_file({k: v.contiguous() for k, v in state.items()}, path)
     return path
+
+
+def save_sdxl_folder(components: dict, configs: Path, dst: Path, refiner: bool) -> Path:
+    """The same components as a diffusers SDXL folder (what users download beside the A1111 file): the
+    pipeline class diffusers saves for base / inpainting / refiner, tokenizers as export/sdxl_demo.py writes
+    them, the config folder's scheduler."""
+    import tempfile
+
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLInpaintPipeline,
+        StableDiffusionXLPipeline,
+    )
+    from transformers import CLIPTokenizer
+
+    from export.clip_vocab import write_tokenizer_files
+    from export.sdxl_demo import write_tokenizer_2_files
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer_files(Path(tmp) / "1")
+        write_tokenizer_2_files(Path(tmp) / "2")
+        tokenizer = None if refiner else CLIPTokenizer.from_pretrained(Path(tmp) / "1")
+        tokenizer_2 = CLIPTokenizer.from_pretrained(Path(tmp) / "2")
+    parts = dict(vae=components["vae"], text_encoder=components.get("text_encoder"),
+                 text_encoder_2=components["text_encoder_2"], tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+                 unet=components["unet"],
+                 scheduler=EulerDiscreteScheduler.from_pretrained(configs, subfolder="scheduler"))
+    if refiner:
+        pipe = StableDiffusionXLImg2ImgPipeline(**parts, requires_aesthetics_score=True,
+                                                force_zeros_for_empty_prompt=False)
+    elif components["unet"].config.in_channels == 9:
+        pipe = StableDiffusionXLInpaintPipeline(**parts)
+    else:
+        pipe = StableDiffusionXLPipeline(**parts)
+    pipe.save_pretrained(dst, safe_serialization=True)
+    return dst

@@ -81,7 +81,7 @@ def images(response: Mapping[str, Any], info: Mapping[str, Any]) -> list[pb.Imag
     seeds, subseeds = info.get("all_seeds") or [], info.get("all_subseeds") or []
     infotexts = info.get("infotexts") or []
     data_list = response.get("images") or []
-    sources = response.get("image_sources") or [i - first for i in range(len(data_list))]
+    sources = response.get("image_sources") or [i - first if i >= first else None for i in range(len(data_list))]
     out = []
     for i, (data, k) in enumerate(zip(data_list, sources, strict=True)):
         image = pb.Image(data=data, mime_type=mime_type(data), index=i)

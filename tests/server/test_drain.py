@@ -20,8 +20,10 @@ from service.generated import sdedge_pb2 as pb
 from service.generated import sdedge_pb2_grpc as pb_grpc
 from tests.sdapi_server import ROOT, Background, _ready, decode, free_port, running_task
 
-QUICK = {"prompt": "a red circle", "width": 128, "height": 128, "steps": 20}  # about 2 s here
-LONG = {"prompt": "a red circle", "width": 256, "height": 256, "steps": 20}  # several seconds
+QUICK = {"prompt": "a red circle", "width": 128, "height": 128, "steps": 20}  # 0.4 s on an idle machine
+LONG = {"prompt": "a red circle", "width": 256, "height": 256, "steps": 20}  # 0.9 s idle, several under load
+# The job a signal arrives during must outlast the test's own pauses even on an idle machine: 6.4 s idle.
+RUNNING = {"prompt": "a red circle", "width": 512, "height": 512, "steps": 30}
 
 
 @contextmanager
@@ -49,8 +51,8 @@ def post(url: str, body: dict) -> requests.Response:
 
 
 def test_sigterm_finishes_the_running_and_the_queued_job_refuses_new_work_and_exits_0(demo_bundle, tmp_path):
-    with server_process(demo_bundle, tmp_path, "--drain-timeout", "60") as (proc, url, target):
-        running = Background(post, url, {**QUICK, "force_task_id": "task(running)"})
+    with server_process(demo_bundle, tmp_path, "--drain-timeout", "600") as (proc, url, target):
+        running = Background(post, url, {**RUNNING, "force_task_id": "task(running)"})
         running_task(url, "task(running)", min_step=2)
         queued = Background(post, url, {**QUICK, "seed": 7})
         time.sleep(0.3)  # the second request is in the queue
@@ -69,13 +71,13 @@ def test_sigterm_finishes_the_running_and_the_queued_job_refuses_new_work_and_ex
                 assert err.code() == grpc.StatusCode.UNAVAILABLE
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
             assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
-        first, second = running.result(), queued.result()
-        assert proc.wait(timeout=60) == 0
-    for response in (first, second):
+        first, second = running.result(timeout=600), queued.result(timeout=600)
+        assert proc.wait(timeout=600) == 0
+    for response, asked in ((first, RUNNING), (second, QUICK)):
         assert response.status_code == 200, response.text[:500]
         body = response.json()
-        assert len(body["images"]) == 1 and decode(body["images"][0]).size == (128, 128)
-        assert json.loads(body["info"])["steps"] == 20  # ran to the end, not interrupted
+        assert len(body["images"]) == 1 and decode(body["images"][0]).size == (asked["width"], asked["height"])
+        assert json.loads(body["info"])["steps"] == asked["steps"]  # ran to the end, not interrupted
     assert json.loads(second.json()["info"])["seed"] == 7
     log = (tmp_path / "server.log").read_text()
     assert "draining" in log and "drained in" in log
@@ -83,7 +85,7 @@ def test_sigterm_finishes_the_running_and_the_queued_job_refuses_new_work_and_ex
 
 def test_drain_deadline_interrupts_the_running_job_and_answers_the_queued_one_503(demo_bundle, tmp_path):
     with server_process(demo_bundle, tmp_path, "--drain-timeout", "1") as (proc, url, _):
-        running = Background(post, url, {**LONG, "force_task_id": "task(long)"})
+        running = Background(post, url, {**RUNNING, "force_task_id": "task(long)"})
         running_task(url, "task(long)", min_step=1)
         queued = Background(post, url, LONG)
         time.sleep(0.3)

@@ -40,6 +40,7 @@ $(DEMO_LORA): export/weights/loras/purple.safetensors
 demo: $(DEMO_BUNDLE)/manifest.json $(DEMO_LORA)
 
 serve: $(DEMO_BUNDLE)/manifest.json $(DEMO_LORA)
+	mkdir -p $(dir $(DEMO_BUNDLE))embeddings
 	$(VENV)/bin/sdedge serve --model $(DEMO_BUNDLE) --port $(PORT) $(ARGS)
 
 test: $(STAMP_DEV)

@@ -144,6 +144,8 @@ class Report:
     version: bool = True
     warnings: tuple[str, ...] = ()
     lora_hashes: str | None = None  # `Lora hashes` (both passes), option lora_add_hashes_to_infotext applied
+    # `TI hashes` (embeddings the prompts used, known once the model is; service/runtime/embeddings.py)
+    ti_hashes: str | None = None
     comments: tuple[str, ...] = ()  # A1111's job comments, e.g. `Lora not found: x`
     # A separate VAE file in use: (basename, first 10 hex of its sha256), else None; the flags are options
     # add_vae_name_to_info, add_vae_hash_to_info (`info.sd_vae_name/hash` report it regardless).

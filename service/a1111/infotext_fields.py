@@ -292,6 +292,8 @@ FIELDS: tuple[Field, ...] = (
     Field("Extra noise", _extra_noise, option="img2img_extra_noise", section="img2img"),
     # Extra networks (extensions-builtin/Lora/extra_networks_lora.py: activate, before sampling).
     Field("Lora hashes", lambda s: s.plan.report.lora_hashes),
+    # Textual inversion (modules/sd_hijack_clip.py: forward, while the prompts are encoded).
+    Field("TI hashes", lambda s: s.plan.report.ti_hashes),
     # Sampling, schedule and prompt language (sd_samplers_*: the entries that differ from their defaults).
     Field("Eta DDIM", _sampler_eta(True, 0.0), option="eta_ddim"),
     Field("Eta", _sampler_eta(False, 1.0), option="eta_ancestral"),

@@ -144,6 +144,8 @@ def build_response(plan: GenerationPlan, result: GenerationResult, entry: ModelE
             {"name": n.name, "hash": hashes.get(n.name.translate(str.maketrans("", "", ":,")), ""), "te": n.te,
              "unet": n.unet, **({"dyn": n.dyn} if n.dyn is not None else {})}
             for n in plan.networks]
+        response["embeddings"] = [{"name": name, "hash": h}
+                                  for name, h in parse_lora_hashes(plan.report.ti_hashes or "").items()]
     return response
 
 

@@ -86,6 +86,7 @@ def serve(args: argparse.Namespace) -> int:
         api_auth=args.api_auth, api_log=args.api_log, host=args.host, port=args.port, listen=args.listen,
         upscalers_dir=Path(args.upscalers_dir) if args.upscalers_dir else models_dir / "upscalers",
         lora_dirs=[Path(args.lora_dir) if args.lora_dir else models_dir / "Lora", models_dir / "LyCORIS"],
+        embeddings_dirs=[Path(args.embeddings_dir) if args.embeddings_dir else models_dir / "embeddings"],
         face_restorers_dir=(Path(args.face_restorers_dir) if args.face_restorers_dir
                             else models_dir / "face-restorers"),
         extra={"styles_file": args.styles_file or ["styles.csv"]},
@@ -231,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lora-dir", default=None,
                    help="folder of LoRA/LyCORIS .safetensors files, searched recursively (default: "
                    "<models-dir>/Lora; <models-dir>/LyCORIS is searched too)")
+    s.add_argument("--embeddings-dir", default=None,
+                   help="folder of textual-inversion embeddings (.pt, .bin, .safetensors, PNG), searched "
+                   "recursively (default: <models-dir>/embeddings)")
     s.add_argument("--face-restorers-dir", default=None,
                    help="folder of face-restoration ONNX models for restore_faces: a RetinaFace detector "
                         "(*retinaface*.onnx) and GFPGAN/CodeFormer exports (default: <models-dir>/face-restorers)")

@@ -256,7 +256,7 @@ class Image(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., mime_type: _Optional[str] = ..., index: _Optional[int] = ..., seed: _Optional[int] = ..., subseed: _Optional[int] = ..., infotext: _Optional[str] = ...) -> None: ...
 
 class GenerationInfo(_message.Message):
-    __slots__ = ("prompt", "all_prompts", "negative_prompt", "all_negative_prompts", "seed", "all_seeds", "subseed", "all_subseeds", "subseed_strength", "width", "height", "sampler_name", "cfg_scale", "steps", "batch_size", "restore_faces", "face_restoration_model", "sd_model_name", "sd_model_hash", "sd_vae_name", "sd_vae_hash", "seed_resize_from_w", "seed_resize_from_h", "denoising_strength", "extra_generation_params", "index_of_first_image", "infotexts", "styles", "job_timestamp", "clip_skip", "is_using_inpainting_conditioning", "version", "networks")
+    __slots__ = ("prompt", "all_prompts", "negative_prompt", "all_negative_prompts", "seed", "all_seeds", "subseed", "all_subseeds", "subseed_strength", "width", "height", "sampler_name", "cfg_scale", "steps", "batch_size", "restore_faces", "face_restoration_model", "sd_model_name", "sd_model_hash", "sd_vae_name", "sd_vae_hash", "seed_resize_from_w", "seed_resize_from_h", "denoising_strength", "extra_generation_params", "index_of_first_image", "infotexts", "styles", "job_timestamp", "clip_skip", "is_using_inpainting_conditioning", "version", "networks", "embeddings")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     ALL_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +290,7 @@ class GenerationInfo(_message.Message):
     IS_USING_INPAINTING_CONDITIONING_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     all_prompts: _containers.RepeatedScalarFieldContainer[str]
     negative_prompt: str
@@ -323,7 +324,16 @@ class GenerationInfo(_message.Message):
     is_using_inpainting_conditioning: bool
     version: str
     networks: _containers.RepeatedCompositeFieldContainer[Network]
-    def __init__(self, prompt: _Optional[str] = ..., all_prompts: _Optional[_Iterable[str]] = ..., negative_prompt: _Optional[str] = ..., all_negative_prompts: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., all_seeds: _Optional[_Iterable[int]] = ..., subseed: _Optional[int] = ..., all_subseeds: _Optional[_Iterable[int]] = ..., subseed_strength: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sampler_name: _Optional[str] = ..., cfg_scale: _Optional[float] = ..., steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., restore_faces: _Optional[bool] = ..., face_restoration_model: _Optional[str] = ..., sd_model_name: _Optional[str] = ..., sd_model_hash: _Optional[str] = ..., sd_vae_name: _Optional[str] = ..., sd_vae_hash: _Optional[str] = ..., seed_resize_from_w: _Optional[int] = ..., seed_resize_from_h: _Optional[int] = ..., denoising_strength: _Optional[float] = ..., extra_generation_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., index_of_first_image: _Optional[int] = ..., infotexts: _Optional[_Iterable[str]] = ..., styles: _Optional[_Iterable[str]] = ..., job_timestamp: _Optional[str] = ..., clip_skip: _Optional[int] = ..., is_using_inpainting_conditioning: _Optional[bool] = ..., version: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ...) -> None: ...
+    embeddings: _containers.RepeatedCompositeFieldContainer[EmbeddingUse]
+    def __init__(self, prompt: _Optional[str] = ..., all_prompts: _Optional[_Iterable[str]] = ..., negative_prompt: _Optional[str] = ..., all_negative_prompts: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., all_seeds: _Optional[_Iterable[int]] = ..., subseed: _Optional[int] = ..., all_subseeds: _Optional[_Iterable[int]] = ..., subseed_strength: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sampler_name: _Optional[str] = ..., cfg_scale: _Optional[float] = ..., steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., restore_faces: _Optional[bool] = ..., face_restoration_model: _Optional[str] = ..., sd_model_name: _Optional[str] = ..., sd_model_hash: _Optional[str] = ..., sd_vae_name: _Optional[str] = ..., sd_vae_hash: _Optional[str] = ..., seed_resize_from_w: _Optional[int] = ..., seed_resize_from_h: _Optional[int] = ..., denoising_strength: _Optional[float] = ..., extra_generation_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., index_of_first_image: _Optional[int] = ..., infotexts: _Optional[_Iterable[str]] = ..., styles: _Optional[_Iterable[str]] = ..., job_timestamp: _Optional[str] = ..., clip_skip: _Optional[int] = ..., is_using_inpainting_conditioning: _Optional[bool] = ..., version: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., embeddings: _Optional[_Iterable[_Union[EmbeddingUse, _Mapping]]] = ...) -> None: ...
+
+class EmbeddingUse(_message.Message):
+    __slots__ = ("name", "hash")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    hash: str
+    def __init__(self, name: _Optional[str] = ..., hash: _Optional[str] = ...) -> None: ...
 
 class Network(_message.Message):
     __slots__ = ("name", "hash", "te", "unet", "dyn")

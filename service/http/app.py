@@ -14,6 +14,7 @@ from service.http.drain_gate import DrainGateMiddleware
 from service.http.errors import install_error_handlers
 from service.http.observe import ObserveMiddleware
 from service.http.routes import (
+    embeddings,
     extras,
     generation,
     gradio,
@@ -69,6 +70,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(pnginfo.router)
     app.include_router(listings.router)
     app.include_router(loras.router)
+    app.include_router(embeddings.router)
     app.include_router(vae.router)
     app.include_router(scripts.router)
     app.include_router(samplers.router)

@@ -100,6 +100,7 @@ def generation_response(response: Mapping[str, Any], task_id: str, interrupted: 
     info = json.loads(response["info"])
     typed_info = generation_info(info)
     typed_info.networks.extend(pb.Network(**n) for n in response.get("networks") or ())
+    typed_info.embeddings.extend(pb.EmbeddingUse(**e) for e in response.get("embeddings") or ())
     return pb.GenerationResponse(
         images=images(response, info),
         info=typed_info,

@@ -142,6 +142,8 @@ class Batcher:
         lead = members[0].generation
         metrics = self.state.metrics
         pipeline = self.state.pipeline_for(lead.entry)
+        for member in members:
+            member.generation.note_embeddings(pipeline)
         plan = merged_plan([m.generation.plan for m in members])
         admission.wait_for_memory(admission.check(self.state, lead.entry, plan))
         for member in members:

@@ -31,6 +31,7 @@ from service.a1111.translate import (
     with_refiner,
 )
 from service.runtime import admission, face_restoration
+from service.runtime.embeddings import ti_hashes
 from service.runtime.jobs import Job, QueueClosed, QueueFull, new_task_id
 from service.runtime.loras import pipeline_with_networks
 from service.runtime.models import ModelEntry
@@ -125,6 +126,7 @@ class Generation:
         admission.wait_for_memory(self.needed)  # fits the budget; waits while other processes hold the memory
         plan = self.plan
         pipeline, hires_pipeline = self._with_networks(pipeline, hires_pipeline)
+        self.note_embeddings(pipeline, hires_pipeline, refiner_pipeline)
         if on_step is None:
             on_step = progress_hook(job)
             job.progress.job_count = plan.n_iter * (2 if plan.hires else 1)  # hires: A1111 counts both passes
@@ -164,12 +166,27 @@ class Generation:
             second = hires_pipeline
         return first, second
 
+    def note_embeddings(self, pipeline, hires_pipeline=None, refiner_pipeline=None) -> None:
+        """On the worker, before sampling: the passes' models get the current embeddings (files re-read if their
+        folder changed, A1111 modules/processing.py: process_images_inner) and `TI hashes` is noted for the
+        response and the saved images."""
+        registry = self.state.embeddings
+        registry.prepare((pipeline, hires_pipeline, refiner_pipeline))
+        if self.options.textual_inversion_add_hashes_to_infotext:
+            self.notes["ti_hashes"] = ti_hashes(registry, self.plan, pipeline, hires_pipeline)
+
+    def reported_plan(self) -> GenerationPlan:
+        """The plan with what only the worker learns (`TI hashes`) in its report."""
+        found = self.notes.get("ti_hashes")
+        return replace(self.plan, report=replace(self.plan.report, ti_hashes=found)) if found else self.plan
+
     def outputs(self, result: GenerationResult):
         """The images of the response, the grid among them when A1111 makes one (computed once per result)."""
         cached = self.notes.get("outputs")
         if cached is not None and cached[0] is result:
             return cached[1]
-        outputs = collect_outputs(self.plan, result, self.entry, self.options, grid_wanted=self.save.grid)
+        outputs = collect_outputs(self.reported_plan(), result, self.entry, self.options,
+                                  grid_wanted=self.save.grid)
         self.notes["outputs"] = (result, outputs)
         return outputs
 
@@ -187,7 +204,7 @@ class Generation:
         self.notes["warnings"] = warnings
 
     def finish(self, result: GenerationResult, as_bytes: bool = False) -> dict[str, Any]:
-        plan = self.plan
+        plan = self.reported_plan()
         if self.network_errors:
             plan = replace(plan, report=replace(plan.report,
                                                 comments=plan.report.comments + tuple(self.network_errors)))

@@ -86,7 +86,7 @@ def _with_extras(params: dict[str, Any], extras: dict[str, Any]) -> dict[str, An
 
 
 def cell_run(generation: Generation, sub: SubRequest, result, index: int) -> CellRun:
-    plan, entry = generation.plan, generation.entry
+    plan, entry = generation.reported_plan(), generation.entry  # with `TI hashes`
 
     def infotext(i: int, more: dict[str, Any] | None = None) -> str:
         params = generation_parameters(plan, i, entry.name, entry.short_hash, result)
@@ -194,7 +194,7 @@ def script_response(sg: ScriptGeneration, output: ScriptOutput, as_bytes: bool =
     if sg.generations:
         t = min(output.template, len(sg.generations) - 1)
         template = sg.generations[t]
-        base = build_response(template.plan, sg.results[t], template.entry, opts, sg.parameters, False, sg.timestamp)
+        base = build_response(template.reported_plan(), sg.results[t], template.entry, opts, sg.parameters, False, sg.timestamp)
         info = json.loads(base["info"])
     else:
         info = {}  # nothing ran (interrupted before the first cell)

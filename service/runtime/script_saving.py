@@ -53,7 +53,7 @@ def save_cell(generation: Generation, run: CellRun, result, save: saving.SaveReq
     included, as A1111's `p.extra_generation_params` are in each process_images' infotext)."""
     if not (save.samples or save.grid):
         return []
-    outputs = collect_outputs(generation.plan, result, generation.entry, generation.options, grid_wanted=save.grid)
+    outputs = collect_outputs(generation.reported_plan(), result, generation.entry, generation.options, grid_wanted=save.grid)
     images = [replace(o, infotext=run.infotexts[o.source])
               if o.kind == "sample" and o.source is not None and o.source < len(run.infotexts) else o
               for o in outputs.images]

@@ -13,6 +13,7 @@ from engine.upscalers import UpscalerRegistry
 from service.a1111.errors import InvalidRequest
 from service.a1111.job_options import JobOptions
 from service.runtime.batching import BatchConfig, Batcher
+from service.runtime.embeddings import EmbeddingRegistry
 from service.runtime.jobs import Job, JobQueue
 from service.runtime.logs import log_jobs
 from service.runtime.loras import LoraRegistry
@@ -44,6 +45,7 @@ class ServerConfig:
     listen: bool = False
     upscalers_dir: Path | None = None
     lora_dirs: list[Path] = field(default_factory=list)  # --lora-dir and models/LyCORIS (A1111's two folders)
+    embeddings_dirs: list[Path] = field(default_factory=list)  # --embeddings-dir (textual inversion)
     face_restorers_dir: Path | None = None  # --face-restorers-dir: RetinaFace detector + GFPGAN/CodeFormer ONNX
     max_body_size: int = 64 * 1024 * 1024  # bytes of one HTTP request body (--max-body-size)
     max_side: int = 4096  # px per side of any image size a request asks for (--max-side)
@@ -83,6 +85,8 @@ class ServerState:
         self.batcher = Batcher(self, batching) if batching.enabled else None
         self.upscalers = UpscalerRegistry(config.upscalers_dir, config.providers)
         self.loras = LoraRegistry(config.lora_dirs)
+        self.embeddings = EmbeddingRegistry(config.embeddings_dirs)
+        self.models.loader = self.embeddings.after_load(self.models.loader)  # each model load re-reads them
         # A1111 also finds `*.vae.*` files beside the checkpoints: here the --model bundle's folder too.
         beside = [config.model.parent] if config.model and config.model.parent != config.models_dir else []
         self.vaes = VaeLibrary(config.models_dir, config.vae_dirs, beside, config.providers, config.vae_path)

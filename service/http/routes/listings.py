@@ -15,24 +15,9 @@ from pydantic import BaseModel
 router = APIRouter()
 
 
-class EmbeddingsResponse(BaseModel):
-    loaded: dict[str, Any]
-    skipped: dict[str, Any]
-
-
 class InterrogateRequest(BaseModel):
     image: str = ""
     model: str = "clip"
-
-
-@router.get("/sdapi/v1/embeddings", response_model=EmbeddingsResponse)
-def embeddings():
-    return {"loaded": {}, "skipped": {}}
-
-
-@router.post("/sdapi/v1/refresh-embeddings")
-def refresh_embeddings() -> None:
-    return None
 
 
 @router.get("/sdapi/v1/hypernetworks")

@@ -335,18 +335,36 @@ def merged_weights(
     return merged, reports
 
 
+def _torch_tensors(path: Path) -> dict[str, np.ndarray]:
+    """A `.pt`/`.ckpt` network as A1111 reads it (modules/sd_models.py: read_state_dict, a `state_dict` entry
+    unwrapped), through engine/torch_pickle.py, which refuses anything but tensors and never runs the file's code;
+    fp16 widened like the `.safetensors` loader does."""
+    from engine.torch_pickle import TorchFileError, load
+
+    try:
+        data = load(path)
+    except TorchFileError as exc:
+        raise NetworkError(str(exc)) from exc
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise NetworkError(f"{path.name}: not a state dict")
+    return {str(k): v.astype(np.float32) if v.dtype == np.float16 else v
+            for k, v in data.items() if isinstance(v, np.ndarray)}
+
+
 def load_network(path: Path, name: str | None = None) -> LoadedNetwork:
-    """A `.safetensors` LoRA/LyCORIS file, its keys grouped by module (kohya form)."""
+    """A `.safetensors`, `.pt` or `.ckpt` LoRA/LyCORIS file, its keys grouped by module (kohya form)."""
     from engine.safetensors_file import SafetensorsError, load_file
 
     path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise NetworkError(f"{path.name}: only .safetensors networks are read at run time (a pickled "
-                           f"{path.suffix} file could run code when opened); save it as .safetensors")
-    try:
-        tensors, _ = load_file(path)
-    except (SafetensorsError, OSError) as exc:
-        raise NetworkError(str(exc)) from exc
+    if path.suffix.lower() in (".pt", ".ckpt"):
+        tensors = _torch_tensors(path)
+    else:
+        try:
+            tensors, _ = load_file(path)
+        except (SafetensorsError, OSError) as exc:
+            raise NetworkError(str(exc)) from exc
     modules = group_modules(tensors)
     for module, parts in modules.items():
         try:

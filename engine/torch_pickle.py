@@ -94,7 +94,7 @@ def _rebuild_tensor(storage: _Storage, offset: int, size, stride, *_ignored) -> 
         view = np.zeros(size, dtype=flat.dtype)
     array = np.array(view, copy=True)
     if storage.bf16:
-        array = (array.astype(np.uint32) << 16).view(np.float32)
+        array = np.asarray(array.astype(np.uint32) << 16).view(np.float32)  # 0-d stays an array
     return array
 
 

@@ -25,12 +25,12 @@ def test_dtypes_match_torch(tmp_path, dtype, legacy):
     g = torch.Generator().manual_seed(3)
     t = (torch.randn(5, 7, generator=g) * 100).to(dtype)
     path = tmp_path / "t.pt"
-    torch.save({"t": t}, path, _use_new_zipfile_serialization=not legacy)
-    got = load(path)["t"]
-    want = _np(t)
-    assert got.shape == want.shape
-    assert got.dtype == (np.float32 if dtype == torch.bfloat16 else want.dtype)
-    np.testing.assert_array_equal(got, want)
+    torch.save({"t": t, "scalar": t[1, 2].clone()}, path, _use_new_zipfile_serialization=not legacy)
+    got = load(path)
+    for key, want in (("t", _np(t)), ("scalar", _np(t[1, 2]))):
+        assert isinstance(got[key], np.ndarray) and got[key].shape == want.shape, key
+        assert got[key].dtype == (np.float32 if dtype == torch.bfloat16 else want.dtype)
+        np.testing.assert_array_equal(got[key], want)
 
 
 def test_views_offsets_and_strides_of_one_storage(tmp_path):

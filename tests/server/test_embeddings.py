@@ -179,6 +179,11 @@ def test_ti_hashes_in_the_infotext_after_lora_hashes_and_pasting_it_changes_noth
     pasted = parse_infotext(text)
     assert pasted["TI hashes"] == "e: 222222222222"  # read back as text; A1111 resolves nothing from it
     assert pasted["Prompt"] == "a cat"
+    from service.a1111.infotext_request import apply_infotext
+    from service.runtime.options import ALL_DEFAULTS
+
+    req = apply_infotext(Txt2ImgRequest(infotext=text), ALL_DEFAULTS)
+    assert (req.prompt, req.override_settings) == ("a cat", {})  # no setting, no prompt change from it
 
 
 def test_generation_notes_ti_hashes_for_response_and_saving(folder):

@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--upscalers-dir", default=None,
                    help="folder of ONNX upscaler models for extras (default: <models-dir>/upscalers)")
     s.add_argument("--lora-dir", default=None,
-                   help="folder of LoRA/LyCORIS .safetensors files, searched recursively (default: "
+                   help="folder of LoRA/LyCORIS files (.safetensors, .pt, .ckpt), searched recursively (default: "
                    "<models-dir>/Lora; <models-dir>/LyCORIS is searched too)")
     s.add_argument("--embeddings-dir", default=None,
                    help="folder of textual-inversion embeddings (.pt, .bin, .safetensors, PNG), searched "

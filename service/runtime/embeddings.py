@@ -112,6 +112,10 @@ class EmbeddingRegistry:
                 log.error("Error loading embedding %s: %s", path.name, exc)
                 errors[str(path)] = str(exc)
                 continue
+            except Exception as exc:  # one odd file must not hide the others (A1111 reports and goes on too)
+                log.exception("Error loading embedding %s", path.name)
+                errors[str(path)] = str(exc)
+                continue
             if embedding is not None:
                 files.append(embedding)
         with self._lock:

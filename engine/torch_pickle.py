@@ -262,7 +262,12 @@ def _load_legacy(data: bytes, name: str) -> Any:
         if len(raw) != count * kind.dtype.itemsize:
             raise TorchFileError(f"{name}: truncated storage {key}")
         holder[0].data = np.frombuffer(raw, dtype=kind.dtype)
-    return _materialize(result)
+    try:
+        return _materialize(result)
+    except TorchFileError:
+        raise
+    except (TypeError, ValueError, IndexError) as exc:
+        raise TorchFileError(f"{name}: bad tensor record: {exc}") from exc
 
 
 def _materialize(value: Any) -> Any:

@@ -2,9 +2,10 @@
 replicas (service/scale/replica.py). It decides only where a request goes: the checkpoint of a generation (its
 `override_settings.sd_model_checkpoint`, else the configured one) as the multiplexed model id; the replica
 holding a task for its progress, interrupt and skip. Everything a request means is decided on the replica, by
-sdedge's own app."""
+sdedge's own app.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: @serve.ingress re-declares the routes on the class, and FastAPI
+must see real annotations (with strings, `request: Request` became a query parameter)."""
 
 import asyncio
 import logging

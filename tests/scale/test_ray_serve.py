@@ -91,7 +91,7 @@ def test_forty_mixed_requests_each_on_a_replica_that_had_its_checkpoint(cluster)
         warm = _txt2img(base, title, seed=1)
         assert warm.status_code == 200, warm.text
         assert warm.headers["x-sdedge-checkpoint"] == title
-    time.sleep(1.0)  # the replicas' loaded models reach the ingress's router (Ray's long poll)
+    time.sleep(2.0)  # the replicas' loaded models reach the ingress's router (Ray's long poll)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(CLIENTS) as pool:

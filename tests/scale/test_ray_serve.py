@@ -50,8 +50,11 @@ def cluster(shapes_bundle, demo_bundle, tmp_path_factory):
     assert len(titles) == 2
     port = _free_port()
     # Workers import this worktree's packages, not whatever the environment's editable install points at.
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}})
+    # Autoscaling metrics pushed every second instead of every 10 (test_replicas_scale_up_on_queue_length).
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+           "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2,
+             log_to_driver=False, runtime_env={"env_vars": env})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         server = ServerConfig(models_dir=models, options_file=None, data_dir=tmp_path_factory.mktemp("ray-data"),
@@ -60,7 +63,7 @@ def cluster(shapes_bundle, demo_bundle, tmp_path_factory):
         started = time.perf_counter()
         serve.run(build(config), name="sdedge", route_prefix="/")
         print(f"\nRay Serve app up in {time.perf_counter() - started:.1f} s")
-        yield f"http://127.0.0.1:{port}", titles
+        yield f"http://127.0.0.1:{port}", titles, server
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -85,7 +88,7 @@ def _mixed(titles: list[str], i: int) -> tuple[str | None, str]:
 
 
 def test_forty_mixed_requests_each_on_a_replica_that_had_its_checkpoint(cluster):
-    base, titles = cluster
+    base, titles, _ = cluster
     # The first request of each checkpoint loads it on the replica with the fewest models (one each).
     for title in titles:
         warm = _txt2img(base, title, seed=1)
@@ -118,7 +121,7 @@ def test_forty_mixed_requests_each_on_a_replica_that_had_its_checkpoint(cluster)
 
 
 def test_progress_and_interrupt_reach_the_replica_holding_the_task(cluster):
-    base, titles = cluster
+    base, titles, _ = cluster
     task = "task(ray-progress-1)"
     body = {"prompt": "a blue square", "steps": 40, "width": 64, "height": 64, "seed": 5, "force_task_id": task,
             "override_settings": {"sd_model_checkpoint": titles[1]}}
@@ -148,7 +151,7 @@ def test_progress_and_interrupt_reach_the_replica_holding_the_task(cluster):
 
 
 def test_killing_a_replica_mid_run_drops_no_accepted_request(cluster):
-    base, titles = cluster
+    base, titles, _ = cluster
     victim: dict[str, str] = {}
     actors: dict[str, str] = {}
 
@@ -201,3 +204,38 @@ def test_killing_a_replica_mid_run_drops_no_accepted_request(cluster):
     for response in retried:  # sent again: answered by a replica that lives
         assert response.status_code != 200 or response.headers["x-sdedge-replica"] != victim["replica"]
     assert len(retried) + len(refused) >= 1, "the killed replica's jobs were neither retried nor refused"
+
+
+def _running_replicas() -> int:
+    deployment = serve.status().applications["sdedge"].deployments["SdedgeReplica"]
+    return deployment.replica_states.get("RUNNING", 0)
+
+
+def test_replicas_scale_up_on_queue_length(cluster):
+    """Last (it replaces the app): one replica, autoscaling to two when jobs wait (target 1 ongoing request)."""
+    from service.scale.app import build
+    from service.scale.settings import ScaleConfig
+
+    base, titles, server = cluster
+    serve.delete("sdedge")
+    config = ScaleConfig(server=server, min_replicas=1, max_replicas=2, target_ongoing_requests=1.0,
+                         upscale_delay_s=0.0, downscale_delay_s=600.0, num_cpus=1.0)
+    serve.run(build(config), name="sdedge", route_prefix="/")
+    assert _running_replicas() == 1
+    scaled: list[float] = []
+    started = time.perf_counter()
+
+    def watch() -> None:
+        while time.perf_counter() - started < 90 and not scaled:
+            if _running_replicas() == 2:
+                scaled.append(time.perf_counter() - started)
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        responses = list(pool.map(lambda i: _txt2img(base, titles[i % 2], seed=900 + i, steps=16), range(32)))
+    watcher.join()
+    print(f"\n32 queued jobs on 1 replica: scaled to 2 after {scaled[0] if scaled else float('nan'):.1f} s")
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    assert scaled, "the deployment never scaled to two replicas while jobs waited"

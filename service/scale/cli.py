@@ -11,6 +11,8 @@ from pathlib import Path
 
 log = logging.getLogger("sdedge")
 
+GRPC_SERVICER = "service.generated.sdedge_pb2_grpc.add_SdEdgeServicer_to_server"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Ray Serve (extra `ray`, docs/scale-out.md)")
@@ -37,11 +39,10 @@ def serve_on_ray(config, args: argparse.Namespace) -> int:
         from ray import serve
     except ImportError as exc:
         raise SystemExit(f"--ray needs the ray extra (pip install 'sdedge[ray]'): {exc}") from None
+    from service.cli.commands import DEFAULT_GRPC_PORT
     from service.scale.app import APP_NAME, build
     from service.scale.settings import ScaleConfig
 
-    if args.grpc_port not in (None, 0):
-        log.warning("--grpc-port: gRPC is not served through Ray Serve (docs/scale-out.md); REST only")
     scale = ScaleConfig(server=config, min_replicas=args.ray_min_replicas, max_replicas=args.ray_max_replicas,
                         target_ongoing_requests=args.ray_target_queue,
                         models_per_replica=args.ray_models_per_replica, num_cpus=args.ray_num_cpus,
@@ -56,7 +57,10 @@ def serve_on_ray(config, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     host = "0.0.0.0" if args.listen else args.host
     try:
-        serve.start(http_options={"host": host, "port": args.port})
+        # sdedge.v1.SdEdge through Serve's gRPC proxy: Txt2Img and Img2Img (service/scale/ingress.py).
+        grpc_port = DEFAULT_GRPC_PORT if args.grpc_port is None else args.grpc_port
+        grpc = {"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]} if grpc_port else None
+        serve.start(http_options={"host": host, "port": args.port}, grpc_options=grpc)
         serve.run(build(scale), name=APP_NAME, route_prefix="/", blocking=True)
     except KeyboardInterrupt:
         pass

@@ -154,29 +154,34 @@ class SdapiIngress:
         return Response(content=b"null", media_type="application/json")
 
     async def generate(self, request: Forwarded, kind: str) -> Response:
-        """A whole job to a replica that has its checkpoint. A replica that dies before answering: the job is
-        sent again with the same task id (a job that had started runs again from its start, unless
-        `retry_started` is off), at most `max_retries` times; then a 503 in A1111's shape. Never dropped."""
+        """POST /sdapi/v1/txt2img, /img2img: the request whole to a replica that has its checkpoint."""
         payload = request.json()
         if not isinstance(payload, dict) or not isinstance(payload.get("force_task_id") or "", str):
             return await self.forward(request, None, None)  # the replica's app answers the 422
         task = payload.get("force_task_id") or new_task_id(kind)
         request = request.with_json({**payload, "force_task_id": task})
-        checkpoint = self.checkpoint_of(payload)
-        handle = self.replicas.options(stream=True, multiplexed_model_id=checkpoint)
+        handle = self.replicas.options(stream=True, multiplexed_model_id=self.checkpoint_of(payload))
+        answer, attempts = await self.send_job(task, lambda: handle.generate.remote(request, task))
+        return _response(answer, attempts)
+
+    async def send_job(self, task: str, call) -> tuple[Any, int]:
+        """Send a job (`call()` starts the replica's event stream) and return its answer and the attempts it
+        took. A replica that dies before answering: the job is sent again with the same task id (a job that had
+        started runs again from its start, unless `retry_started` is off), at most `max_retries` times; then
+        ReplicaLost (503 / UNAVAILABLE). Never dropped."""
         attempt = 0
         try:
             while True:
                 attempt += 1
                 started = False
                 try:
-                    async for event in handle.generate.remote(request, task):
+                    async for event in call():
                         if event["event"] == "accepted":
                             self.in_flight[task] = event["replica"]
                         elif event["event"] == "started":
                             started = True
                         elif event["event"] == "answer":
-                            return _response(event["answer"], attempt)
+                            return event["answer"], attempt
                     raise ReplicaLost(f"the replica holding {task} ended its answer early")
                 except REPLICA_GONE as exc:
                     retry = attempt <= self.config.max_retries and (self.config.retry_started or not started)
@@ -190,3 +195,35 @@ class SdapiIngress:
                     await asyncio.sleep(min(2.0, 0.25 * attempt))
         finally:
             self._done(task)
+
+    # -- gRPC (Ray Serve's gRPC proxy calls the method named after the RPC) -----------------------------------
+
+    async def Txt2Img(self, request, grpc_context=None):  # noqa: N802 - the RPC's name
+        return await self._grpc_job("txt2img", request, grpc_context)
+
+    async def Img2Img(self, request, grpc_context=None):  # noqa: N802
+        return await self._grpc_job("img2img", request, grpc_context)
+
+    async def _grpc_job(self, kind: str, request, grpc_context):
+        """sdedge.v1.SdEdge/Txt2Img and Img2Img as whole jobs; statuses as `sdedge serve`'s gRPC door gives."""
+        from service.generated import sdedge_pb2 as pb
+        from service.rpc.convert import sdapi_fields
+        from service.rpc.server import status_for
+
+        task = request.force_task_id or new_task_id(kind)
+        request.force_task_id = task
+        message = request.SerializeToString()
+        handle = self.replicas.options(stream=True, multiplexed_model_id=self.checkpoint_of(sdapi_fields(request)))
+        try:
+            (answer, failure), _ = await self.send_job(task, lambda: handle.generate_grpc.remote(kind, message, task))
+        except ReplicaLost as exc:
+            code, details = status_for(exc)
+            failure = (code.name, details)
+        if failure is not None:
+            import grpc
+
+            if grpc_context is not None:
+                grpc_context.set_code(grpc.StatusCode[failure[0]])
+                grpc_context.set_details(failure[1])
+            return pb.GenerationResponse()
+        return pb.GenerationResponse.FromString(answer)

@@ -16,6 +16,7 @@ from ray import serve
 from service.runtime.jobs import JobState
 from service.runtime.state import ServerConfig
 from service.scale.forward import Answer, Forwarded, call_app
+from service.scale.grpc_jobs import grpc_unary
 from service.scale.runtime import CheckpointRuntime
 
 # Response headers the replica adds: who answered, with which checkpoint, and what it had loaded before.
@@ -71,6 +72,24 @@ class SdedgeReplica:
         before = sorted(self.loaded)
         runtime = await self.runtime_for(checkpoint)
         yield {"event": "accepted", "replica": self.replica_id, "task": task_id}
+        async for event in self._watched(runtime, task_id, call_app(runtime.app, request)):
+            if event["event"] == "answer":
+                event["answer"] = self._stamp(event["answer"], runtime.checkpoint, before)
+            yield event
+
+    async def generate_grpc(self, kind: str, message: bytes, task_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The gRPC Txt2Img/Img2Img (a serialized request) through sdedge's own servicer, in process: events as
+        `generate`, the answer being (serialized response, None) or (None, (status code name, details))."""
+        checkpoint = serve.get_multiplexed_model_id()
+        runtime = await self.runtime_for(checkpoint)
+        yield {"event": "accepted", "replica": self.replica_id, "task": task_id}
+        call = asyncio.to_thread(grpc_unary, runtime.state, kind, message)
+        async for event in self._watched(runtime, task_id, call):
+            yield event
+
+    async def _watched(self, runtime: CheckpointRuntime, task_id: str, work) -> AsyncIterator[dict[str, Any]]:
+        """Run `work` (an awaitable that submits the task and waits for it); `started` when the task's job leaves
+        the queue, then `answer` with what `work` returned."""
         loop = asyncio.get_running_loop()
         started = asyncio.Event()
 
@@ -79,14 +98,13 @@ class SdedgeReplica:
                 loop.call_soon_threadsafe(started.set)
 
         runtime.state.queue.watch(task_id, listener)
-        call = asyncio.ensure_future(call_app(runtime.app, request))
+        call = asyncio.ensure_future(work)
         waiter = asyncio.ensure_future(started.wait())
         try:
             await asyncio.wait({call, waiter}, return_when=asyncio.FIRST_COMPLETED)
             if started.is_set():
                 yield {"event": "started", "task": task_id}
-            answer = await call
-            yield {"event": "answer", "answer": self._stamp(answer, runtime.checkpoint, before)}
+            yield {"event": "answer", "answer": await call}
         finally:
             runtime.state.queue.unwatch(task_id, listener)
             waiter.cancel()

@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = 8
 A1111_ERROR_KEYS = {"error", "detail", "body", "errors"}
+GRPC_SERVICER = "service.generated.sdedge_pb2_grpc.add_SdEdgeServicer_to_server"
 
 
 def _free_port() -> int:
@@ -56,14 +58,17 @@ def cluster(shapes_bundle, demo_bundle, tmp_path_factory):
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2,
              log_to_driver=False, runtime_env={"env_vars": env})
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        grpc_port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port},
+                    grpc_options={"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]})
         server = ServerConfig(models_dir=models, options_file=None, data_dir=tmp_path_factory.mktemp("ray-data"),
                               max_queue=64, drain_timeout=20.0)
         config = ScaleConfig(server=server, min_replicas=2, max_replicas=2, num_cpus=1.0, models_per_replica=2)
         started = time.perf_counter()
         serve.run(build(config), name="sdedge", route_prefix="/")
         print(f"\nRay Serve app up in {time.perf_counter() - started:.1f} s")
-        yield f"http://127.0.0.1:{port}", titles, server
+        yield SimpleNamespace(base=f"http://127.0.0.1:{port}", titles=titles, server=server,
+                              grpc=f"127.0.0.1:{grpc_port}")
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -88,7 +93,7 @@ def _mixed(titles: list[str], i: int) -> tuple[str | None, str]:
 
 
 def test_forty_mixed_requests_each_on_a_replica_that_had_its_checkpoint(cluster):
-    base, titles, _ = cluster
+    base, titles = cluster.base, cluster.titles
     # The first request of each checkpoint loads it on the replica with the fewest models (one each).
     for title in titles:
         warm = _txt2img(base, title, seed=1)
@@ -121,7 +126,7 @@ def test_forty_mixed_requests_each_on_a_replica_that_had_its_checkpoint(cluster)
 
 
 def test_progress_and_interrupt_reach_the_replica_holding_the_task(cluster):
-    base, titles, _ = cluster
+    base, titles = cluster.base, cluster.titles
     task = "task(ray-progress-1)"
     body = {"prompt": "a blue square", "steps": 40, "width": 64, "height": 64, "seed": 5, "force_task_id": task,
             "override_settings": {"sd_model_checkpoint": titles[1]}}
@@ -151,7 +156,7 @@ def test_progress_and_interrupt_reach_the_replica_holding_the_task(cluster):
 
 
 def test_killing_a_replica_mid_run_drops_no_accepted_request(cluster):
-    base, titles, _ = cluster
+    base, titles = cluster.base, cluster.titles
     victim: dict[str, str] = {}
     actors: dict[str, str] = {}
 
@@ -206,6 +211,35 @@ def test_killing_a_replica_mid_run_drops_no_accepted_request(cluster):
     assert len(retried) + len(refused) >= 1, "the killed replica's jobs were neither retried nor refused"
 
 
+def test_grpc_txt2img_through_serves_grpc_proxy(cluster):
+    import grpc
+    from google.protobuf.struct_pb2 import Struct
+
+    from service.generated import sdedge_pb2 as pb
+    from service.generated import sdedge_pb2_grpc as pb_grpc
+
+    titles = cluster.titles
+    metadata = (("application", "sdedge"),)
+    with grpc.insecure_channel(cluster.grpc) as channel:
+        stub = pb_grpc.SdEdgeStub(channel)
+        for title in titles:
+            overrides = Struct()
+            overrides.update({"sd_model_checkpoint": title})
+            request = pb.Txt2ImgRequest(prompt="a red circle", steps=2, width=64, height=64, seed=3,
+                                        override_settings=overrides)
+            response = stub.Txt2Img(request, metadata=metadata, timeout=120)
+            assert response.task_id.startswith("task(txt2img-")
+            assert Image.open(io.BytesIO(response.images[0].data)).size == (64, 64)
+            assert json.loads(response.info_json)["sd_model_name"] == title.split(" [")[0]
+        overrides = Struct()
+        overrides.update({"sd_model_checkpoint": "no-such-model"})
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Txt2Img(pb.Txt2ImgRequest(prompt="x", steps=1, width=64, height=64, override_settings=overrides),
+                         metadata=metadata, timeout=120)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "no-such-model" in refused.value.details()
+
+
 def _running_replicas() -> int:
     deployment = serve.status().applications["sdedge"].deployments["SdedgeReplica"]
     return deployment.replica_states.get("RUNNING", 0)
@@ -216,7 +250,7 @@ def test_replicas_scale_up_on_queue_length(cluster):
     from service.scale.app import build
     from service.scale.settings import ScaleConfig
 
-    base, titles, server = cluster
+    base, titles, server = cluster.base, cluster.titles, cluster.server
     serve.delete("sdedge")
     config = ScaleConfig(server=server, min_replicas=1, max_replicas=2, target_ongoing_requests=1.0,
                          upscale_delay_s=0.0, downscale_delay_s=600.0, num_cpus=1.0)

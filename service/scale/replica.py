@@ -114,12 +114,13 @@ class SdedgeReplica:
                     await call
 
     async def forward(self, request: Forwarded, task_id: str | None = None, replica: str | None = None) -> Answer:
-        """Any other sdapi request: to the runtime holding `task_id` when given (progress of a task), else to the
-        runtime of the call's checkpoint. `replica` is read by the router only (service/scale/routing.py)."""
-        runtime = self._holder(task_id) if task_id else None
+        """Any other sdapi request: a call for a task or for this replica (`replica`, read by the router too,
+        service/scale/routing.py) goes to the runtime holding the task, else to the one with the latest job, and
+        never loads a checkpoint; any other call to the runtime of the call's checkpoint, loaded if need be."""
+        runtime = self._holder(task_id) if task_id or replica else None
         checkpoint = serve.get_multiplexed_model_id()
         if runtime is None:
-            runtime = await self.runtime_for(checkpoint) if checkpoint else self._holder(None)
+            runtime = await self.runtime_for(checkpoint) if checkpoint else None
         if runtime is None:
             return Answer(503, [(b"content-type", b"application/json")], json.dumps(
                 {"error": "ModelUnavailable", "detail": "", "body": "", "errors": "no checkpoint loaded"}).encode())

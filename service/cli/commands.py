@@ -106,6 +106,10 @@ def serve(args: argparse.Namespace) -> int:
             parse_credentials(args.api_auth)
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
+    if getattr(args, "ray", False):  # every Ray Serve replica runs this configuration (service/scale/, docs/scale-out.md)
+        from service.scale.cli import serve_on_ray
+
+        return serve_on_ray(config, args)
     state = ServerState(config)
     state.vaes.prebuild(state.models.entries())  # VAE files → ONNX in the background (service/runtime/vae.py)
     host = "0.0.0.0" if args.listen else args.host
@@ -273,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-window-ms", type=float, default=0.0, metavar="MS",
                    help="with --batch-max: how long a job waits for compatible jobs to arrive (default 0: batch only "
                    "jobs already waiting; a lone job is never delayed by more than this)")
+    from service.scale.cli import add_arguments as add_ray_arguments  # no ray import: only the flags
+
+    add_ray_arguments(s)
     s.set_defaults(func=serve)
     q = sub.add_parser("gate", help="measure a backend/precision variant against ONNX Runtime fp32 and record the "
                        "result in the bundle's manifest (read by --backend auto)")

@@ -204,6 +204,10 @@ def create_backend(bundle: Bundle, providers: str | Sequence[str] = "cpu",
         from engine.openvino_backend import OpenVinoBackend
 
         return OpenVinoBackend(bundle, choice.precision, choice.threads, choice.cache_dir)
+    if providers == "tensorrt":  # UNet engines built ahead of time, CUDA EP for the rest (engine/trt_runtime.py)
+        from engine.trt_runtime import create_tensorrt_backend
+
+        return create_tensorrt_backend(bundle, choice)
     return OrtBackend(bundle, providers, intra_op_threads=choice.threads)
 
 

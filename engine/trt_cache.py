@@ -151,9 +151,10 @@ def tensorrt_version() -> str | None:
     return None
 
 
-def probe_gpu(run: Runner = _nvidia_smi, trt_version: Callable[[], str | None] = tensorrt_version
+def probe_gpu(run: Runner | None = None, trt_version: Callable[[], str | None] | None = None
               ) -> GpuFacts | None:
     """This machine's first NVIDIA GPU, or None (no driver, no GPU, or no TensorRT)."""
+    run, trt_version = run or _nvidia_smi, trt_version or tensorrt_version
     try:
         found = parse_gpu_query(run(["--query-gpu=name,compute_cap", "--format=csv,noheader"]))
     except (OSError, subprocess.SubprocessError):
@@ -164,8 +165,9 @@ def probe_gpu(run: Runner = _nvidia_smi, trt_version: Callable[[], str | None] =
     return GpuFacts(name=found[0], compute_capability=found[1], tensorrt_version=version)
 
 
-def has_nvidia_gpu(run: Runner = _nvidia_smi) -> bool:
+def has_nvidia_gpu(run: Runner | None = None) -> bool:
     """An NVIDIA GPU the driver sees (TensorRT or not)."""
+    run = run or _nvidia_smi
     try:
         return bool(parse_gpu_query(run(["--query-gpu=name,compute_cap", "--format=csv,noheader"])))
     except (OSError, subprocess.SubprocessError):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 @dataclass
 class TransferCounter:
@@ -42,6 +43,7 @@ class TransferCounter:
 class _Bound:
     binding: object
     inputs: dict[str, object]
+    device: str
     host: dict[str, np.ndarray] = field(default_factory=dict)
     outputs: list | None = None
     graph_id: int | None = None
@@ -54,9 +56,10 @@ def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
 
 class IoBindingBackend:
     """An `OrtBackend` (or anything with `.session(component)` and `.run`) whose `components` run through IO
-    binding on `device`; every other component and attribute is the inner backend's."""
+    binding on `device` ("cuda", "cpu", or "auto": the device the session really got); every other component and
+    attribute is the inner backend's."""
 
-    def __init__(self, inner, device: str = "cuda", device_id: int = 0, components: Iterable[str] = ("unet",),
+    def __init__(self, inner, device: str = "auto", device_id: int = 0, components: Iterable[str] = ("unet",),
                  cuda_graph: bool = False, max_shapes: int = 4, counter: TransferCounter | None = None):
         import onnxruntime as ort
 
@@ -89,12 +92,13 @@ class IoBindingBackend:
             self._bound.move_to_end(key)
             return entry
         binding = session.io_binding()
+        device = self._device_of(session)
         values = {}
         for name, array in inputs.items():
             values[name] = self._ort.OrtValue.ortvalue_from_shape_and_type(
-                array.shape, array.dtype, self.device, self.device_id)
+                array.shape, array.dtype, device, self.device_id)
             binding.bind_ortvalue_input(name, values[name])
-        entry = _Bound(binding, values)
+        entry = _Bound(binding, values, device)
         if self.cuda_graph:
             # A captured graph replays fixed addresses: never evict (shapes come from a few profiles).
             self._graph_ids += 1
@@ -103,6 +107,12 @@ class IoBindingBackend:
             self._bound.popitem(last=False)
         self._bound[key] = entry
         return entry
+
+    def _device_of(self, session) -> str:
+        """`device="auto"`: where the session really runs (onnxruntime-gpu without a usable GPU gives CPU)."""
+        if self.device != "auto":
+            return self.device
+        return "cuda" if session.get_providers()[0] in GPU_PROVIDERS else "cpu"
 
     def _run_bound(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.inner.session(component)
@@ -120,7 +130,7 @@ class IoBindingBackend:
         names = [o.name for o in session.get_outputs()]
         if entry.outputs is None:
             for name in names:
-                entry.binding.bind_output(name, self.device, self.device_id)
+                entry.binding.bind_output(name, entry.device, self.device_id)
         session.run_with_iobinding(entry.binding, self._run_options(entry))
         if entry.outputs is None:
             # Keep ORT's first output buffers bound from now on: fixed addresses (what a CUDA graph replays), no

@@ -185,7 +185,7 @@ def open_ort_trt_engine(bundle: Bundle, build: TrtBuildOptions, timing_dir: Path
         if io_binding:
             from engine.io_binding import IoBindingBackend
 
-            return IoBindingBackend(backend, device="cuda", cuda_graph=build.cuda_graph)
+            return IoBindingBackend(backend, cuda_graph=build.cuda_graph)
         return backend
 
     return opener
@@ -206,7 +206,7 @@ def create_cuda_backend(bundle: Bundle, choice: BackendChoice = BackendChoice(),
         return backend
     from engine.io_binding import IoBindingBackend
 
-    return IoBindingBackend(backend, device="cuda", cuda_graph=cuda_graph)
+    return IoBindingBackend(backend, cuda_graph=cuda_graph)
 
 
 def create_tensorrt_backend(bundle: Bundle, choice: BackendChoice = BackendChoice(),

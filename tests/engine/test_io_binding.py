@@ -102,3 +102,14 @@ def test_cuda_io_binding_matches_cpu(bundle, cuda_graph):
     np.testing.assert_allclose(Pipeline(bundle, gpu_backend).txt2img(plan).latents[0], cpu.txt2img(plan).latents[0],
                                atol=1e-2)
     assert gpu_backend.counter.kept_on_device == 3
+
+
+def test_auto_device_follows_the_session(bundle):
+    # "cuda" asked, CPU given (no GPU here, or onnxruntime-gpu without a usable one): CPU buffers, same numbers
+    if has_nvidia_gpu():
+        pytest.skip("a GPU is present: the CPU fallback cannot be observed")
+    backend = IoBindingBackend(OrtBackend(bundle, "cuda"))
+    plain = Pipeline(bundle, OrtBackend(bundle, "cpu"))
+    plan = make_plan(plain, width=64, height=64, steps=2)
+    np.testing.assert_array_equal(Pipeline(bundle, backend).txt2img(plan).latents[0], plain.txt2img(plan).latents[0])
+    assert next(iter(backend._bound.values())).device == "cpu"

@@ -106,14 +106,43 @@ def write_record(directory: Path, key: EngineKey, seconds: float) -> None:
 
 # --- reading the machine's GPU facts (only here) ---
 
-Runner = Callable[[list[str]], str]
+GpuQuery = Callable[[], str]  # "name, major.minor" lines, as nvidia-smi's CSV query prints them
+QUERY_ARGS = ["--query-gpu=name,compute_cap", "--format=csv,noheader"]
+CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 75, 76  # cuda.h
 
 
-def _nvidia_smi(args: list[str]) -> str:
+def _nvidia_smi() -> str:
     smi = shutil.which("nvidia-smi")
     if smi is None:
         raise FileNotFoundError("nvidia-smi not found")
-    return subprocess.run([smi, *args], capture_output=True, text=True, check=True, timeout=30).stdout
+    return subprocess.run([smi, *QUERY_ARGS], capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def _cuda_driver() -> str:
+    """The same answer from the CUDA driver API (libcuda, installed with every driver; Jetson's nvidia-smi may not
+    know --query-gpu)."""
+    cuda = ctypes.CDLL("libcuda.so.1")
+    count, device, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return ""
+    name = ctypes.create_string_buffer(256)
+    cuda.cuDeviceGet(ctypes.byref(device), 0)
+    cuda.cuDeviceGetName(name, len(name), device)
+    cuda.cuDeviceGetAttribute(ctypes.byref(major), CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device)
+    cuda.cuDeviceGetAttribute(ctypes.byref(minor), CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device)
+    return f"{name.value.decode(errors='replace')}, {major.value}.{minor.value}\n"
+
+
+def query_gpu() -> str:
+    """nvidia-smi's answer, else the CUDA driver's; "" when neither knows a GPU."""
+    for query in (_nvidia_smi, _cuda_driver):
+        try:
+            text = query()
+        except (OSError, subprocess.SubprocessError, AttributeError):
+            continue
+        if parse_gpu_query(text):
+            return text
+    return ""
 
 
 def parse_gpu_query(text: str) -> tuple[str, str] | None:
@@ -151,24 +180,16 @@ def tensorrt_version() -> str | None:
     return None
 
 
-def probe_gpu(run: Runner | None = None, trt_version: Callable[[], str | None] | None = None
+def probe_gpu(query: GpuQuery | None = None, trt_version: Callable[[], str | None] | None = None
               ) -> GpuFacts | None:
     """This machine's first NVIDIA GPU, or None (no driver, no GPU, or no TensorRT)."""
-    run, trt_version = run or _nvidia_smi, trt_version or tensorrt_version
-    try:
-        found = parse_gpu_query(run(["--query-gpu=name,compute_cap", "--format=csv,noheader"]))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    version = trt_version() if found else None
+    found = parse_gpu_query((query or query_gpu)())
+    version = (trt_version or tensorrt_version)() if found else None
     if found is None or version is None:
         return None
     return GpuFacts(name=found[0], compute_capability=found[1], tensorrt_version=version)
 
 
-def has_nvidia_gpu(run: Runner | None = None) -> bool:
+def has_nvidia_gpu(query: GpuQuery | None = None) -> bool:
     """An NVIDIA GPU the driver sees (TensorRT or not)."""
-    run = run or _nvidia_smi
-    try:
-        return bool(parse_gpu_query(run(["--query-gpu=name,compute_cap", "--format=csv,noheader"])))
-    except (OSError, subprocess.SubprocessError):
-        return False
+    return parse_gpu_query((query or query_gpu)()) is not None

@@ -104,25 +104,28 @@ def test_decode_trt_version():
 
 
 def test_probe_gpu_injected():
-    seen = []
-
-    def smi(args):
-        seen.append(args)
+    def smi():
         return "NVIDIA A100-SXM4-40GB, 8.0\n"
 
     assert probe_gpu(smi, lambda: "10.9.0") == GpuFacts("NVIDIA A100-SXM4-40GB", "8.0", "10.9.0")
-    assert seen == [["--query-gpu=name,compute_cap", "--format=csv,noheader"]]
     assert probe_gpu(smi, lambda: None) is None  # a GPU but no TensorRT: no engines
     assert has_nvidia_gpu(smi)
+    assert probe_gpu(lambda: "", lambda: "10.9.0") is None
+    assert not has_nvidia_gpu(lambda: "")
 
 
-def test_probe_gpu_without_driver():
-    def missing(args):
+def test_query_falls_back_to_the_cuda_driver(monkeypatch):
+    from engine import trt_cache
+
+    def no_smi():
         raise FileNotFoundError("nvidia-smi not found")
 
-    def failing(args):
-        raise subprocess.CalledProcessError(9, "nvidia-smi")
+    def old_smi():  # Jetson: nvidia-smi without --query-gpu
+        raise subprocess.CalledProcessError(2, "nvidia-smi")
 
-    assert probe_gpu(missing, lambda: "10.9.0") is None
-    assert probe_gpu(failing, lambda: "10.9.0") is None
-    assert not has_nvidia_gpu(missing)
+    for smi in (no_smi, old_smi):
+        monkeypatch.setattr(trt_cache, "_nvidia_smi", smi)
+        monkeypatch.setattr(trt_cache, "_cuda_driver", lambda: "Orin (nvgpu), 8.7\n")
+        assert trt_cache.query_gpu() == "Orin (nvgpu), 8.7\n"
+    monkeypatch.setattr(trt_cache, "_cuda_driver", lambda: (_ for _ in ()).throw(OSError("libcuda.so.1")))
+    assert trt_cache.query_gpu() == ""

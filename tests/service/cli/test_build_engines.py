@@ -30,7 +30,7 @@ def test_no_gpu_reasons(monkeypatch, gpu, trt, providers, reason):
     from engine import trt_cache
 
     smi = "NVIDIA Test, 8.6\n" if gpu else ""
-    monkeypatch.setattr(trt_cache, "_nvidia_smi", lambda args: smi)
+    monkeypatch.setattr(trt_cache, "query_gpu", lambda: smi)
     monkeypatch.setattr(trt_cache, "tensorrt_version", lambda: trt)
     monkeypatch.setattr(ort, "get_available_providers", lambda: providers)
     assert reason in cli.no_gpu_reason()

@@ -67,13 +67,14 @@ class PlannedEngine:
 
 
 def plan_engines(bundle: Bundle, root: Path, gpu: GpuFacts, ort_version: str, profiles: Sequence[UNetProfile],
-                 build: TrtBuildOptions = TrtBuildOptions()) -> list[PlannedEngine]:
-    """One engine per profile, keyed (engine/trt_cache.py) by this GPU and the UNet graph it is built from."""
+                 build: TrtBuildOptions = TrtBuildOptions(), kind: str = "unet") -> list[PlannedEngine]:
+    """One engine per profile, keyed (engine/trt_cache.py) by this GPU and the UNet graph it is built from;
+    `kind` "unet" (ORT's TensorRT EP cache) or "unet-native" (engine/trt_backend.py's refittable plan file)."""
     variant, graph = variant_graph(bundle, "unet", (TRT_VARIANT,))
     model_hash = f"{bundle.manifest.source_sha256 or ''}:{model_fingerprint(graph)}"
     planned = []
     for profile in profiles:
-        key = EngineKey("unet", gpu, ort_version, model_hash, variant, profile, build)
+        key = EngineKey(kind, gpu, ort_version, model_hash, variant, profile, build)
         planned.append(PlannedEngine(profile, key, engine_dir(root, key)))
     return planned
 

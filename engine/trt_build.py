@@ -84,21 +84,26 @@ def build_engine(bundle: Bundle, engine: PlannedEngine, timing_dir: Path, build:
 def build_engines(bundle: Bundle, root: Path, gpu: GpuFacts, profiles: Sequence[UNetProfile] | None = None,
                   build: TrtBuildOptions = TrtBuildOptions(), force: bool = False,
                   on_start: Callable[[PlannedEngine], None] = lambda e: None,
-                  on_done: Callable[[BuildResult], None] = lambda r: None) -> list[BuildResult]:
-    """Every profile's engine (the A1111 set by default), skipping those already built unless `force`."""
+                  on_done: Callable[[BuildResult], None] = lambda r: None, native: bool = False) -> list[BuildResult]:
+    """Every profile's engine (the A1111 set by default), skipping those already built unless `force`; `native`:
+    refittable engines through the TensorRT API (engine/trt_backend.py) instead of ORT's TensorRT EP."""
     import onnxruntime as ort
+
+    builder = build_engine
+    if native:
+        from engine.trt_backend import build_planned_native as builder
 
     if profiles is None:
         profiles = a1111_profiles(unet_signature(bundle), bundle.manifest.architecture)
     timing = timing_cache_dir(root, gpu)
     results = []
-    for engine in plan_engines(bundle, root, gpu, ort.__version__, profiles, build):
+    for engine in plan_engines(bundle, root, gpu, ort.__version__, profiles, build,
+                               "unet-native" if native else "unet"):
         on_start(engine)
         if is_built(engine.directory) and not force:
             result = BuildResult(engine.profile.name, engine.directory, 0.0, True)
         else:
-            result = BuildResult(engine.profile.name, engine.directory, build_engine(bundle, engine, timing, build),
-                                 False)
+            result = BuildResult(engine.profile.name, engine.directory, builder(bundle, engine, timing, build), False)
         results.append(result)
         on_done(result)
     return results

@@ -210,6 +210,19 @@ def create_cuda_backend(bundle: Bundle, choice: BackendChoice = BackendChoice(),
     return IoBindingBackend(backend, cuda_graph=cuda_graph)
 
 
+def prefer_native(ort_engines: Sequence[PlannedEngine], native: Sequence[PlannedEngine]) -> bool:
+    """Native (refittable) engines when `sdedge build-engines --native` built at least as many profiles as ORT's
+    EP has, and the tensorrt package imports."""
+    built_native = sum(is_built(e.directory) for e in native)
+    if not built_native or built_native < sum(is_built(e.directory) for e in ort_engines):
+        return False
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def create_tensorrt_backend(bundle: Bundle, choice: BackendChoice = BackendChoice(),
                             build: TrtBuildOptions = TrtBuildOptions(), gpu: GpuFacts | None = None,
                             engine_root: Path | None = None) -> ExecutionBackend:
@@ -226,7 +239,13 @@ def create_tensorrt_backend(bundle: Bundle, choice: BackendChoice = BackendChoic
     profiles = a1111_profiles(UNetSignature.from_specs(fallback.input_specs("unet"), bundle.manifest.vae_scale_factor),
                               bundle.manifest.architecture)
     engines = plan_engines(bundle, root, gpu, ort.__version__, profiles, build)
-    backend = TensorrtBackend(fallback, engines, open_ort_trt_engine(bundle, build, timing_cache_dir(root, gpu)))
+    opener = open_ort_trt_engine(bundle, build, timing_cache_dir(root, gpu))
+    native = plan_engines(bundle, root, gpu, ort.__version__, profiles, build, "unet-native")
+    if prefer_native(engines, native):
+        from engine.trt_backend import open_native_engine
+
+        engines, opener = native, open_native_engine
+    backend = TensorrtBackend(fallback, engines, opener)
     log.info("TensorRT: %d of %d UNet engines built in %s (%s, sm %s, TensorRT %s)", len(backend.built),
              len(engines), root, gpu.name, gpu.compute_capability, gpu.tensorrt_version)
     return backend

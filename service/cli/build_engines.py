@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workspace-gb", type=float, default=None, help="TensorRT builder workspace (default: TRT's)")
     p.add_argument("--fp32", action="store_true", help="build fp32 engines (default fp16)")
     p.add_argument("--force", action="store_true", help="rebuild engines that are already built")
+    p.add_argument("--native", action="store_true",
+                   help="refittable engines through the TensorRT API (LoRA by refit) instead of ORT's TensorRT EP")
     p.add_argument("--list", action="store_true", help="print the profiles and whether each is built; build nothing")
 
 
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{gpu.name} (sm {gpu.compute_capability}), TensorRT {gpu.tensorrt_version}, ONNX Runtime "
           f"{ort.__version__}; engines in {root}")
     if args.list:
-        for e in plan_engines(bundle, root, gpu, ort.__version__, profiles, build):
+        for e in plan_engines(bundle, root, gpu, ort.__version__, profiles, build,
+                              "unet-native" if args.native else "unet"):
             print(f"  {e.profile.name:<20} {'built' if is_built(e.directory) else 'not built':<10} {e.directory.name}")
         return 0
     bar = tqdm(total=len(profiles), unit="engine", dynamic_ncols=True)
@@ -84,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         build_engines(bundle, root, gpu, profiles, build, args.force,
-                      on_start=lambda e: bar.set_description(f"building {e.profile.name}"), on_done=done)
+                      on_start=lambda e: bar.set_description(f"building {e.profile.name}"), on_done=done,
+                      native=args.native)
     finally:
         bar.close()
     return 0

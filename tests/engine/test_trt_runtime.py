@@ -210,3 +210,22 @@ def test_real_engine_build_and_use(bundle, signature, tmp_path):
     assert backend.calls == {"static-64": 4}
     Pipeline(bundle, backend).txt2img(make_plan(cpu, 128, 64, steps=1))
     assert backend.calls[FALLBACK] == 1
+
+
+def test_native_engines_preferred_only_when_built_and_importable(bundle, signature, tmp_path):
+    from engine.trt_runtime import prefer_native
+
+    ort_engines = plan_engines(bundle, tmp_path, GPU, "1.31.1", demo_profiles(signature))
+    native = plan_engines(bundle, tmp_path, GPU, "1.31.1", demo_profiles(signature), kind="unet-native")
+    assert {e.directory for e in ort_engines}.isdisjoint(e.directory for e in native)  # other file format
+    assert not prefer_native(ort_engines, native)  # nothing built
+    mark_built(ort_engines[0])
+    mark_built(native[0])
+    try:
+        import tensorrt  # noqa: F401
+        importable = True
+    except ImportError:
+        importable = False
+    assert prefer_native(ort_engines, native) is importable
+    mark_built(ort_engines[1])  # ORT's EP covers more profiles: keep it
+    assert not prefer_native(ort_engines, native)

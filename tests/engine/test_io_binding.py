@@ -21,16 +21,25 @@ def bundle(demo_bundle):
     return load_bundle(demo_bundle)
 
 
-def _pipelines(bundle, **kwargs):
-    plain = Pipeline(bundle, OrtBackend(bundle, "cpu"))
-    bound_backend = IoBindingBackend(OrtBackend(bundle, "cpu"), device="cpu", **kwargs)
-    return plain, Pipeline(bundle, bound_backend), bound_backend
+@pytest.fixture(scope="module")
+def sessions(bundle):
+    """One set of CPU sessions for the module: run() and the bound runs share them (bindings are per backend)."""
+    return OrtBackend(bundle, "cpu")
+
+
+@pytest.fixture
+def pipelines(bundle, sessions):
+    def make(**kwargs):
+        bound_backend = IoBindingBackend(sessions, device="cpu", **kwargs)
+        return Pipeline(bundle, sessions), Pipeline(bundle, bound_backend), bound_backend
+
+    return make
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M", "DPM++ 2S a"])
-def test_bit_identical_to_run_on_cpu(bundle, sampler):
+def test_bit_identical_to_run_on_cpu(pipelines, sampler):
     # DPM++ 2M keeps the previous output: a result aliasing the reused output buffer would change it.
-    plain, bound, _ = _pipelines(bundle)
+    plain, bound, _ = pipelines()
     plan = make_plan(plain, width=64, height=64, steps=5, sampler=sampler, batch_size=2, seeds=(3, 4))
     a, b = plain.txt2img(plan), bound.txt2img(plan)
     for x, y in zip(a.latents, b.latents, strict=True):
@@ -38,8 +47,8 @@ def test_bit_identical_to_run_on_cpu(bundle, sampler):
     assert [np.asarray(i).tobytes() for i in a.images] == [np.asarray(i).tobytes() for i in b.images]
 
 
-def test_copies_per_step(bundle):
-    plain, bound, backend = _pipelines(bundle)
+def test_copies_per_step(pipelines):
+    plain, bound, backend = pipelines()
     steps = 6
     plan = make_plan(plain, width=64, height=64, steps=steps, sampler="Euler")
     bound.txt2img(plan)
@@ -59,8 +68,8 @@ def test_copies_per_step(bundle):
     assert c.h2d_bytes < run_h2d / 3
 
 
-def test_prompt_schedule_recopies_only_on_change(bundle):
-    plain, bound, backend = _pipelines(bundle)
+def test_prompt_schedule_recopies_only_on_change(pipelines):
+    plain, bound, backend = pipelines()
     plan = make_plan(plain, width=64, height=64, steps=6, sampler="Euler")
     plan = dataclasses.replace(plan, prompts=("a [red:blue:3] circle",))
     a, b = plain.txt2img(plan), bound.txt2img(plan)
@@ -69,17 +78,17 @@ def test_prompt_schedule_recopies_only_on_change(bundle):
     assert backend.counter.kept_on_device == 4
 
 
-def test_shapes_get_their_own_buffers(bundle):
-    plain, bound, backend = _pipelines(bundle, max_shapes=1)
+def test_shapes_get_their_own_buffers(pipelines):
+    plain, bound, backend = pipelines(max_shapes=1)
     for size in (64, 72, 64):
         plan = make_plan(plain, width=size, height=size, steps=2)
         np.testing.assert_array_equal(plain.txt2img(plan).latents[0], bound.txt2img(plan).latents[0])
     assert len(backend._bound) == 1
 
 
-def test_other_components_and_attributes_pass_through(bundle):
-    backend = IoBindingBackend(OrtBackend(bundle, "cpu"), device="cpu")
-    assert backend.output_names("vae_decoder") == OrtBackend(bundle, "cpu").output_names("vae_decoder")
+def test_other_components_and_attributes_pass_through(sessions):
+    backend = IoBindingBackend(sessions, device="cpu")
+    assert backend.output_names("vae_decoder") == sessions.output_names("vae_decoder")
     ids = np.zeros((1, 77), dtype=np.int64)
     backend.run("text_encoder", {"input_ids": ids})
     assert backend.counter.runs == 0
@@ -104,12 +113,12 @@ def test_cuda_io_binding_matches_cpu(bundle, cuda_graph):
     assert gpu_backend.counter.kept_on_device == 3
 
 
-def test_auto_device_follows_the_session(bundle):
+def test_auto_device_follows_the_session(bundle, sessions):
     # "cuda" asked, CPU given (no GPU here, or onnxruntime-gpu without a usable one): CPU buffers, same numbers
     if has_nvidia_gpu():
         pytest.skip("a GPU is present: the CPU fallback cannot be observed")
     backend = IoBindingBackend(OrtBackend(bundle, "cuda"))
-    plain = Pipeline(bundle, OrtBackend(bundle, "cpu"))
+    plain = Pipeline(bundle, sessions)
     plan = make_plan(plain, width=64, height=64, steps=2)
     np.testing.assert_array_equal(Pipeline(bundle, backend).txt2img(plan).latents[0], plain.txt2img(plan).latents[0])
     assert next(iter(backend._bound.values())).device == "cpu"

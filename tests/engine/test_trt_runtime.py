@@ -36,8 +36,14 @@ def bundle(demo_bundle):
 
 
 @pytest.fixture(scope="module")
-def signature(bundle):
-    return UNetSignature.from_specs(OrtBackend(bundle, "cpu").input_specs("unet"))
+def cpu(bundle):
+    """The module's CPU sessions: the stand-in engines and the stand-in CUDA EP share them."""
+    return OrtBackend(bundle, "cpu")
+
+
+@pytest.fixture(scope="module")
+def signature(cpu):
+    return UNetSignature.from_specs(cpu.input_specs("unet"))
 
 
 def demo_profiles(signature):
@@ -47,10 +53,10 @@ def demo_profiles(signature):
 
 
 class Recording:
-    """A stand-in engine: a CPU session that counts the calls it got."""
+    """A stand-in engine: CPU sessions that record the calls they got."""
 
-    def __init__(self, bundle):
-        self.inner = OrtBackend(bundle, "cpu")
+    def __init__(self, inner):
+        self.inner = inner
         self.shapes = []
 
     def run(self, component, inputs):
@@ -64,7 +70,7 @@ def mark_built(engine):
     write_record(engine.directory, engine.key, 1.0)
 
 
-def make_backend(bundle, signature, tmp_path, built=("static-64", "dynamic-48-96"), opener=None):
+def make_backend(bundle, cpu, signature, tmp_path, built=("static-64", "dynamic-48-96"), opener=None):
     engines = plan_engines(bundle, tmp_path, GPU, ort.__version__, demo_profiles(signature))
     for e in engines:
         if e.profile.name in built:
@@ -72,17 +78,17 @@ def make_backend(bundle, signature, tmp_path, built=("static-64", "dynamic-48-96
     opened = {}
 
     def default_opener(engine):
-        opened[engine.profile.name] = Recording(bundle)
+        opened[engine.profile.name] = Recording(cpu)
         return opened[engine.profile.name]
 
-    backend = TensorrtBackend(OrtBackend(bundle, "cpu"), engines, opener or default_opener)
+    backend = TensorrtBackend(cpu, engines, opener or default_opener)
     return backend, opened
 
 
-def test_calls_inside_built_profiles_use_their_engine(bundle, signature, tmp_path):
-    backend, opened = make_backend(bundle, signature, tmp_path)
+def test_calls_inside_built_profiles_use_their_engine(bundle, cpu, signature, tmp_path):
+    backend, opened = make_backend(bundle, cpu, signature, tmp_path)
     pipeline = Pipeline(bundle, backend)
-    reference = Pipeline(bundle, OrtBackend(bundle, "cpu"))
+    reference = Pipeline(bundle, cpu)
     plan = make_plan(pipeline, 64, 64, steps=3)
     np.testing.assert_array_equal(pipeline.txt2img(plan).latents[0], reference.txt2img(plan).latents[0])
     assert backend.calls == {"static-64": 3}
@@ -92,8 +98,8 @@ def test_calls_inside_built_profiles_use_their_engine(bundle, signature, tmp_pat
     assert backend.providers[0] == "TensorrtExecutionProvider"
 
 
-def test_outside_every_profile_falls_back_and_says_so_once(bundle, signature, tmp_path, caplog):
-    backend, opened = make_backend(bundle, signature, tmp_path)
+def test_outside_every_profile_falls_back_and_says_so_once(bundle, cpu, signature, tmp_path, caplog):
+    backend, opened = make_backend(bundle, cpu, signature, tmp_path)
     pipeline = Pipeline(bundle, backend)
     with caplog.at_level(logging.WARNING, logger="engine.trt_runtime"):
         pipeline.txt2img(make_plan(pipeline, 128, 64, steps=3))
@@ -105,8 +111,8 @@ def test_outside_every_profile_falls_back_and_says_so_once(bundle, signature, tm
     assert "sample [2, 4, 8, 16]" in messages[0]
 
 
-def test_profile_without_built_engine_is_never_built_at_request_time(bundle, signature, tmp_path, caplog):
-    backend, opened = make_backend(bundle, signature, tmp_path, built=())
+def test_profile_without_built_engine_is_never_built_at_request_time(bundle, cpu, signature, tmp_path, caplog):
+    backend, opened = make_backend(bundle, cpu, signature, tmp_path, built=())
     pipeline = Pipeline(bundle, backend)
     with caplog.at_level(logging.WARNING, logger="engine.trt_runtime"):
         pipeline.txt2img(make_plan(pipeline, 64, 64, steps=2))
@@ -122,8 +128,8 @@ def test_profile_without_built_engine_is_never_built_at_request_time(bundle, sig
     assert backend.calls["static-64"] == 2
 
 
-def test_interrupted_build_is_not_an_engine(bundle, signature, tmp_path):
-    backend, _ = make_backend(bundle, signature, tmp_path, built=())
+def test_interrupted_build_is_not_an_engine(bundle, cpu, signature, tmp_path):
+    backend, _ = make_backend(bundle, cpu, signature, tmp_path, built=())
     # the engine file exists but the record (written last) does not
     e = backend.engines[0]
     e.directory.mkdir(parents=True)
@@ -132,11 +138,11 @@ def test_interrupted_build_is_not_an_engine(bundle, signature, tmp_path):
     assert backend.built == []
 
 
-def test_engine_that_fails_to_open_falls_back(bundle, signature, tmp_path, caplog):
+def test_engine_that_fails_to_open_falls_back(bundle, cpu, signature, tmp_path, caplog):
     def broken(engine):
         raise RuntimeError("engine built by another TensorRT")
 
-    backend, _ = make_backend(bundle, signature, tmp_path, opener=broken)
+    backend, _ = make_backend(bundle, cpu, signature, tmp_path, opener=broken)
     pipeline = Pipeline(bundle, backend)
     with caplog.at_level(logging.ERROR, logger="engine.trt_runtime"):
         pipeline.txt2img(make_plan(pipeline, 64, 64, steps=2))

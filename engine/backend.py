@@ -208,6 +208,10 @@ def create_backend(bundle: Bundle, providers: str | Sequence[str] = "cpu",
         from engine.trt_runtime import create_tensorrt_backend
 
         return create_tensorrt_backend(bundle, choice)
+    if providers == "cuda":  # the bundle's best passing CUDA variant, the UNet through IO binding
+        from engine.trt_runtime import create_cuda_backend
+
+        return create_cuda_backend(bundle, choice)
     return OrtBackend(bundle, providers, intra_op_threads=choice.threads)
 
 

@@ -49,9 +49,16 @@ class _Bound:
     graph_id: int | None = None
 
 
+def c_order(array: np.ndarray, dtype=None) -> np.ndarray:
+    """C-contiguous, 0-d arrays kept 0-d (np.ascontiguousarray makes them 1-d: optimum's scalar timestep)."""
+    array = np.asarray(array, dtype=dtype)
+    return array if array.flags.c_contiguous else array.copy(order="C")
+
+
 def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
     # Bitwise: -0.0 and 0.0 (or two NaN payloads) are different inputs to the UNet.
-    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.reshape(-1).view(np.uint8),
+                                                                        b.reshape(-1).view(np.uint8))
 
 
 class IoBindingBackend:
@@ -83,7 +90,7 @@ class IoBindingBackend:
         if component not in self.components:
             return self.inner.run(component, inputs)
         with self._lock:
-            return self._run_bound(component, {k: np.ascontiguousarray(v) for k, v in inputs.items()})
+            return self._run_bound(component, {k: c_order(v) for k, v in inputs.items()})
 
     def _entry(self, component: str, session, inputs: dict[str, np.ndarray]) -> _Bound:
         key = (component, tuple((n, a.shape, a.dtype.str) for n, a in sorted(inputs.items())))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.io_binding import c_order
 from engine.trt_cache import write_record
 from engine.trt_profiles import TrtBuildOptions, UNetProfile
 
@@ -129,7 +130,7 @@ class NativeTrtEngine:
 
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name in self.inputs:
-            array = np.ascontiguousarray(inputs[name], dtype=self.dtypes[name])
+            array = c_order(inputs[name], self.dtypes[name])
             buffer = self._buffer(name, array.shape)
             buffer.update_inplace(array)
             self.context.set_input_shape(name, array.shape)

@@ -122,3 +122,14 @@ def test_auto_device_follows_the_session(bundle, sessions):
     plan = make_plan(plain, width=64, height=64, steps=2)
     np.testing.assert_array_equal(Pipeline(bundle, backend).txt2img(plan).latents[0], plain.txt2img(plan).latents[0])
     assert next(iter(backend._bound.values())).device == "cpu"
+
+
+def test_optimum_bundle_scalar_timestep(optimum_bundle):
+    # optimum's UNet takes one scalar timestep: a 0-d input buffer
+    bundle = load_bundle(optimum_bundle)
+    cpu = OrtBackend(bundle, "cpu")
+    backend = IoBindingBackend(cpu, device="cpu")
+    plain = Pipeline(bundle, cpu)
+    plan = make_plan(plain, width=64, height=64, steps=3)
+    np.testing.assert_array_equal(Pipeline(bundle, backend).txt2img(plan).latents[0], plain.txt2img(plan).latents[0])
+    assert backend.counter.runs == 3 and backend.counter.kept_on_device == 2

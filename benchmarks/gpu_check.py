@@ -4,7 +4,7 @@ For the demo bundle and (if present) a full-size model: the export variants (`py
 UNet's TensorRT engines for the 512 px profile, the validation gate of each GPU backend against ONNX Runtime fp32
 on the CPU (per-UNet-call cosine on the reference's own inputs, as engine/quality_gate.py measures it), and the
 time of one 512 px, 20-step Euler image per backend (median of 3 after a warm-up), with the host↔device copies
-per step of the IO-binding paths.
+per step of the IO-binding paths; then every `gpu`-marked test.
 
 Without a GPU it prints why and exits 2: a skipped check must not read as a passed one (CI treats 0 as
 "the GPU paths work"). Exit 1: a gate failed or a step errored; 0: all passed.
@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gate-steps", type=int, default=4)
     p.add_argument("--skip-variants", action="store_true")
     p.add_argument("--skip-cpu", action="store_true", help="no CPU timing row (minutes for a full-size model)")
+    p.add_argument("--no-tests", action="store_true", help="skip the `gpu`-marked tests (run last otherwise)")
     args = p.parse_args(argv)
 
     from service.cli.build_engines import no_gpu_reason
@@ -254,7 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         rows += check_model(name, path, args, gpu)
     print()
     print(table(rows, args.size, args.steps))
-    return 0 if all(r.passed for r in rows) else 1
+    tests_ok = True
+    if not args.no_tests:
+        # Every test that needs a GPU (they skip elsewhere); this file's own gpu test would run gpu-check again.
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-m", "gpu", "tests",
+                               "--ignore=tests/export/test_gpu_check.py"], cwd=ROOT)
+        tests_ok = proc.returncode == 0
+        print(f"gpu tests: {'passed' if tests_ok else f'FAILED (pytest exit {proc.returncode})'}")
+    return 0 if tests_ok and all(r.passed for r in rows) else 1
 
 
 if __name__ == "__main__":

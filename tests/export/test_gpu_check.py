@@ -33,7 +33,7 @@ def test_gpu_check_on_the_demo(demo_bundle, tmp_path, capsys):
     if probe_gpu() is None:
         pytest.skip("needs an NVIDIA GPU with TensorRT and onnxruntime-gpu")
     code = gpu_check.main(["--model", str(demo_bundle), "--engine-dir", str(tmp_path), "--skip-variants",
-                           "--skip-cpu", "--size", "512", "--steps", "4", "--gate-size", "512", "--no-full"])
+                           "--skip-cpu", "--size", "512", "--steps", "4", "--gate-size", "512", "--no-full", "--no-tests"])
     out = capsys.readouterr().out
     assert "| demo | ort-tensorrt engines |" in out
     assert code == 0

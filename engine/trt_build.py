@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.backend import _ORT_DTYPES, OrtBackend, TensorSpec
+from engine.backend import OrtBackend
 from engine.bundle import Bundle
 from engine.trt_cache import GpuFacts, is_built, write_record
 from engine.trt_profiles import (
@@ -25,7 +25,14 @@ from engine.trt_profiles import (
     a1111_profiles,
     trt_provider_options,
 )
-from engine.trt_runtime import TRT_VARIANT, PlannedEngine, plan_engines, timing_cache_dir, variant_graph
+from engine.trt_runtime import (
+    TRT_VARIANT,
+    PlannedEngine,
+    graph_specs,
+    plan_engines,
+    timing_cache_dir,
+    variant_graph,
+)
 
 
 @dataclass(frozen=True)
@@ -49,16 +56,8 @@ def opt_inputs(session, profile: UNetProfile) -> dict[str, np.ndarray]:
 
 
 def unet_signature(bundle: Bundle) -> UNetSignature:
-    """The UNet's input signature, read from a CPU session without graph optimisation or prepacking (the weights
-    stay memory-mapped: no second copy of a full-size UNet beside the engine build)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.add_session_config_entry("session.disable_prepacking", "1")
-    session = ort.InferenceSession(str(bundle.component_path("unet")), options, providers=["CPUExecutionProvider"])
-    specs = [TensorSpec(i.name, tuple(i.shape), _ORT_DTYPES.get(i.type, i.type)) for i in session.get_inputs()]
-    return UNetSignature.from_specs(specs, bundle.manifest.vae_scale_factor)
+    """The UNet's input signature (read without loading a second UNet: engine/trt_runtime.py `graph_specs`)."""
+    return UNetSignature.from_specs(graph_specs(bundle.component_path("unet"))[0], bundle.manifest.vae_scale_factor)
 
 
 def build_engine(bundle: Bundle, engine: PlannedEngine, timing_dir: Path, build: TrtBuildOptions) -> float:

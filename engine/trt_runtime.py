@@ -89,12 +89,30 @@ def default_engine_root(bundle: Bundle, choice: BackendChoice | None = None) -> 
 EngineOpener = Callable[[PlannedEngine], ExecutionBackend]
 
 
+def graph_specs(path: Path) -> tuple[list[TensorSpec], list[str]]:
+    """A graph's inputs and output names from a CPU session without graph optimisation or prepacking: the
+    weights stay memory-mapped, so reading the UNet's signature does not load a second UNet."""
+    import onnxruntime as ort
+
+    from engine.backend import _ORT_DTYPES
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    specs = [TensorSpec(i.name, tuple(i.shape), _ORT_DTYPES.get(i.type, i.type)) for i in session.get_inputs()]
+    return specs, [o.name for o in session.get_outputs()]
+
+
 class TensorrtBackend:
     """UNet calls inside a built profile run on that profile's engine; all other calls on `fallback` (the CUDA
     EP). `calls` counts where UNet calls ran (profile name or "cuda-fallback")."""
 
-    def __init__(self, fallback: ExecutionBackend, engines: Sequence[PlannedEngine], open_engine: EngineOpener):
+    def __init__(self, fallback: ExecutionBackend, engines: Sequence[PlannedEngine], open_engine: EngineOpener,
+                 unet_graph: Path | None = None):
         self.fallback = fallback
+        self.unet_graph = unet_graph  # where the UNet's signature is read without the CUDA EP session
+        self._specs: tuple[list[TensorSpec], list[str]] | None = None
         self.engines = list(engines)
         self.open_engine = open_engine
         self.calls: Counter[str] = Counter()
@@ -114,16 +132,31 @@ class TensorrtBackend:
         return getattr(self.fallback, name)
 
     def input_specs(self, component: str) -> list[TensorSpec]:
+        if component == "unet" and self.unet_graph is not None:
+            return self._unet_specs()[0]
         return self.fallback.input_specs(component)
 
     def output_names(self, component: str) -> list[str]:
+        if component == "unet" and self.unet_graph is not None:
+            return self._unet_specs()[1]
         return self.fallback.output_names(component)
+
+    def _unet_specs(self) -> tuple[list[TensorSpec], list[str]]:
+        # Not the CUDA EP's UNet session: with every call on an engine, that session (GBs on the GPU) never loads.
+        if self._specs is None:
+            self._specs = graph_specs(self.unet_graph)
+        return self._specs
 
     @property
     def providers(self) -> list[str]:
         """TensorRT first when at least one engine is built (its session opens on the first call it fits)."""
-        base = list(self.fallback.providers)
-        return ["TensorrtExecutionProvider", *base] if self.built else base
+        if not self.built:
+            return list(self.fallback.providers)
+        session = getattr(self.fallback, "session", None)
+        # The CUDA EP's providers as the VAE decoder's session got them: asking the UNet's would load that session
+        # (GBs on the GPU) though every call may run on an engine.
+        base = session("vae_decoder").get_providers() if session is not None else self.fallback.providers
+        return ["TensorrtExecutionProvider", *base]
 
     def engine_for(self, shapes: Mapping[str, Sequence[int]]) -> PlannedEngine | None:
         profile = select_profile([e.profile for e in self.built], shapes)
@@ -236,7 +269,8 @@ def create_tensorrt_backend(bundle: Bundle, choice: BackendChoice = BackendChoic
         return OrtBackend(bundle, "tensorrt", intra_op_threads=choice.threads)
     fallback = create_cuda_backend(bundle, choice)
     root = engine_root or default_engine_root(bundle, choice)
-    profiles = a1111_profiles(UNetSignature.from_specs(fallback.input_specs("unet"), bundle.manifest.vae_scale_factor),
+    unet_graph = cuda_paths(bundle)["unet"]
+    profiles = a1111_profiles(UNetSignature.from_specs(graph_specs(unet_graph)[0], bundle.manifest.vae_scale_factor),
                               bundle.manifest.architecture)
     engines = plan_engines(bundle, root, gpu, ort.__version__, profiles, build)
     opener = open_ort_trt_engine(bundle, build, timing_cache_dir(root, gpu))
@@ -245,7 +279,7 @@ def create_tensorrt_backend(bundle: Bundle, choice: BackendChoice = BackendChoic
         from engine.trt_backend import open_native_engine
 
         engines, opener = native, open_native_engine
-    backend = TensorrtBackend(fallback, engines, opener)
+    backend = TensorrtBackend(fallback, engines, opener, unet_graph)
     log.info("TensorRT: %d of %d UNet engines built in %s (%s, sm %s, TensorRT %s)", len(backend.built),
              len(engines), root, gpu.name, gpu.compute_capability, gpu.tensorrt_version)
     return backend

@@ -235,3 +235,18 @@ def test_native_engines_preferred_only_when_built_and_importable(bundle, signatu
     assert prefer_native(ort_engines, native) is importable
     mark_built(ort_engines[1])  # ORT's EP covers more profiles: keep it
     assert not prefer_native(ort_engines, native)
+
+
+def test_unet_signature_without_the_cuda_session(bundle, cpu, signature, tmp_path):
+    # With a graph to read the signature from, building a Pipeline does not create the fallback's UNet session.
+    fallback = OrtBackend(bundle, "cpu")
+    engines = plan_engines(bundle, tmp_path, GPU, ort.__version__, demo_profiles(signature))
+    for e in engines:
+        mark_built(e)
+    backend = TensorrtBackend(fallback, engines, lambda e: Recording(cpu), unet_graph=bundle.component_path("unet"))
+    assert backend.input_specs("unet") == cpu.input_specs("unet")
+    assert backend.output_names("unet") == cpu.output_names("unet")
+    pipeline = Pipeline(bundle, backend)
+    pipeline.txt2img(make_plan(pipeline, 64, 64, steps=1))
+    assert backend.providers == ["TensorrtExecutionProvider", "CPUExecutionProvider"]
+    assert "unet" not in fallback._sessions and "text_encoder" in fallback._sessions

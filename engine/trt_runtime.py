@@ -111,8 +111,10 @@ class TensorrtBackend:
     def __init__(self, fallback: ExecutionBackend, engines: Sequence[PlannedEngine], open_engine: EngineOpener,
                  unet_graph: Path | None = None):
         self.fallback = fallback
-        self.unet_graph = unet_graph  # where the UNet's signature is read without the CUDA EP session
+        # The graph the engines are built from: the UNet's signature is read from it (not from the CUDA EP's session)
+        self.unet_graph = unet_graph
         self._specs: tuple[list[TensorSpec], list[str]] | None = None
+        self._fallback_dtypes: dict[str, str] | None = None
         self.engines = list(engines)
         self.open_engine = open_engine
         self.calls: Counter[str] = Counter()
@@ -172,9 +174,18 @@ class TensorrtBackend:
         backend = self._open(engine) if engine is not None else None
         if backend is None:
             self.calls[FALLBACK] += 1
-            return self.fallback.run(component, inputs)
+            return self.fallback.run(component, self._as_fallback_takes(inputs))
         self.calls[engine.profile.name] += 1
         return backend.run(component, inputs)
+
+    def _as_fallback_takes(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The UNet wrapper casts to the dtypes this backend reports (the engines' graph); the CUDA EP's variant
+        may take others (an fp16 variant with fp16 inputs)."""
+        if self.unet_graph is None:
+            return inputs
+        if self._fallback_dtypes is None:
+            self._fallback_dtypes = {s.name: s.dtype for s in self.fallback.input_specs("unet")}
+        return {k: v.astype(self._fallback_dtypes.get(k, v.dtype), copy=False) for k, v in inputs.items()}
 
     def _open(self, engine: PlannedEngine) -> ExecutionBackend | None:
         name = engine.profile.name
@@ -269,7 +280,7 @@ def create_tensorrt_backend(bundle: Bundle, choice: BackendChoice = BackendChoic
         return OrtBackend(bundle, "tensorrt", intra_op_threads=choice.threads)
     fallback = create_cuda_backend(bundle, choice)
     root = engine_root or default_engine_root(bundle, choice)
-    unet_graph = cuda_paths(bundle)["unet"]
+    unet_graph = variant_graph(bundle, "unet", (TRT_VARIANT,))[1]
     profiles = a1111_profiles(UNetSignature.from_specs(graph_specs(unet_graph)[0], bundle.manifest.vae_scale_factor),
                               bundle.manifest.architecture)
     engines = plan_engines(bundle, root, gpu, ort.__version__, profiles, build)

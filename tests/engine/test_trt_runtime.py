@@ -250,3 +250,26 @@ def test_unet_signature_without_the_cuda_session(bundle, cpu, signature, tmp_pat
     pipeline.txt2img(make_plan(pipeline, 64, 64, steps=1))
     assert backend.providers == ["TensorrtExecutionProvider", "CPUExecutionProvider"]
     assert "unet" not in fallback._sessions and "text_encoder" in fallback._sessions
+
+
+def test_fallback_gets_the_dtypes_its_graph_takes(bundle, cpu, signature, tmp_path):
+    """Engines' graph fp32, the CUDA EP's variant fp16 (stood in for by a recorder reporting fp16 inputs)."""
+
+    class Fp16Variant:
+        def __init__(self):
+            self.got = []
+
+        def input_specs(self, component):
+            return [dataclasses.replace(s, dtype="float16") for s in cpu.input_specs(component)]
+
+        def run(self, component, inputs):
+            self.got.append({k: v.dtype for k, v in inputs.items()})
+            return cpu.run(component, {k: v.astype(np.float32) for k, v in inputs.items()})
+
+    fallback = Fp16Variant()
+    engines = plan_engines(bundle, tmp_path, GPU, ort.__version__, demo_profiles(signature))
+    backend = TensorrtBackend(fallback, engines, lambda e: Recording(cpu), unet_graph=bundle.component_path("unet"))
+    x = np.zeros((2, 4, 8, 8), np.float32)
+    inputs = {"sample": x, "timestep": np.zeros(2, np.float32), "encoder_hidden_states": np.zeros((2, 77, 32), np.float32)}
+    backend.run("unet", inputs)  # nothing built: the fallback
+    assert fallback.got == [{"sample": np.float16, "timestep": np.float16, "encoder_hidden_states": np.float16}]

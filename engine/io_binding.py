@@ -63,8 +63,9 @@ def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
 
 class IoBindingBackend:
     """An `OrtBackend` (or anything with `.session(component)` and `.run`) whose `components` run through IO
-    binding on `device` ("cuda", "cpu", or "auto": the device the session really got); every other component and
-    attribute is the inner backend's."""
+    binding on `device`: "cuda", "cpu" (the binding code on CPU buffers: how it is tested), or "auto": CUDA when
+    the session really got a GPU EP, else plain `run()`. Every other component and attribute is the inner
+    backend's."""
 
     def __init__(self, inner, device: str = "auto", device_id: int = 0, components: Iterable[str] = ("unet",),
                  cuda_graph: bool = False, max_shapes: int = 4, counter: TransferCounter | None = None):
@@ -88,6 +89,10 @@ class IoBindingBackend:
 
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if component not in self.components:
+            return self.inner.run(component, inputs)
+        if self.device == "auto" and self._device_of(self.inner.session(component)) == "cpu":
+            # No device to keep anything on (ORT gave the CPU): binding would only add host copies (per UNet call
+            # within the noise of a loaded 2-core machine either way, docs/gpu.md).
             return self.inner.run(component, inputs)
         with self._lock:
             return self._run_bound(component, {k: c_order(v) for k, v in inputs.items()})
@@ -148,8 +153,10 @@ class IoBindingBackend:
         c.runs += 1
         result = {}
         for name, value in zip(names, entry.outputs, strict=True):
-            # The sampler keeps earlier outputs (DPM++ 2M, PLMS): they must not alias the reused buffer.
-            host = np.array(value.numpy(), copy=True)
+            host = value.numpy()  # from a CUDA buffer: a new host array
+            if entry.device == "cpu":
+                # The sampler keeps earlier outputs (DPM++ 2M, PLMS): they must not alias the reused CPU buffer.
+                host = host.copy()
             c.d2h_copies += 1
             c.d2h_bytes += host.nbytes
             result[name] = host

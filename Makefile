@@ -8,7 +8,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 DEMO_BUNDLE ?= models/sdedge-shapes
 PORT ?= 7860
 
-.PHONY: serve test test-fast test-slow bench bench-full lint export demo proto clean fuzz gpu-check
+.PHONY: serve test test-fast test-slow bench bench-full lint export demo proto clean fuzz
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,7 +68,9 @@ bench-full: $(STAMP_DEV)
 
 # On a machine with an NVIDIA GPU: export variants, TensorRT engines, the gate and a 512 px 20-step image per GPU
 # backend, one table (benchmarks/gpu_check.py; docs/gpu.md). Swaps onnxruntime for onnxruntime-gpu + TensorRT in the
-# venv first. Without a GPU it says so and exits 2 before installing anything.
+# venv first (x86 wheels; on Jetson install per docs/gpu.md and run `python -m benchmarks.gpu_check`). Without a GPU
+# it says so and exits 2 before installing anything.
+.PHONY: gpu-check
 STAMP_GPU := $(VENV)/.stamp-gpu
 $(STAMP_GPU): $(STAMP_DEV)
 	$(PIP) uninstall -q -y onnxruntime onnxruntime-gpu

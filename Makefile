@@ -67,6 +67,22 @@ bench-full: $(STAMP_DEV)
 	$(PIP) install -q -e ".[openvino]"
 	$(PY) -m benchmarks.full --write benchmarks/RESULTS.md $(ARGS)
 
+# On a machine with an NVIDIA GPU: export variants, TensorRT engines, the gate and a 512 px 20-step image per GPU
+# backend, one table (benchmarks/gpu_check.py; docs/gpu.md). Swaps onnxruntime for onnxruntime-gpu + TensorRT in the
+# venv first (x86 wheels; on Jetson install per docs/gpu.md and run `python -m benchmarks.gpu_check`). Without a GPU
+# it says so and exits 2 before installing anything.
+.PHONY: gpu-check
+STAMP_GPU := $(VENV)/.stamp-gpu
+$(STAMP_GPU): $(STAMP_DEV)
+	$(PIP) uninstall -q -y onnxruntime onnxruntime-gpu
+	$(PIP) install -q "onnxruntime-gpu==1.31.1" tensorrt-cu12
+	touch $@
+
+gpu-check:
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "gpu-check: skipped, no NVIDIA GPU on this machine (nvidia-smi missing or lists none); nothing was checked (docs/gpu.md)." >&2; exit 2; }
+	$(MAKE) $(DEMO_BUNDLE)/manifest.json $(STAMP_GPU)
+	$(PY) -m benchmarks.gpu_check --model $(DEMO_BUNDLE) $(ARGS)
+
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check .
 

@@ -11,8 +11,9 @@ import ctypes.util
 import gc
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -68,11 +69,19 @@ class MemoryPolicy:
     disable_prepacking: bool = False
 
 
-class OrtBackend:
-    """ONNX Runtime sessions for a bundle's components, created on first use."""
+def provider_name(provider: str | tuple[str, dict]) -> str:
+    """A provider entry as ORT takes it: a name, or (name, provider options)."""
+    return provider if isinstance(provider, str) else provider[0]
 
-    def __init__(self, bundle: Bundle, providers: str | Sequence[str] = "cpu", intra_op_threads: int = 0,
-                 memory: MemoryPolicy = MemoryPolicy()):
+
+class OrtBackend:
+    """ONNX Runtime sessions for a bundle's components, created on first use. `providers` entries may carry
+    provider options as ORT takes them, `(name, {option: value})`; `paths` runs a component from another graph
+    file (a bundle variant, engine/trt_runtime.py)."""
+
+    def __init__(self, bundle: Bundle, providers: str | Sequence[str | tuple[str, dict]] = "cpu",
+                 intra_op_threads: int = 0, memory: MemoryPolicy = MemoryPolicy(),
+                 paths: Mapping[str, Path] | None = None):
         import onnxruntime as ort
 
         self._ort = ort
@@ -82,6 +91,7 @@ class OrtBackend:
         )
         self.intra_op_threads = intra_op_threads
         self.memory = memory
+        self.paths = dict(paths or {})
         self._sessions: dict[str, object] = {}
         self._lock = threading.Lock()
         self._run_options = None
@@ -104,9 +114,9 @@ class OrtBackend:
             values = [self._ort.OrtValue.ortvalue_from_numpy(initializers[n]) for n in names]
             options.add_external_initializers(names, values)
         available = set(self._ort.get_available_providers())
-        providers = [p for p in self.requested_providers if p in available] or ["CPUExecutionProvider"]
+        providers = [p for p in self.requested_providers if provider_name(p) in available] or ["CPUExecutionProvider"]
         base, _, variant = component.partition(":")
-        path = self.bundle.component_path(base)
+        path = Path(self.paths.get(base) or self.bundle.component_path(base))
         model: str | bytes = str(path)
         if variant:  # a graph derived from the component's (engine/tiling.py), its weights where they are
             from engine.tiling import EXTERNAL_DATA_FOLDER, variant_model
@@ -115,7 +125,7 @@ class OrtBackend:
             options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(path.parent))
         session = self._ort.InferenceSession(model, sess_options=options, providers=providers)
         got = session.get_providers()
-        if got[0] != providers[0]:
+        if got[0] != provider_name(providers[0]):
             # onnxruntime-gpu without a usable GPU silently falls back to CPU: say so.
             log.warning("%s: asked for %s, ONNX Runtime gave %s", component, providers, got)
         return session
@@ -194,6 +204,14 @@ def create_backend(bundle: Bundle, providers: str | Sequence[str] = "cpu",
         from engine.openvino_backend import OpenVinoBackend
 
         return OpenVinoBackend(bundle, choice.precision, choice.threads, choice.cache_dir)
+    if providers == "tensorrt":  # UNet engines built ahead of time, CUDA EP for the rest (engine/trt_runtime.py)
+        from engine.trt_runtime import create_tensorrt_backend
+
+        return create_tensorrt_backend(bundle, choice)
+    if providers == "cuda":  # the bundle's best passing CUDA variant, the UNet through IO binding
+        from engine.trt_runtime import create_cuda_backend
+
+        return create_cuda_backend(bundle, choice)
     return OrtBackend(bundle, providers, intra_op_threads=choice.threads)
 
 

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from service.cli import build_engines as cli_build_engines
 from service.cli import generate as cli_generate
 
 log = logging.getLogger("sdedge")
@@ -291,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, default=4)
     q.add_argument("--threads", type=int, default=0)
     q.set_defaults(func=gate)
+    b = sub.add_parser("build-engines", help="build the UNet's TensorRT engines for this GPU ahead of time "
+                       "(read by --providers tensorrt), with a progress bar")
+    cli_build_engines.add_arguments(b)
+    b.set_defaults(func=cli_build_engines.run)
     g = sub.add_parser("generate", help="txt2img on a running server (gRPC or REST), with a progress bar")
     cli_generate.add_arguments(g)
     g.set_defaults(func=cli_generate.run)

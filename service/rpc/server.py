@@ -232,13 +232,12 @@ class SdEdgeServicer(pb_grpc.SdEdgeServicer):
             if job is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"task_id: no queued or running job {request.task_id!r}")
             self.state.queue.cancel(job)
-        elif (job := self.state.queue.current) is not None:
-            job.interrupt()
+        else:  # as REST /interrupt: every running job (one with a single worker)
+            self.state.queue.interrupt_current()
         return pb.InterruptResponse()
 
     def Skip(self, request, context):
-        if (job := self.state.queue.current) is not None:
-            job.skip()
+        self.state.queue.skip_current()
         return pb.SkipResponse()
 
     def GetProgress(self, request, context):

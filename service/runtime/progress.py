@@ -168,8 +168,8 @@ def data_url(image: Image.Image, fmt: str) -> str:
 def internal_progress(queue: JobQueue, options: Mapping[str, Any], architecture: str, id_task: str | None,
                       id_live_preview: int = -1, live_preview: bool = True) -> dict[str, Any]:
     """POST /internal/progress: one task's state; a preview only when it differs from the client's."""
-    job = queue.current
-    active = job is not None and id_task is not None and job.id == id_task
+    job = next((j for j in queue.running() if j.id == id_task), None)  # any worker's job
+    active = job is not None and id_task is not None
     pending = [j.id for j in queue.pending()]
     queued = id_task in pending
     completed = any(j.id == id_task and j.state == JobState.DONE for j in queue.recent())

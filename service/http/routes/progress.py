@@ -118,6 +118,7 @@ def queue_snapshot(request: Request) -> dict:
     current = queue.current
     return {
         "current": progress.task_snapshot(queue, current) if current is not None else None,
+        "running": [progress.task_snapshot(queue, job) for job in queue.running()],  # every worker's (--workers)
         "pending": [progress.task_snapshot(queue, job) for job in queue.pending()],
         "recent": [progress.task_snapshot(queue, job) for job in queue.recent()],
         "started": [list(pair) for pair in queue.started],

@@ -1,0 +1,285 @@
+"""`--workers N` (issue 17): N jobs of the one FIFO run at once, each with the bytes it gets alone; progress,
+interrupt, metrics, drain and batching stay correct; what the workers share (workers.py) waits when it must."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.a1111.sdapi_models import Txt2ImgRequest
+from service.runtime.generate import submit
+from service.runtime.jobs import Job, JobQueue, JobState
+from service.runtime.progress import internal_progress
+from service.runtime.state import ServerConfig, ServerState
+from service.runtime.workers import PipelineModes, RunningBudget, threads_per_worker
+
+BASE = {"prompt": "a red circle", "negative_prompt": "blue", "width": 64, "height": 64, "steps": 12,
+        "sampler_name": "Euler a"}
+
+
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.01)
+
+
+def pixels(result) -> list[bytes]:
+    return [np.asarray(image).tobytes() for image in result.images]
+
+
+def holding_job(started: threading.Event, release: threading.Event, kind: str = "hold") -> Job:
+    def run(job: Job):
+        started.set()
+        assert release.wait(30)
+        return job.id
+
+    return Job(kind=kind, run=run)
+
+
+# -- the rule for threads ----------------------------------------------------------------------------------------
+
+
+def test_threads_per_worker_never_oversubscribes_the_cores():
+    assert threads_per_worker(1, cores=8) == 0  # one worker: ORT's own default, as before --workers existed
+    assert threads_per_worker(2, cores=2) == 1
+    assert threads_per_worker(2, cores=8) == 4
+    assert threads_per_worker(3, cores=8) == 2
+    assert threads_per_worker(4, cores=2) == 1  # at least one thread each
+    for workers in range(2, 9):
+        for cores in range(workers, 17):
+            assert workers * threads_per_worker(workers, cores) <= cores
+
+
+# -- the queue ---------------------------------------------------------------------------------------------------
+
+
+def test_two_workers_run_two_jobs_at_once_and_report_them():
+    q = JobQueue(workers=2)
+    try:
+        starts = [threading.Event(), threading.Event()]
+        release = threading.Event()
+        a = q.submit(holding_job(starts[0], release))
+        b = q.submit(holding_job(starts[1], release))
+        third = q.submit(holding_job(threading.Event(), release))
+        assert starts[0].wait(10) and starts[1].wait(10)  # a second job runs before the first ends
+        assert {j.id for j in q.running()} == {a.id, b.id}
+        assert third.state == JobState.QUEUED and q.position(third) == 1
+        assert q.current is a  # /progress shows the job that started first
+        assert q.healthy() and not q.idle()
+        q.interrupt_current()  # A1111's /interrupt: everything running stops
+        assert a.interrupted and b.interrupted and not third.interrupted
+        release.set()
+        assert third.future.result(10) == third.id
+        wait_until(q.idle)
+        assert [j.id for j in (a, b, third)] == [q.get(i).id for i in (a.id, b.id, third.id)]
+    finally:
+        q.close()
+
+
+def test_cancel_by_task_id_stops_only_that_job():
+    q = JobQueue(workers=2)
+    try:
+        starts = [threading.Event(), threading.Event()]
+        release = threading.Event()
+        a = q.submit(holding_job(starts[0], release))
+        b = q.submit(holding_job(starts[1], release))
+        assert starts[0].wait(10) and starts[1].wait(10)
+        q.cancel(b)
+        assert b.interrupted and not a.interrupted
+        release.set()
+        a.future.result(10), b.future.result(10)
+    finally:
+        q.close()
+
+
+def test_a_job_that_kills_its_worker_fails_alone_while_the_other_worker_runs_on():
+    q = JobQueue(workers=2, watch_every=0.02)
+    try:
+        started, release = threading.Event(), threading.Event()
+        long = q.submit(holding_job(started, release))
+        assert started.wait(10)
+
+        def die(job: Job):
+            raise SystemExit("worker thread killed")  # a BaseException: fails the job only
+
+        assert isinstance(q.submit(Job(kind="txt2img", run=die)).future.exception(10), Exception)
+        release.set()
+        assert long.future.result(10) == long.id
+        assert q.submit(Job(kind="txt2img", run=lambda job: "ok")).future.result(10) == "ok"
+        assert q.healthy()
+    finally:
+        q.close()
+
+
+def test_each_running_job_has_its_own_deadline():
+    q = JobQueue(workers=2, timeout=lambda: 0.3, watch_every=0.02)
+    try:
+        def slow(job: Job):
+            while not job.should_stop():
+                time.sleep(0.01)
+            return "stopped"
+
+        jobs = [q.submit(Job(kind="txt2img", run=slow)) for _ in range(2)]
+        for job in jobs:
+            assert job.future.exception(10) is not None  # JobTimeout
+            assert job.timed_out
+    finally:
+        q.close()
+
+
+# -- what the workers share ----------------------------------------------------------------------------------------
+
+
+def test_a_job_in_another_pipeline_mode_waits_for_the_running_ones():
+    modes = PipelineModes()
+    order: list[str] = []
+    with modes.hold([("model-a", "vae-1")]):
+        with modes.hold([("model-a", "vae-1"), ("model-b", "vae-2")]):  # the same mode shares
+            order.append("shared")
+        def other() -> None:
+            with modes.hold([("model-a", "vae-2")]):
+                order.append("other")
+
+        waiter = threading.Thread(target=other)
+        waiter.start()
+        time.sleep(0.2)
+        assert order == ["shared"]  # model-a runs with vae-1: vae-2 waits
+        with modes.hold([("model-c", "vae-2")]):  # another checkpoint is free
+            order.append("model-c")
+    waiter.join(5)
+    assert order == ["shared", "model-c", "other"]
+
+
+def test_the_memory_budget_counts_every_running_job():
+    budget = RunningBudget()
+    entered = threading.Event()
+    with budget.reserve(6, 10):
+        with budget.reserve(4, 10):  # 6 + 4 fits
+            assert budget.used == 10
+
+        def second():
+            with budget.reserve(6, 10):
+                entered.set()
+
+        t = threading.Thread(target=second)
+        t.start()
+        assert not entered.wait(0.2)  # 6 + 6 > 10: waits for the first job
+    assert entered.wait(5)
+    t.join(5)
+    with budget.reserve(50, 10):  # alone, a job always starts (admission refused what can never fit)
+        assert budget.used == 50
+    assert budget.used == 0
+
+
+# -- real jobs -----------------------------------------------------------------------------------------------------
+
+
+def state_for(bundle, tmp_path, **config) -> ServerState:
+    state = ServerState(ServerConfig(model=bundle, models_dir=tmp_path / "models", options_file=tmp_path / "o.json",
+                                     **config))
+    state.load_default()
+    return state
+
+
+REQUESTS = [{"seed": 21}, {"seed": 22, "batch_size": 2}, {"seed": 23}, {"seed": 24}]
+
+
+@pytest.fixture(scope="module")
+def alone(demo_bundle, tmp_path_factory) -> list[list[bytes]]:
+    """Each request run alone on a one-worker server."""
+    state = state_for(demo_bundle, tmp_path_factory.mktemp("alone"))
+    try:
+        return [pixels(submit(state, Txt2ImgRequest(**BASE, **r))[0].future.result(120)) for r in REQUESTS]
+    finally:
+        state.close()
+
+
+def test_two_workers_overlap_in_time_and_give_the_bytes_of_each_job_alone(demo_bundle, tmp_path, alone):
+    state = state_for(demo_bundle, tmp_path, workers=2)
+    try:
+        assert state.models.choice.threads == threads_per_worker(2)
+        running_seen: list[float] = []
+
+        def listener(job: Job) -> None:
+            if job.progress.sampling_step == 3:
+                running_seen.append(state.metrics.registry.get_sample_value("sdedge_jobs_running"))
+
+        jobs = [submit(state, Txt2ImgRequest(**BASE, **r), listener)[0] for r in REQUESTS]
+        results = [job.future.result(120) for job in jobs]
+        assert [pixels(r) for r in results] == alone
+        spans = [(job.progress.time_start, job.finished_at) for job in jobs]
+        # The second job started before the first ended: two jobs ran at the same time.
+        assert spans[1][0] < spans[0][1] and spans[0][0] < spans[1][1]
+        assert max(running_seen) == 2  # the gauge counted both
+        wait_until(state.queue.idle)
+        assert state.metrics.registry.get_sample_value("sdedge_jobs_running") == 0
+    finally:
+        state.close()
+
+
+def test_internal_progress_follows_a_job_on_any_worker(demo_bundle, tmp_path):
+    state = state_for(demo_bundle, tmp_path, workers=2)
+    try:
+        started, release = threading.Event(), threading.Event()
+        hold = state.queue.submit(holding_job(started, release))
+        assert started.wait(10)
+        seen: list[dict] = []
+
+        def listener(job: Job) -> None:
+            if job.progress.sampling_step == 2 and not seen:
+                seen.append(internal_progress(state.queue, {}, "sd1", job.id, live_preview=False))
+
+        job = submit(state, Txt2ImgRequest(**BASE, seed=5), listener)[0]
+        job.future.result(120)
+        assert state.queue.current is hold  # /progress keeps showing the job that started first
+        assert seen and seen[0]["active"] and seen[0]["progress"] > 0
+        release.set()
+    finally:
+        state.close()
+
+
+def test_batching_with_two_workers_gives_every_job_its_own_bytes_once(demo_bundle, tmp_path, alone):
+    state = state_for(demo_bundle, tmp_path, workers=2, batch_max=8)
+    try:
+        starts = [threading.Event(), threading.Event()]
+        release = threading.Event()
+        for event in starts:  # both workers busy, so the requests wait together
+            state.queue.submit(holding_job(event, release))
+        assert all(event.wait(10) for event in starts)
+        ended: list[str] = []
+        state.queue.on_end.append(lambda job: ended.append(job.id))
+        jobs = [submit(state, Txt2ImgRequest(**BASE, **r))[0] for r in REQUESTS]
+        release.set()
+        results = [job.future.result(120) for job in jobs]
+        assert [pixels(r) for r in results] == alone
+        wait_until(state.queue.idle)
+        assert sorted(j for j in ended if j in {job.id for job in jobs}) == sorted(job.id for job in jobs)
+    finally:
+        state.close()
+
+
+def test_drain_waits_for_every_running_job(demo_bundle, tmp_path):
+    from service.runtime.drain import Drain
+
+    state = state_for(demo_bundle, tmp_path, workers=2)
+    try:
+        starts = [threading.Event(), threading.Event()]
+        releases = [threading.Event(), threading.Event()]
+        held = [state.queue.submit(holding_job(s, r)) for s, r in zip(starts, releases, strict=True)]
+        assert all(event.wait(10) for event in starts)
+        done = threading.Event()
+        drain = Drain(state, timeout=30, on_done=done.set, poll=0.01)
+        drain.begin()
+        threading.Thread(target=drain.run, daemon=True).start()
+        releases[0].set()
+        assert held[0].future.result(10) == held[0].id
+        assert not done.wait(0.3)  # the second worker's job still runs
+        releases[1].set()
+        assert done.wait(10)
+        assert held[1].future.result(1) == held[1].id
+    finally:
+        state.close()

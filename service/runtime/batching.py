@@ -143,7 +143,8 @@ class Batcher:
         lead = members[0].generation
         plan = merged_plan([m.generation.plan for m in members])
         needed = admission.check(self.state, lead.entry, plan)
-        with job_resources(self.state, [lead.entry], mode_of(lead), needed):  # the batch is one job to the others
+        # The batch is one job to the others, held by its lead.
+        with job_resources(self.state, [lead.entry], mode_of(lead), needed, members[0].job):
             self._run_batch(members, progress_hook, plan, needed)
 
     def _run_batch(self, members: list[_Member], progress_hook, plan, needed: int) -> None:

@@ -117,7 +117,7 @@ class Generation:
         """On the worker: model switches happen in queue order; each pipeline resolves the plan's schedules.
         With several workers the job's checkpoints, their configuration and its memory are held meanwhile
         (service/runtime/workers.py)."""
-        with job_resources(self.state, entries_of(self), mode_of(self), self.needed):
+        with job_resources(self.state, entries_of(self), mode_of(self), self.needed, job):
             return self._run_alone(job, on_step)
 
     def _run_alone(self, job: Job, on_step: Callable[[StepEvent], None] | None) -> GenerationResult:

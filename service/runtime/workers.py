@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import Counter
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -39,40 +38,45 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or available_cores()) // workers)
 
 
+def _gone(owner: Any) -> bool:
+    """A holder whose job has ended without leaving (the watchdog abandoned it to its stuck thread) holds nothing:
+    the jobs after it must not wait for a thread that may never return."""
+    return bool(getattr(owner, "_finalized", False))
+
+
+_POLL_S = 0.5  # how often a waiting job looks again for holders the watchdog abandoned
+
+
 class PipelineModes:
     """Which configuration (VAE file, LoRA set, tiling: a `mode`) the jobs running on each checkpoint use."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._active: dict[Hashable, tuple[Any, int]] = {}  # checkpoint → (mode, jobs holding it)
+        self._holds: list[tuple[Any, Sequence[tuple[Hashable, Any]]]] = []  # (owner, [(checkpoint, mode)])
 
     def _conflicts(self, uses: Sequence[tuple[Hashable, Any]]) -> bool:
-        for entry, mode in uses:
-            held = self._active.get(entry)
-            if held is not None and held[1] > 0 and held[0] != mode:
-                return True
+        for owner, held in self._holds:
+            if _gone(owner):
+                continue
+            for entry, mode in uses:
+                if any(entry == other and mode != other_mode for other, other_mode in held):
+                    return True
         return False
 
     @contextmanager
-    def hold(self, uses: Sequence[tuple[Hashable, Any]]) -> Iterator[None]:
+    def hold(self, uses: Sequence[tuple[Hashable, Any]], owner: Any = None) -> Iterator[None]:
         """Wait until no running job uses one of these checkpoints in another mode, then hold them all (taken
         at once, so two jobs can never hold one each and wait for the other)."""
+        hold = (owner, list(uses))
         with self._cond:
             while self._conflicts(uses):
-                self._cond.wait()
-            for entry, mode in uses:
-                held = self._active.get(entry)
-                self._active[entry] = (mode, (held[1] if held is not None else 0) + 1)
+                self._cond.wait(_POLL_S)
+            self._holds.append(hold)
         try:
             yield
         finally:
             with self._cond:
-                for entry, _ in uses:
-                    mode, count = self._active[entry]
-                    if count <= 1:
-                        del self._active[entry]
-                    else:
-                        self._active[entry] = (mode, count - 1)
+                self._holds = [h for h in self._holds if h is not hold]
                 self._cond.notify_all()
 
 
@@ -81,25 +85,29 @@ class RunningBudget:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self.used = 0
-        self.jobs: Counter[int] = Counter()
+        self._holds: list[tuple[Any, int]] = []  # (owner, bytes)
+
+    @property
+    def used(self) -> int:
+        with self._cond:
+            return sum(needed for owner, needed in self._holds if not _gone(owner))
 
     @contextmanager
-    def reserve(self, needed: int, budget: int) -> Iterator[None]:
+    def reserve(self, needed: int, budget: int, owner: Any = None) -> Iterator[None]:
         """Wait until `needed` fits beside the running jobs (or none runs), then count it until the job ends."""
+        hold = (owner, needed)
         with self._cond:
-            while self.jobs.total() and self.used + needed > budget:
-                self._cond.wait()
-            self.used += needed
-            self.jobs[needed] += 1
+            while True:
+                running = [n for o, n in self._holds if not _gone(o)]
+                if not running or sum(running) + needed <= budget:
+                    break
+                self._cond.wait(_POLL_S)
+            self._holds.append(hold)
         try:
             yield
         finally:
             with self._cond:
-                self.used -= needed
-                self.jobs[needed] -= 1
-                if self.jobs[needed] <= 0:
-                    del self.jobs[needed]
+                self._holds = [h for h in self._holds if h is not hold]
                 self._cond.notify_all()
 
 
@@ -122,18 +130,20 @@ def entries_of(generation: Any) -> list:
 
 
 @contextmanager
-def job_resources(state: Any, entries: Sequence[Hashable], mode: Any, needed: int) -> Iterator[None]:
-    """Around one job's run on its worker: its checkpoints in its mode, pinned in the LRU, its memory counted."""
+def job_resources(state: Any, entries: Sequence[Hashable], mode: Any, needed: int, owner: Any = None,
+                  ) -> Iterator[None]:
+    """Around one job's run on its worker: its checkpoints in its mode, pinned in the LRU, its memory counted.
+    `owner` is the Job: once the watchdog abandons it, what it holds no longer makes others wait."""
     from service.runtime import admission
 
     with ExitStack() as stack:
         modes = getattr(state, "pipeline_modes", None)
         if modes is not None:
-            stack.enter_context(modes.hold([(entry, mode) for entry in entries]))
+            stack.enter_context(modes.hold([(entry, mode) for entry in entries], owner))
         pinned = getattr(state.models, "pinned", None)
         if pinned is not None:
             stack.enter_context(pinned(entries))
         budget = getattr(state, "running_budget", None)
         if budget is not None:
-            stack.enter_context(budget.reserve(needed, admission.budget_of(state)))
+            stack.enter_context(budget.reserve(needed, admission.budget_of(state), owner))
         yield

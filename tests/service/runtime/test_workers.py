@@ -175,6 +175,27 @@ def test_the_memory_budget_counts_every_running_job():
     assert budget.used == 0
 
 
+def test_what_an_abandoned_job_holds_makes_no_one_wait():
+    class Owner:
+        _finalized = False
+
+    stuck = Owner()
+    modes, budget = PipelineModes(), RunningBudget()
+    with modes.hold([("model-a", "vae-1")], stuck), budget.reserve(8, 10, stuck):
+        entered = threading.Event()
+
+        def next_job() -> None:
+            with modes.hold([("model-a", "vae-2")], Owner()), budget.reserve(8, 10, Owner()):
+                entered.set()
+
+        t = threading.Thread(target=next_job)
+        t.start()
+        assert not entered.wait(0.3)
+        stuck._finalized = True  # the watchdog abandoned it; its thread never returns
+        assert entered.wait(5)
+        t.join(5)
+
+
 # -- real jobs -----------------------------------------------------------------------------------------------------
 
 

@@ -304,3 +304,48 @@ def test_drain_waits_for_every_running_job(demo_bundle, tmp_path):
         assert held[1].future.result(1) == held[1].id
     finally:
         state.close()
+
+
+def test_the_workers_flag(capsys):
+    from service.cli.commands import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["serve"]).workers == 1
+    assert parser.parse_args(["serve", "--workers", "3"]).workers == 3
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", "--workers", bad])
+    assert "--workers" in capsys.readouterr().err
+
+
+def test_both_doors_interrupt_every_running_job_and_grpc_one_by_task_id(demo_bundle, tmp_path):
+    import grpc
+    from fastapi.testclient import TestClient
+
+    from service.generated import sdedge_pb2 as pb
+    from service.generated import sdedge_pb2_grpc as pb_grpc
+    from service.http.app import create_app
+    from service.rpc.server import GrpcConfig, GrpcServer
+
+    state = state_for(demo_bundle, tmp_path, workers=2)
+    server = GrpcServer(state, GrpcConfig(port=0))
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.start()}")
+    stub = pb_grpc.SdEdgeStub(channel)
+    try:
+        with TestClient(create_app(state)) as client:
+            rounds = [(lambda jobs: client.post("/sdapi/v1/interrupt"), [True, True]),
+                      (lambda jobs: stub.Interrupt(pb.InterruptRequest()), [True, True]),
+                      (lambda jobs: stub.Interrupt(pb.InterruptRequest(task_id=jobs[1].id)), [False, True])]
+            for interrupt, expected in rounds:
+                starts = [threading.Event(), threading.Event()]
+                release = threading.Event()
+                jobs = [state.queue.submit(holding_job(event, release)) for event in starts]
+                assert all(event.wait(10) for event in starts)
+                interrupt(jobs)
+                assert [job.interrupted for job in jobs] == expected
+                release.set()
+                wait_until(state.queue.idle)
+    finally:
+        channel.close()
+        server.stop(grace=None)
+        state.close()

@@ -96,6 +96,14 @@ def refresh_preview(job: Job, options: Mapping[str, Any], architecture: str) -> 
         pv.job_no, pv.step = p.job_no, p.sampling_step
 
 
+def job_architecture(job: Job | None, fallback: str) -> str:
+    """The latent family `job` samples in (its checkpoint's), for its previews; `fallback` when it has none (a
+    load or extras job, or idle). With `--workers` or several loaded models the most recent model may be another's."""
+    entry = getattr(getattr(job, "payload", None), "entry", None)
+    latent_space = getattr(entry, "latent_space", None)
+    return latent_space[0] if latent_space else fallback
+
+
 def job_name(job: Job) -> str:
     return JOB_NAMES.get(job.kind, job.kind)
 

@@ -66,7 +66,8 @@ def _state(request: Request) -> ServerState:
 
 def architecture(state: ServerState) -> str:
     loaded = state.models.loaded
-    return loaded[1].manifest.architecture if loaded is not None else "sd1"
+    return progress.job_architecture(state.queue.current,
+                                     loaded[1].manifest.architecture if loaded is not None else "sd1")
 
 
 @router.get("/sdapi/v1/progress", response_model=ProgressResponse)

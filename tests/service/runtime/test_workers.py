@@ -349,3 +349,18 @@ def test_both_doors_interrupt_every_running_job_and_grpc_one_by_task_id(demo_bun
         channel.close()
         server.stop(grace=None)
         state.close()
+
+
+def test_previews_use_the_latent_family_of_the_job_shown():
+    from types import SimpleNamespace
+
+    from service.runtime.progress import job_architecture
+
+    def job(latent_space):
+        return Job(kind="txt2img", run=lambda j: None, payload=SimpleNamespace(entry=SimpleNamespace(
+            latent_space=latent_space)))
+
+    assert job_architecture(job(("sdxl", 4, 8)), "sd1") == "sdxl"  # not the most recently loaded model's
+    assert job_architecture(job(("sd1", 4, 8)), "sdxl") == "sd1"
+    assert job_architecture(Job(kind="load-checkpoint", run=lambda j: None), "sdxl") == "sdxl"
+    assert job_architecture(None, "sd1") == "sd1"

@@ -99,6 +99,7 @@ def serve(args: argparse.Namespace) -> int:
         local_images_dir=Path(args.allow_local_images).resolve() if args.allow_local_images else None,
         log_format=args.log_format, drain_timeout=args.drain_timeout,
         batch_max=args.batch_max, batch_window_ms=args.batch_window_ms,
+        workers=args.workers,
     )
     if args.api_auth:
         from service.http.auth import parse_credentials
@@ -207,6 +208,16 @@ def byte_size(text: str) -> int:
     return int(value)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdedge", description="Stable Diffusion server speaking the A1111 API")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -281,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     from service.scale.cli import add_arguments as add_ray_arguments  # no ray import: only the flags
 
     add_ray_arguments(s)
+    s.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="jobs run at once on the loaded models, each ONNX Runtime session with cores/N threads "
+                   "(default 1: one job at a time, ORT's own thread count)")
     s.set_defaults(func=serve)
     q = sub.add_parser("gate", help="measure a backend/precision variant against ONNX Runtime fp32 and record the "
                        "result in the bundle's manifest (read by --backend auto)")

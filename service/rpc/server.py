@@ -48,7 +48,7 @@ from service.rpc import convert
 from service.rpc.observe import METRICS_SERVICE, MetricsServicer, ObserveInterceptor
 from service.runtime.generate import Finish, Listener, submit
 from service.runtime.jobs import Job, JobCancelled
-from service.runtime.progress import preview_of, progress_response
+from service.runtime.progress import job_architecture, preview_of, progress_response
 from service.runtime.set_options import apply_options
 from service.runtime.state import ServerState
 
@@ -215,7 +215,8 @@ class SdEdgeServicer(pb_grpc.SdEdgeServicer):
 
     def _architecture(self) -> str:
         loaded = self.state.models.loaded
-        return loaded[1].manifest.architecture if loaded is not None else "sd1"
+        return job_architecture(self.state.queue.current,
+                                loaded[1].manifest.architecture if loaded is not None else "sd1")
 
     def _preview(self, latents) -> pb.Image:
         """The live preview of the batch, made as /progress makes it (service/runtime/progress.py)."""
@@ -232,13 +233,12 @@ class SdEdgeServicer(pb_grpc.SdEdgeServicer):
             if job is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"task_id: no queued or running job {request.task_id!r}")
             self.state.queue.cancel(job)
-        elif (job := self.state.queue.current) is not None:
-            job.interrupt()
+        else:  # as REST /interrupt: every running job (one with a single worker)
+            self.state.queue.interrupt_current()
         return pb.InterruptResponse()
 
     def Skip(self, request, context):
-        if (job := self.state.queue.current) is not None:
-            job.skip()
+        self.state.queue.skip_current()
         return pb.SkipResponse()
 
     def GetProgress(self, request, context):

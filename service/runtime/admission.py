@@ -3,7 +3,8 @@
 The budget (`--memory-budget`, `ServerConfig.memory_budget`) is what one job may use on top of the loaded server.
 Its default is taken from the machine when the server starts: 75 % of MemTotal, at most MemAvailable, minus the
 process's RSS then. A job above the budget is a 413 naming the estimate and the limit. A job within it is queued;
-the queue runs one job per worker, so jobs never add up. When the job's turn comes and the machine has less free
+with one worker jobs never add up; with `--workers N` a job starts only while its estimate and those of the running
+jobs together fit the budget (service/runtime/workers.py: RunningBudget). When the job's turn comes and the machine has less free
 memory than its estimate (other processes), the worker waits for memory (up to `WAIT_FOR_MEMORY_S`, then runs it
 anyway: the estimate has a safety margin and the budget already said it fits).
 """
@@ -131,8 +132,7 @@ def budget_of(state) -> int:
 
 def check(state, entry, plan: GenerationPlan) -> int:
     """Submit-time check of a planned job on checkpoint `entry`: its estimate, or JobTooLarge (413)."""
-    loaded = state.models.loaded
-    pipeline = loaded[1] if loaded is not None and loaded[0] == entry else None
+    pipeline = state.models.pipeline_of(entry)
     return admit(plan, profile_of(Path(entry.path), pipeline), budget_of(state),
                  tiled_sessions_bytes(Path(entry.path), pipeline) if getattr(plan, "tiling", False) else 0)
 

@@ -28,6 +28,7 @@ from engine.pipeline import GenerationResult, StepEvent
 from service.a1111.errors import JobTooLarge
 from service.runtime import admission
 from service.runtime.jobs import Job
+from service.runtime.workers import job_resources, mode_of
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +141,19 @@ class Batcher:
 
     def _run(self, members: list[_Member], progress_hook) -> None:
         lead = members[0].generation
+        plan = merged_plan([m.generation.plan for m in members])
+        needed = admission.check(self.state, lead.entry, plan)
+        # The batch is one job to the others, held by its lead.
+        with job_resources(self.state, [lead.entry], mode_of(lead), needed, members[0].job):
+            self._run_batch(members, progress_hook, plan, needed)
+
+    def _run_batch(self, members: list[_Member], progress_hook, plan, needed: int) -> None:
+        lead = members[0].generation
         metrics = self.state.metrics
         pipeline = self.state.pipeline_for(lead.entry)
         for member in members:
             member.generation.note_embeddings(pipeline)
-        plan = merged_plan([m.generation.plan for m in members])
-        admission.wait_for_memory(admission.check(self.state, lead.entry, plan))
+        admission.wait_for_memory(needed)
         for member in members:
             member.job.progress.job_count = 1
             member.on_step = progress_hook(member.job)

@@ -38,6 +38,7 @@ from service.runtime.models import ModelEntry
 from service.runtime.options import InvalidOption
 from service.runtime.state import NoModelLoaded, ServerState
 from service.runtime.vae import VaeChoice
+from service.runtime.workers import entries_of, job_resources, mode_of
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,13 @@ class Generation:
         return self.run_alone(job, on_step)
 
     def run_alone(self, job: Job, on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
-        """On the worker: model switches happen in queue order; each pipeline resolves the plan's schedules."""
+        """On the worker: model switches happen in queue order; each pipeline resolves the plan's schedules.
+        With several workers the job's checkpoints, their configuration and its memory are held meanwhile
+        (service/runtime/workers.py)."""
+        with job_resources(self.state, entries_of(self), mode_of(self), self.needed, job):
+            return self._run_alone(job, on_step)
+
+    def _run_alone(self, job: Job, on_step: Callable[[StepEvent], None] | None) -> GenerationResult:
         if self.hires is None:
             pipeline, hires_pipeline = self.state.pipeline_for(self.entry), None
         else:

@@ -1,9 +1,13 @@
-"""The job queue every front door submits to: FIFO, bounded, one worker thread per execution backend.
+"""The job queue every front door submits to: FIFO, bounded, `workers` worker threads (`--workers N`, default 1).
 
 A job carries its id, state, progress (job_no/job_count, sampling step/steps), the latest latents for previews,
 interrupt/skip/cancel flags and its result. REST and gRPC both submit here, so their jobs interleave in one FIFO.
 
-The worker cannot die silently: whatever a job raises (BaseExceptions, exceptions whose message cannot be
+With N workers, N jobs run at once, each started in arrival order by whichever worker is free; `current` (what
+/progress shows, A1111 has one running job) is the running job that started first, and /interrupt and /skip reach
+every running job (A1111: whatever runs stops). A job is stopped alone through `cancel` (its task id).
+
+A worker cannot die silently: whatever a job raises (BaseExceptions, exceptions whose message cannot be
 rendered, a failing listener) fails that job only. A watchdog thread gives every running job a deadline
 (interrupted when it passes, abandoned and the worker replaced when it still does not stop) and restarts a worker
 thread that died anyway; `healthy()` is false meanwhile (/internal/ping and gRPC health report it).
@@ -184,18 +188,18 @@ def _minimal_summary(job: Job) -> Job:
 
 
 class JobQueue:
-    """FIFO of jobs with a bounded number waiting; a single worker runs them one at a time, a watchdog keeps
-    the worker alive and every running job within its deadline.
+    """FIFO of jobs with a bounded number waiting; `workers` worker threads run them, each one at a time, a
+    watchdog keeps every worker alive and every running job within its deadline.
 
     `timeout()` gives the deadline in seconds of a job as it starts (0: none). A job still running
     `abandon_after` seconds after its deadline (a native call that cannot be interrupted) is failed and left to
-    its thread, and a new worker takes the queue.
+    its thread, and a new worker takes that worker's place.
     """
 
     RECENT = 16  # finished jobs remembered for /internal/progress `completed` and the SSE stream
 
     def __init__(self, max_pending: int = 64, name: str = "worker", timeout: Callable[[], float] | None = None,
-                 abandon_after: float = 10.0, watch_every: float = 0.25):
+                 abandon_after: float = 10.0, watch_every: float = 0.25, workers: int = 1):
         self.max_pending = max_pending
         self.name = name
         self.timeout = timeout or (lambda: 0.0)
@@ -204,7 +208,8 @@ class JobQueue:
         self.restarts = 0  # worker threads started after the first (died or abandoned)
         self._pending: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
-        self._current: Job | None = None
+        self.workers = max(1, int(workers))
+        self._running: list[Job | None] = [None] * self.workers  # the job each worker slot runs
         self._recent: OrderedDict[str, Job] = OrderedDict()
         self._watchers: dict[str, list[Callable[[Job], None]]] = {}  # listeners of task ids not submitted yet
         self._last: Job | None = None
@@ -217,11 +222,14 @@ class JobQueue:
         # Called with the job as it starts and as it ends (metrics, job logs); a failing hook is logged only.
         self.on_start: list[Callable[[Job], None]] = []
         self.on_end: list[Callable[[Job], None]] = []
-        self._riders: list[Job] = []  # jobs running inside the current job's batch (service/runtime/batching.py)
-        self._generation = 0  # which worker thread owns the queue; an abandoned one sees it change and leaves
-        self._worker: threading.Thread
+        # Jobs running inside a lead job's batch (service/runtime/batching.py), by the lead's id.
+        self._riders: dict[str, list[Job]] = {}
+        self._generation = 0  # worker threads started so far; a slot's owner is the generation of its thread
+        self._owner: list[int] = [0] * self.workers  # an abandoned thread sees its slot's owner change and leaves
+        self._workers: list[threading.Thread] = []
         with self._cond:
-            self._start_worker()
+            for slot in range(self.workers):
+                self._start_worker(slot)
         self.restarts = 0
         self._watchdog = threading.Thread(target=self._watch, name=f"sdedge-{name}-watchdog", daemon=True)
         self._watchdog.start()
@@ -289,13 +297,31 @@ class JobQueue:
             job.interrupt()
 
     @property
+    def _worker(self) -> threading.Thread:
+        return self._workers[0]
+
+    @property
     def current(self) -> Job | None:
-        return self._current
+        """The running job that started first (A1111 has one running job: with one worker, that one)."""
+        running = [job for job in self._running if job is not None]
+        if not running:
+            return None
+        return min(running, key=lambda job: (job.progress.time_start or 0.0, job.sequence))
+
+    def running(self) -> list[Job]:
+        """Every running job: the workers' own, then the jobs riding in their batches."""
+        with self._cond:
+            return self._running_locked()
+
+    def _running_locked(self) -> list[Job]:
+        own = sorted((job for job in self._running if job is not None),
+                     key=lambda job: (job.progress.time_start or 0.0, job.sequence))
+        return own + [rider for lead in own for rider in self._riders.get(lead.id, [])]
 
     @property
     def last(self) -> Job | None:
         """The running job, else the one that ran last (its flags and counters are what idle /progress shows)."""
-        return self._current or self._last
+        return self.current or self._last
 
     def pending(self) -> list[Job]:
         with self._cond:
@@ -319,22 +345,22 @@ class JobQueue:
             return list(self._recent.values())
 
     def interrupt_current(self) -> Job | None:
-        """A1111's /interrupt: whatever job runs now ends after its current step (every job of a batch);
-        queued jobs are untouched."""
-        job = self._current
-        for running in self._running_group():
+        """A1111's /interrupt: whatever runs now ends after its current step (every job of a batch, every
+        worker's job); queued jobs are untouched. Returns `current`."""
+        job = self.current
+        for running in self.running():
             running.interrupt()
         return job
 
     def skip_current(self) -> Job | None:
-        job = self._current
-        for running in self._running_group():
+        job = self.current
+        for running in self.running():
             running.skip()
         return job
 
-    def _running_group(self) -> list[Job]:
+    def _group_of(self, lead: Job) -> list[Job]:
         with self._cond:
-            return ([self._current] if self._current is not None else []) + list(self._riders)
+            return [lead, *self._riders.get(lead.id, [])]
 
     def take_riders(self, lead: Job, accept: Callable[[list[Job], Job], bool], limit: int,
                     window: float) -> list[Job]:
@@ -372,7 +398,8 @@ class JobQueue:
                 if len(taken) >= limit or remaining <= 0 or self._closed or self._refuse is not None:
                     break
                 self._cond.wait(remaining)
-            self._riders = list(taken)
+            if taken:
+                self._riders[lead.id] = list(taken)
         for job in taken:
             _call(self.on_start, job)
             job.notify()
@@ -381,8 +408,11 @@ class JobQueue:
     def finish_rider(self, job: Job, result: Any, error: BaseException | None) -> None:
         """End a job that ran in another job's batch, as `_finish` ends the worker's own job."""
         with self._cond:
-            if job in self._riders:
-                self._riders.remove(job)
+            for lead_id, riders in list(self._riders.items()):
+                if job in riders:
+                    riders.remove(job)
+                    if not riders:
+                        del self._riders[lead_id]
             if job._finalized:
                 return
             if job.timed_out:
@@ -393,12 +423,12 @@ class JobQueue:
         job.notify()
 
     def healthy(self) -> bool:
-        """False while the worker thread is dead (until the watchdog restarts it) or its job is overdue."""
+        """False while a worker thread is dead (until the watchdog restarts it) or a job is overdue."""
         if self._closed:
             return False
-        job = self._current
-        overdue = job is not None and job.deadline is not None and time.time() >= job.deadline
-        return self._worker.is_alive() and not overdue
+        now = time.time()
+        overdue = any(job is not None and job.deadline is not None and now >= job.deadline for job in self._running)
+        return all(worker.is_alive() for worker in self._workers) and not overdue
 
     def stop_accepting(self, reason: str) -> None:
         """From now on `submit` raises QueueClosed(reason); waiting and running jobs go on."""
@@ -421,7 +451,7 @@ class JobQueue:
     def idle(self) -> bool:
         """No job waiting or running."""
         with self._cond:
-            return not self._pending and self._current is None
+            return not self._pending and all(job is None for job in self._running)
 
     def close(self) -> None:
         with self._cond:
@@ -431,32 +461,37 @@ class JobQueue:
 
     # -- the worker -----------------------------------------------------------------------------------------
 
-    def _start_worker(self) -> None:
-        """A new worker thread owns the queue from now on (call with the lock held)."""
+    def _start_worker(self, slot: int) -> None:
+        """A new worker thread owns slot `slot` from now on (call with the lock held)."""
         self._generation += 1
         self.restarts += 1
-        self._worker = threading.Thread(target=self._work, args=(self._generation,),
-                                        name=f"sdedge-{self.name}-{self._generation}", daemon=True)
-        self._worker.start()
+        self._owner[slot] = self._generation
+        worker = threading.Thread(target=self._work, args=(slot, self._generation),
+                                  name=f"sdedge-{self.name}-{self._generation}", daemon=True)
+        if slot < len(self._workers):
+            self._workers[slot] = worker
+        else:
+            self._workers.append(worker)
+        worker.start()
 
-    def _work(self, generation: int) -> None:
+    def _work(self, slot: int, generation: int) -> None:
         while True:
-            job = self._next(generation)
+            job = self._next(slot, generation)
             if job is None:
                 return
             try:
-                self._execute(job, generation)
+                self._execute(job, slot, generation)
             except BaseException as exc:  # noqa: BLE001 - last resort: the job fails, the worker goes on
                 log.error("worker failed around job %s: %s", job.id, describe(exc), exc_info=exc)
-                self._finish(job, generation, None, JobFailed(f"the worker failed: {describe(exc)}"))
+                self._finish(job, slot, generation, None, JobFailed(f"the worker failed: {describe(exc)}"))
 
-    def _next(self, generation: int) -> Job | None:
+    def _next(self, slot: int, generation: int) -> Job | None:
         """The next job to run, marked running; None when the queue closed or this worker was replaced."""
         while True:
             with self._cond:
-                while not self._pending and not self._closed and generation == self._generation:
+                while not self._pending and not self._closed and generation == self._owner[slot]:
                     self._cond.wait()
-                if self._closed or generation != self._generation:
+                if self._closed or generation != self._owner[slot]:
                     return None
                 job = self._pending.popleft()
                 try:
@@ -476,7 +511,7 @@ class JobQueue:
                     job.progress.job_count = -1
                     seconds = self._timeout_seconds()
                     job.deadline = now + seconds if seconds > 0 else None
-                    self._current = job
+                    self._running[slot] = job
                     self.started.append((job.sequence, job.id))
             if runnable:
                 _call(self.on_start, job)
@@ -492,16 +527,16 @@ class JobQueue:
             return 0.0
         return seconds if seconds > 0 and seconds != float("inf") else 0.0
 
-    def _execute(self, job: Job, generation: int) -> None:
+    def _execute(self, job: Job, slot: int, generation: int) -> None:
         error: BaseException | None = None
         result = None
         try:
             result = job.run(job)
         except BaseException as exc:  # noqa: BLE001 - the worker keeps serving whatever a job raises
             error = exc
-        self._finish(job, generation, result, error)
+        self._finish(job, slot, generation, result, error)
 
-    def _finish(self, job: Job, generation: int, result: Any, error: BaseException | None) -> None:
+    def _finish(self, job: Job, slot: int, generation: int, result: Any, error: BaseException | None) -> None:
         """Record the job's end and hand its result to the caller. The job leaves /progress before its caller
         sees the result: a client that polls right after its response finds the server idle (A1111 ends its
         state before answering)."""
@@ -513,8 +548,8 @@ class JobQueue:
             if error is not None and not isinstance(error, Exception):
                 log.error("job %s raised %s", job.id, describe(error), exc_info=error)
             self._record_end(job, error)
-            if generation == self._generation and self._current is job:
-                self._current = None
+            if generation == self._owner[slot] and self._running[slot] is job:
+                self._running[slot] = None
         _resolve(job, result, error)
         _call(self.on_end, job)
         job.notify()
@@ -553,48 +588,55 @@ class JobQueue:
                 log.error("job watchdog failed: %s", describe(exc), exc_info=exc)
 
     def supervise(self) -> None:
-        """One watchdog round: restart a dead worker; interrupt a job at its deadline; abandon one that is still
-        running `abandon_after` seconds later."""
+        """One watchdog round, per worker: restart a dead worker; interrupt a job at its deadline; abandon one
+        that is still running `abandon_after` seconds later."""
+        for slot in range(self.workers):
+            self._supervise(slot)
+
+    def _supervise(self, slot: int) -> None:
         now = time.time()
         with self._cond:
             if self._closed:
                 return
-            job = self._current
-            dead = not self._worker.is_alive()
+            job = self._running[slot]
+            worker = self._workers[slot]
+            dead = not worker.is_alive()
         if dead:
-            log.error("worker thread %s died; starting a new one", self._worker.name)
-            self._replace_worker(job, JobFailed("the worker thread died while running this job") if job else None)
+            log.error("worker thread %s died; starting a new one", worker.name)
+            self._replace_worker(slot, job,
+                                 JobFailed("the worker thread died while running this job") if job else None)
             return
         if job is None or job.deadline is None or now < job.deadline:
             return
         seconds = self._deadline_seconds(job)
         if not job.timed_out:
             log.warning("job %s passed its deadline of %g s; interrupting it", job.id, seconds)
-            for running in self._running_group():  # a batch shares its lead's deadline
+            for running in self._group_of(job):  # a batch shares its lead's deadline
                 running.timed_out = True
                 running.interrupt()
         elif now >= job.deadline + self.abandon_after:
             log.error("job %s did not stop %g s after its deadline; abandoning it and replacing the worker",
                       job.id, self.abandon_after)
-            self._replace_worker(job, JobTimeout(job.id, seconds, abandoned=True))
+            self._replace_worker(slot, job, JobTimeout(job.id, seconds, abandoned=True))
 
-    def _replace_worker(self, job: Job | None, error: BaseException | None) -> None:
-        """Fail `job` (if its end is not recorded yet) and give the queue to a new worker thread."""
+    def _replace_worker(self, slot: int, job: Job | None, error: BaseException | None) -> None:
+        """Fail `job` (if its end is not recorded yet) and give the worker's slot to a new thread."""
         with self._cond:
             if self._closed:
                 return
-            if self._current is job:
-                self._current = None
+            if self._running[slot] is job:
+                self._running[slot] = None
             record = job is not None and not job._finalized
             if record:
                 self._record_end(job, error)
-            riders, self._riders = [r for r in self._riders if not r._finalized], []
+            ridden = self._riders.pop(job.id, []) if job is not None else []
+            riders = [r for r in ridden if not r._finalized]
             rider_error: BaseException | None = None
             if riders:
                 rider_error = error or JobFailed("the worker running this job's batch was replaced")
             for rider in riders:  # they ran in the abandoned job's batch: they end with it
                 self._record_end(rider, rider_error)
-            self._start_worker()
+            self._start_worker(slot)
         if record:
             _resolve(job, None, error)
             _call(self.on_end, job)

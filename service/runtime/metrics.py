@@ -145,14 +145,13 @@ class _StateCollector:
         pending.add_metric([], len(queue.pending()))
         yield pending
         running = GaugeMetricFamily("sdedge_jobs_running", "jobs running now")
-        running.add_metric([], 1 if queue.current is not None else 0)
+        running.add_metric([], len(queue.running()))  # every worker's job and the jobs riding in its batch
         yield running
         loaded = GaugeMetricFamily("sdedge_models_loaded", "checkpoints loaded (1 per loaded model)", labels=["model"])
-        current = self.state.models.loaded
-        if current is not None:
-            loaded.add_metric([current[0].title], 1)
+        for entry in self.state.models.loaded_entries():  # up to sd_checkpoints_limit (model_cache.py)
+            loaded.add_metric([entry.title], 1)
         yield loaded
-        healthy = GaugeMetricFamily("sdedge_worker_healthy", "1 while the job worker is alive and on time")
+        healthy = GaugeMetricFamily("sdedge_worker_healthy", "1 while every job worker is alive and on time")
         healthy.add_metric([], 1 if queue.healthy() else 0)
         yield healthy
         draining = GaugeMetricFamily("sdedge_draining", "1 once a SIGTERM/SIGINT started the drain")

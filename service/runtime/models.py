@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from engine.backend import BackendChoice
 from engine.bundle import Bundle, is_bundle, load_bundle
 from engine.img2img import is_edit_model
 from engine.pipeline import Pipeline
+from service.runtime.model_cache import PipelineCache
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,8 @@ def entry_for(bundle: Bundle) -> ModelEntry:
 
 
 class ModelRegistry:
-    """Known bundles and the one loaded pipeline; loading happens on the worker thread that runs jobs."""
+    """Known bundles and the loaded pipelines (up to `limit()`, option sd_checkpoints_limit: model_cache.py);
+    loading happens on the worker threads that run jobs."""
 
     def __init__(self, models_dir: Path | None = None, extra: list[Path] | None = None,
                  providers: str | list[str] = "cpu", choice: BackendChoice = BackendChoice()):
@@ -70,9 +73,8 @@ class ModelRegistry:
         self.providers = providers
         self.choice = choice  # --backend / --precision
         self._entries: list[ModelEntry] = []
-        self._loaded: tuple[ModelEntry, Pipeline] | None = None
         self.loader = Pipeline.from_path  # (path, providers) -> Pipeline; the server times it (metrics.py)
-        self._lock = threading.Lock()
+        self._cache = PipelineCache(self._load)
         self.refresh()
 
     def refresh(self) -> None:
@@ -101,28 +103,49 @@ class ModelRegistry:
         return None
 
     @property
+    def limit(self) -> Callable[[], int]:
+        return self._cache.limit
+
+    @limit.setter
+    def limit(self, limit: Callable[[], int]) -> None:
+        self._cache.limit = limit
+
+    def _load(self, entry: ModelEntry) -> Pipeline:
+        log.info("loading %s from %s", entry.title, entry.path)
+        return self.loader(entry.path, self.providers, self.choice)
+
+    @property
     def loaded(self) -> tuple[ModelEntry, Pipeline] | None:
-        return self._loaded
+        """The most recently used loaded checkpoint and its pipeline."""
+        return self._cache.most_recent()
+
+    def loaded_entries(self) -> list[ModelEntry]:
+        """Every loaded checkpoint, least recently used first."""
+        return [entry for entry, _ in self._cache.items()]
+
+    def pipeline_of(self, entry: ModelEntry) -> Pipeline | None:
+        """`entry`'s pipeline if it is loaded (nothing loads, the LRU order is unchanged)."""
+        return self._cache.peek(entry)
 
     def load(self, entry: ModelEntry) -> Pipeline:
-        with self._lock:
-            if self._loaded is None or self._loaded[0] != entry:
-                log.info("loading %s from %s", entry.title, entry.path)
-                self._loaded = (entry, self.loader(entry.path, self.providers, self.choice))
-            return self._loaded[1]
+        return self._cache.get(entry)
 
     def load_beside(self, entry: ModelEntry, second: ModelEntry) -> tuple[Pipeline, Pipeline]:
-        """`entry` as the loaded model plus `second` for one job only (a hires checkpoint): the caller drops
-        `second` with the job, so `entry` stays the one resident model. A `second` that was the loaded model is
-        reused, not loaded again; at most two models are held while `entry` loads."""
-        with self._lock:
-            reuse = self._loaded[1] if self._loaded is not None and self._loaded[0] == second else None
-        pipeline = self.load(entry)
-        if reuse is None:
-            log.info("loading %s from %s for one job", second.title, second.path)
-            reuse = self.loader(second.path, self.providers, self.choice)
-        return pipeline, reuse
+        """`entry`'s pipeline plus `second`'s (a hires or refiner checkpoint). `entry` ends most recently used:
+        with sd_checkpoints_limit 1 it stays the resident model once the job ends (A1111 loads the job's model
+        back after the hires pass), and `second` is dropped with the job unless the limit keeps it."""
+        with self._cache.pinned([entry, second]):  # loading one must not evict the other
+            pipeline = self.load(entry)
+            other = self.load(second)
+            self._cache.touch(entry)
+        return pipeline, other
+
+    @contextmanager
+    def pinned(self, entries: Sequence[ModelEntry]) -> Iterator[None]:
+        """None of `entries` is evicted while a job inside uses them."""
+        with self._cache.pinned(entries):
+            yield
 
     def unload(self) -> None:
-        with self._lock:
-            self._loaded = None
+        """/unload-checkpoint: every pipeline forgotten; running jobs keep theirs, the next job loads again."""
+        self._cache.clear()

@@ -96,6 +96,14 @@ def refresh_preview(job: Job, options: Mapping[str, Any], architecture: str) -> 
         pv.job_no, pv.step = p.job_no, p.sampling_step
 
 
+def job_architecture(job: Job | None, fallback: str) -> str:
+    """The latent family `job` samples in (its checkpoint's), for its previews; `fallback` when it has none (a
+    load or extras job, or idle). With `--workers` or several loaded models the most recent model may be another's."""
+    entry = getattr(getattr(job, "payload", None), "entry", None)
+    latent_space = getattr(entry, "latent_space", None)
+    return latent_space[0] if latent_space else fallback
+
+
 def job_name(job: Job) -> str:
     return JOB_NAMES.get(job.kind, job.kind)
 
@@ -168,8 +176,8 @@ def data_url(image: Image.Image, fmt: str) -> str:
 def internal_progress(queue: JobQueue, options: Mapping[str, Any], architecture: str, id_task: str | None,
                       id_live_preview: int = -1, live_preview: bool = True) -> dict[str, Any]:
     """POST /internal/progress: one task's state; a preview only when it differs from the client's."""
-    job = queue.current
-    active = job is not None and id_task is not None and job.id == id_task
+    job = next((j for j in queue.running() if j.id == id_task), None)  # any worker's job
+    active = job is not None and id_task is not None
     pending = [j.id for j in queue.pending()]
     queued = id_task in pending
     completed = any(j.id == id_task and j.state == JobState.DONE for j in queue.recent())

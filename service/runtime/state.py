@@ -21,6 +21,7 @@ from service.runtime.metrics import ServerMetrics
 from service.runtime.models import ModelEntry, ModelRegistry
 from service.runtime.options import Options
 from service.runtime.vae import VaeLibrary
+from service.runtime.workers import PipelineModes, RunningBudget, threads_per_worker
 
 
 class NoModelLoaded(Exception):
@@ -64,6 +65,7 @@ class ServerConfig:
     batch_max: int = 1  # images one batch of compatible jobs may hold (--batch-max); 1 = no batching
     batch_window_ms: float = 0.0  # how long a job waits for companions (--batch-window-ms)
     drain_timeout: float = 60.0  # seconds a SIGTERM waits for running and queued jobs (--drain-timeout)
+    workers: int = 1  # jobs run at once (--workers); ORT threads per session shrink to fit (workers.py)
     extra: dict = field(default_factory=dict)
 
 
@@ -73,10 +75,14 @@ class ServerState:
         self.metrics = ServerMetrics()
         self.draining = False  # set by service/runtime/drain.py: the doors refuse new work (503 / UNAVAILABLE)
         self.options = Options(config.options_file)
+        workers = max(1, int(config.workers))
         self.models = ModelRegistry(config.models_dir, [config.model] if config.model else [], config.providers,
-                                    BackendChoice(config.backend, config.precision))
+                                    BackendChoice(config.backend, config.precision, threads_per_worker(workers)))
         self.models.loader = self.metrics.loader(self.models.loader)
-        self.queue = JobQueue(max_pending=config.max_queue, timeout=self.job_timeout)
+        self.models.limit = lambda: self.options.get("sd_checkpoints_limit") or 1  # A1111's LRU of loaded models
+        self.pipeline_modes = PipelineModes()  # what jobs on one pipeline must agree on (workers.py)
+        self.running_budget = RunningBudget()  # the memory budget counts every running job
+        self.queue = JobQueue(max_pending=config.max_queue, timeout=self.job_timeout, workers=workers)
         self.queue.on_start.append(self.metrics.job_started)
         self.queue.on_end.append(self.metrics.job_ended)
         log_jobs(self.queue)

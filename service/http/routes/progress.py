@@ -66,7 +66,8 @@ def _state(request: Request) -> ServerState:
 
 def architecture(state: ServerState) -> str:
     loaded = state.models.loaded
-    return loaded[1].manifest.architecture if loaded is not None else "sd1"
+    return progress.job_architecture(state.queue.current,
+                                     loaded[1].manifest.architecture if loaded is not None else "sd1")
 
 
 @router.get("/sdapi/v1/progress", response_model=ProgressResponse)
@@ -118,6 +119,7 @@ def queue_snapshot(request: Request) -> dict:
     current = queue.current
     return {
         "current": progress.task_snapshot(queue, current) if current is not None else None,
+        "running": [progress.task_snapshot(queue, job) for job in queue.running()],  # every worker's (--workers)
         "pending": [progress.task_snapshot(queue, job) for job in queue.pending()],
         "recent": [progress.task_snapshot(queue, job) for job in queue.recent()],
         "started": [list(pair) for pair in queue.started],

@@ -153,11 +153,11 @@ def kill_worker_after_next_job(q: JobQueue) -> None:
     original = q._next
     calls = {"n": 0}
 
-    def dying(generation):
+    def dying(*args):  # (slot, generation)
         calls["n"] += 1
         if calls["n"] == 1:
             raise Boom("worker killed")
-        return original(generation)
+        return original(*args)
 
     q._next = dying
     q.submit(Job(kind="txt2img", run=ok)).future.result(10)

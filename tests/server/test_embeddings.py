@@ -226,12 +226,13 @@ def _client(tmp_path, folder, api_auth=None):
     return state, TestClient(create_app(state))
 
 
-def test_routes_list_and_refresh(tmp_path, folder):
+def test_routes_list_and_refresh(tmp_path, folder, monkeypatch):
     state, client = _client(tmp_path, folder)
     r = client.get("/sdapi/v1/embeddings")
     assert r.status_code == 200
     assert list(r.json()["loaded"]) == ["Alpha", "xl", "zeta"]
-    state.models._loaded = (SimpleNamespace(), FakePipeline(SDXL))  # a loaded SDXL model: its split
+    sdxl = (SimpleNamespace(), FakePipeline(SDXL))  # a loaded SDXL model: its split
+    monkeypatch.setattr(type(state.models), "loaded", property(lambda self: sdxl))
     body = client.get("/sdapi/v1/embeddings").json()
     assert list(body["loaded"]) == ["xl"] and set(body["skipped"]) == {"zeta", "Alpha"}
     assert body["skipped"]["zeta"]["shape"] == 768

@@ -361,3 +361,88 @@ def test_older_bundles_accept_no_embedding_and_keep_the_text(legacy_pipeline):
     legacy_pipeline.set_embeddings({"sksdog": embedding})
     assert legacy_pipeline.embeddings_used(["a sksdog"]) == ()
     np.testing.assert_array_equal(legacy_pipeline.prompt_encoder.encode_texts(["a sksdog"])[0], before)
+
+
+# --- (c) SDXL: clip_l in CLIP-L, clip_g in bigG, the pooled vector ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory):
+    """A reduced-width SDXL (export/sdxl_demo.py) exported by our exporter, and its torch pipeline."""
+    from engine.pipeline import Pipeline
+    from export.onnx_export import export_pipeline
+    from export.sdxl_demo import build_tiny_sdxl_pipeline
+
+    torch.set_num_threads(1)
+    pipe = build_tiny_sdxl_pipeline(seed=0)
+    out = export_pipeline(pipe, tmp_path_factory.mktemp("sdxl") / "tiny-sdxl", name="tiny-sdxl")
+    return Pipeline.from_path(out), pipe
+
+
+@torch.no_grad()
+def sdxl_reference(pipe, segments, clip_l: dict[str, np.ndarray], clip_g: dict[str, np.ndarray]) -> np.ndarray:
+    """A1111's SDXL conditioning of one text, "No norm" emphasis, packed as the engine packs it: CLIP-L
+    hidden_states[-2] ‖ bigG hidden_states[-2], then bigG's projected pooled output of the first chunk and the
+    time ids (1024, 1024, 0, 0, 1024, 1024) on every token. Placeholders: clip_g's rows (A1111 `vectors`)."""
+    tokenizer = pipe.tokenizer
+    lookup = reference_lookup(tokenizer, {n: v.shape[0] for n, v in clip_g.items()})
+    chunks = reference_chunks(tokenizer, segments, lookup)
+    ids = torch.tensor([c[0] for c in chunks])
+    ids_2 = ids.clone()
+    for row in ids_2:  # open_clip pads with 0 after the first EOS
+        row[int((row == tokenizer.eos_token_id).nonzero()[0]) + 1:] = 0
+    fixes = [c[2] for c in chunks]
+    mult = torch.tensor([c[1] for c in chunks])[:, :, None]
+    hook = ReplacedRows(pipe.text_encoder.text_model.embeddings.token_embedding, fixes, clip_l)
+    try:
+        z_l = pipe.text_encoder(input_ids=ids, output_hidden_states=True).hidden_states[-2]
+    finally:
+        hook.handle.remove()
+    hook = ReplacedRows(pipe.text_encoder_2.text_model.embeddings.token_embedding, fixes, clip_g)
+    try:
+        out_g = pipe.text_encoder_2(input_ids=ids_2, output_hidden_states=True)
+    finally:
+        hook.handle.remove()
+    context = torch.cat([z_l * mult, out_g.hidden_states[-2] * mult], dim=-1).reshape(-1, 96)
+    vector = torch.cat([out_g.text_embeds[0], torch.tensor([1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0])])
+    return torch.cat([context, vector.expand(context.shape[0], -1)], dim=-1).numpy()
+
+
+def test_sdxl_inserts_clip_l_and_clip_g_vectors_and_the_pooled_vector_follows(sdxl):
+    pipeline, pipe = sdxl
+    clip_l, clip_g = vectors(2, 32, seed=4), vectors(2, 64, seed=5)
+    embedding = Embedding("sksdog", {"text_encoder": clip_l, "text_encoder_2": clip_g})
+    assert pipeline.accepts_embedding(embedding)
+    assert set(pipeline.manifest.text_token_tables) == {"text_encoder", "text_encoder_2"}
+    pipeline.set_embeddings({"sksdog": embedding})
+    prompt = "a (sksdog:1.2) on the grass"
+    segments = [("a ", 1.0), ("sksdog", 1.2), (" on the grass", 1.0)]
+    ours = pipeline.prompt_encoder.encode_texts([prompt], NO_NORM)[0]
+    ref = sdxl_reference(pipe, segments, {"sksdog": clip_l}, {"sksdog": clip_g})
+    assert ours.shape == ref.shape == (77, 96 + 48 + 6)
+    np.testing.assert_allclose(ours, ref, atol=ATOL, rtol=0)
+    plain = sdxl_reference(pipe, segments, {}, {})
+    # both encoders' rows and the pooled vector changed
+    for part in (slice(0, 32), slice(32, 96), slice(96, 144)):
+        assert np.abs(plain[:, part] - ref[:, part]).max() > 1e-3
+
+
+def test_sdxl_placeholders_count_clip_g_rows(sdxl):
+    pipeline, pipe = sdxl
+    clip_l, clip_g = vectors(2, 32, seed=6), vectors(3, 64, seed=7)
+    pipeline.set_embeddings({"sksdog": Embedding("sksdog", {"text_encoder": clip_l, "text_encoder_2": clip_g})})
+    words = " ".join(["cat"] * 73)
+    prompt = f"{words} sksdog"
+    ours = pipeline.prompt_encoder.encode_texts([prompt], NO_NORM)[0]
+    ref = sdxl_reference(pipe, [(prompt, 1.0)], {"sksdog": clip_l}, {"sksdog": clip_g})
+    assert ours.shape == (154, 150)
+    np.testing.assert_allclose(ours, ref, atol=ATOL, rtol=0)
+
+
+def test_sdxl_accepts_only_both_widths(sdxl):
+    pipeline, _ = sdxl
+    assert not pipeline.accepts_embedding(Embedding("a", {"text_encoder": vectors(2, 32, seed=1)}))
+    assert not pipeline.accepts_embedding(Embedding("a", {"text_encoder": vectors(2, 32, seed=1),
+                                                          "text_encoder_2": vectors(2, 32, seed=1)}))
+    assert pipeline.accepts_embedding(Embedding("a", {"text_encoder": vectors(2, 32, seed=1),
+                                                      "text_encoder_2": vectors(2, 64, seed=1)}))

@@ -446,3 +446,46 @@ def test_sdxl_accepts_only_both_widths(sdxl):
                                                           "text_encoder_2": vectors(2, 32, seed=1)}))
     assert pipeline.accepts_embedding(Embedding("a", {"text_encoder": vectors(2, 32, seed=1),
                                                       "text_encoder_2": vectors(2, 64, seed=1)}))
+
+
+# --- (d) SD 2.x: OpenCLIP-H's layout, padded with 0 after EOS ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sd2(tmp_path_factory):
+    """A reduced SD 2 (shipped sd2-base configs at width 32, tests/export/family_models.py) exported by our
+    exporter, and its torch text encoder and tokenizer."""
+    from engine.pipeline import Pipeline
+    from export.detect import CONFIG_ROOT
+    from export.onnx_export import export_diffusers_folder
+    from tests.export.family_models import reduce_configs, save_sd2_folder
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("sd2")
+    configs = reduce_configs(CONFIG_ROOT / "sd2-base", root / "configs")
+    folder = save_sd2_folder(configs, root / "folder", v_prediction=False, seed=7)
+    pipeline = Pipeline.from_path(export_diffusers_folder(folder, root / "bundle"))
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    model = transformers.CLIPTextModel.from_pretrained(folder / "text_encoder").eval()
+    return pipeline, tokenizer, model
+
+
+@torch.no_grad()
+def test_sd2_inserts_rows_with_openclip_padding(sd2):
+    pipeline, tokenizer, model = sd2
+    assert pipeline.manifest.architecture == "sd2" and pipeline.manifest.pad_token_id == 0
+    pipeline.set_embeddings({"sksdog": Embedding("sksdog", {"text_encoder": TWO})})
+    prompt = "a (sksdog:1.3) in snow"
+    segments = [("a ", 1.0), ("sksdog", 1.3), (" in snow", 1.0)]
+    ours = encode(pipeline, prompt)
+    chunks = reference_chunks(tokenizer, segments, reference_lookup(tokenizer, {"sksdog": 2}))
+    ids = torch.tensor([c[0] for c in chunks])
+    for row in ids:  # FrozenOpenCLIPEmbedder pads with 0 after the first EOS
+        row[int((row == tokenizer.eos_token_id).nonzero()[0]) + 1:] = 0
+    hook = ReplacedRows(model.text_model.embeddings.token_embedding, [c[2] for c in chunks], {"sksdog": TWO})
+    try:
+        z = model(input_ids=ids).last_hidden_state
+    finally:
+        hook.handle.remove()
+    ref = (z * torch.tensor([c[1] for c in chunks])[:, :, None]).reshape(-1, WIDTH).numpy()
+    np.testing.assert_allclose(ours, ref, atol=ATOL, rtol=0)

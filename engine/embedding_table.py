@@ -21,6 +21,7 @@ from engine.textual_inversion import Embedding
 from engine.tokenizer import ClipTokenizer
 
 INPUTS_EMBEDS = "inputs_embeds"
+MAX_VECTORS = 75  # one chunk's prompt tokens
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,6 +85,8 @@ class EmbeddingTable:
             if v.ndim != 2 or v.shape[0] == 0 or v.shape[1] != self.widths[component]:
                 return None
         count = vectors["text_encoder_2"].shape[0] if "text_encoder_2" in vectors else vectors["text_encoder"].shape[0]
+        if count > MAX_VECTORS:
+            return None  # A1111 loads it, then fails every prompt using it (a chunk over 77 tokens)
         return PlacedEmbedding(embedding, vectors, count)
 
     def accepts(self, embedding: Embedding) -> bool:

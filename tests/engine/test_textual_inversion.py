@@ -303,6 +303,8 @@ def test_embeddings_of_another_width_are_ignored(pipeline, reference):
     sdxl = Embedding("sksdog", {"text_encoder": TWO, "text_encoder_2": vectors(2, 1280, seed=3)})
     assert not pipeline.accepts_embedding(wide) and not pipeline.accepts_embedding(sdxl)
     assert pipeline.accepts_embedding(Embedding("x", {"text_encoder": TWO}))
+    assert pipeline.accepts_embedding(Embedding("x", {"text_encoder": vectors(75, WIDTH, seed=1)}))
+    assert not pipeline.accepts_embedding(Embedding("x", {"text_encoder": vectors(76, WIDTH, seed=1)}))
     pipeline.set_embeddings({"sksdog": wide})
     plain, _ = reference_encode(*reference, [("a sksdog", 1.0)], {})
     np.testing.assert_allclose(encode(pipeline, "a sksdog"), plain, atol=ATOL, rtol=0)

@@ -220,6 +220,18 @@ def test_an_embedding_that_just_fits_stays(pipeline, reference):
     np.testing.assert_allclose(ours, ref, atol=ATOL, rtol=0)
 
 
+def test_word_wrap_moves_placeholders_but_leaves_the_fix_as_a1111_does(pipeline, reference):
+    """Comma backtracking moves tokens and multipliers, not fixes: the vectors land in the closed chunk's padding
+    and the moved placeholders stay token 0 (A1111 tokenize_line)."""
+    pipeline.set_embeddings({"sksdog": Embedding("sksdog", {"text_encoder": TWO})})
+    prompt = " ".join(["cat"] * 70) + ", sksdog dog dog dog"
+    ours = encode(pipeline, prompt)
+    ref, chunks = reference_encode(*reference, [(prompt, 1.0)], {"sksdog": TWO})
+    assert chunks[0][2] == [(71, "sksdog")] and chunks[1][2] == [] and chunks[1][0][1:3] == [0, 0]
+    assert chunks[0][0][72:] == [49407] * 5  # the fix's rows 72–73 are padding positions now
+    np.testing.assert_allclose(ours, ref, atol=ATOL, rtol=0)
+
+
 def test_matching_is_case_insensitive_on_tokens(pipeline, reference):
     pipeline.set_embeddings({"SksDog": Embedding("SksDog", {"text_encoder": TWO})})
     for prompt in ("a SKSDOG", "a sksdog", "a SksDog"):

@@ -42,6 +42,9 @@ def feeds(component: str, bundle, size: int) -> dict[str, np.ndarray]:
     if component == "text_encoder":
         ids = np.full((1, 77), bundle.manifest.eos_token_id, np.int64)
         ids[0, 0] = bundle.manifest.bos_token_id
+        table = bundle.manifest.text_token_tables.get("text_encoder")
+        if table:  # textual-inversion graphs take the token rows too (export/text_inputs_embeds.py)
+            return {"input_ids": ids, "inputs_embeds": np.asarray(np.load(bundle.path / table, mmap_mode="r")[ids])}
         return {"input_ids": ids}
     if component == "unet":
         return {"sample": rng.standard_normal((2, 4, lat, lat), dtype=np.float32),

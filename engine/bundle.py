@@ -57,6 +57,9 @@ class Manifest:
     text_2_hidden_size: int = 0
     text_2_num_layers: int = 0
     text_pooled_size: int = 0
+    # Text encoders exported with an `inputs_embeds` input (textual inversion): component → its token table
+    # (fp32 [vocab, D] `.npy`, path relative to the bundle). Empty for older bundles: input_ids only.
+    text_token_tables: dict[str, str] = field(default_factory=dict)
     noise_schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
     opset: int | None = None
     precision: str = "fp32"

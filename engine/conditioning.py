@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.backend import ExecutionBackend
 from engine.bundle import Manifest
+from engine.embedding_table import EmbeddingTable, Fix, unique_rows
 from engine.prompt_parser import (
     BREAK_MARKER,
     AttentionSegment,
@@ -26,6 +27,7 @@ from engine.prompt_parser import (
     prompt_schedule,
     split_and,
 )
+from engine.textual_inversion import Embedding
 from engine.tokenizer import ClipTokenizer
 
 log = logging.getLogger(__name__)
@@ -87,10 +89,12 @@ class TextEncoderOptions:
 
 @dataclass(frozen=True)
 class PromptChunk:
-    """77 token ids (BOS, 75 prompt tokens or padding, EOS) and each token's emphasis multiplier."""
+    """77 token ids (BOS, 75 prompt tokens or padding, EOS), each token's emphasis multiplier and the
+    textual-inversion embeddings whose placeholder ids (0) it holds (engine/embedding_table.py)."""
 
     tokens: tuple[int, ...]
     multipliers: tuple[float, ...]
+    fixes: tuple[Fix, ...] = ()
 
 
 class PromptEncoder:
@@ -98,12 +102,16 @@ class PromptEncoder:
 
     encodes_negatives_differently = False  # SDXL's does (engine/sdxl_conditioning.py)
 
-    def __init__(self, backend: ExecutionBackend, tokenizer: ClipTokenizer, manifest: Manifest, cache_size: int = 32):
+    def __init__(self, backend: ExecutionBackend, tokenizer: ClipTokenizer, manifest: Manifest, cache_size: int = 32,
+                 embeddings: EmbeddingTable | None = None):
         self.backend = backend
         self.tokenizer = tokenizer
         self.manifest = manifest
+        self.embeddings = embeddings if embeddings is not None else EmbeddingTable.for_bundle(
+            getattr(backend, "bundle", None), manifest, tokenizer)
         self.output_names = backend.output_names("text_encoder")
-        self.ids_dtype = {s.name: s.dtype for s in backend.input_specs("text_encoder")}.get("input_ids", "int64")
+        self.input_dtypes = {s.name: s.dtype for s in backend.input_specs("text_encoder")}
+        self.ids_dtype = self.input_dtypes.get("input_ids", "int64")
         self.comma_token = tokenizer.token_to_id(",</w>")
         self._cache: OrderedDict[tuple, tuple[np.ndarray, ...]] = OrderedDict()
         self._cache_size = cache_size
@@ -125,27 +133,32 @@ class PromptEncoder:
         m = self.manifest
         parsed = self.segments(line, options.emphasis)
         tokenized = self.tokenizer.encode_batch([s.text for s in parsed])
+        table = self.embeddings if self.embeddings.has_embeddings else None
         chunks: list[PromptChunk] = []
         tokens: list[int] = []
         weights: list[float] = []
+        fixes: list[Fix] = []
         last_comma = -1
 
         def close_chunk() -> None:
-            nonlocal tokens, weights, last_comma
+            nonlocal tokens, weights, last_comma, fixes
             pad = CHUNK_TOKENS - len(tokens)
             chunks.append(
                 PromptChunk(
                     (m.bos_token_id, *tokens, *(m.eos_token_id,) * pad, m.eos_token_id),
                     (1.0, *weights, *(1.0,) * pad, 1.0),
+                    tuple(fixes),
                 )
             )
-            tokens, weights, last_comma = [], [], -1
+            tokens, weights, last_comma, fixes = [], [], -1, []
 
         for segment, ids in zip(parsed, tokenized, strict=True):
             if segment == BREAK_MARKER:
                 close_chunk()
                 continue
-            for token in ids:
+            position = 0
+            while position < len(ids):
+                token = ids[position]
                 if token == self.comma_token:
                     last_comma = len(tokens)
                 elif (
@@ -154,7 +167,9 @@ class PromptEncoder:
                     and last_comma != -1
                     and len(tokens) - last_comma <= options.comma_padding_backtrack
                 ):
-                    # Word wrap: the words after the chunk's last comma move on to the next chunk.
+                    # Word wrap: the words after the chunk's last comma move on to the next chunk. A1111 moves
+                    # tokens and multipliers only: an embedding's fix stays with the closed chunk (its rows then
+                    # land in that chunk's padding) and its moved placeholders are plain token 0.
                     cut = last_comma + 1
                     moved_tokens, moved_weights = tokens[cut:], weights[cut:]
                     tokens, weights = tokens[:cut], weights[:cut]
@@ -162,15 +177,30 @@ class PromptEncoder:
                     tokens, weights = moved_tokens, moved_weights
                 if len(tokens) == CHUNK_TOKENS:
                     close_chunk()
-                tokens.append(token)
-                weights.append(segment.weight)
+                found = table.find_at(ids, position) if table is not None else None
+                if found is None:
+                    tokens.append(token)
+                    weights.append(segment.weight)
+                    position += 1
+                    continue
+                # A textual-inversion name: its placeholders count toward the 75 and never straddle two chunks.
+                placed, length = found
+                if len(tokens) + placed.n_vectors > CHUNK_TOKENS:
+                    close_chunk()
+                fixes.append((len(tokens), placed))
+                tokens += [0] * placed.n_vectors
+                weights += [segment.weight] * placed.n_vectors
+                position += length
         if tokens or not chunks:
             close_chunk()
         return chunks
 
-    def encode_chunks(self, chunks: np.ndarray, clip_skip: int = 1) -> np.ndarray:
-        """Token-id chunks [N, 77] → hidden states [N, 77, D], taking layer −clip_skip (then the final norm)."""
-        outputs = self.backend.run("text_encoder", {"input_ids": chunks.astype(self.ids_dtype)})
+    def encode_chunks(self, chunks: np.ndarray, clip_skip: int = 1,
+                      fixes: Sequence[Sequence[Fix]] | None = None) -> np.ndarray:
+        """Token-id chunks [N, 77] (with each chunk's embedding fixes) → hidden states [N, 77, D], taking layer
+        −clip_skip (then the final norm)."""
+        feeds = self.embeddings.feeds("text_encoder", chunks, fixes, self.input_dtypes)
+        outputs = self.backend.run("text_encoder", feeds)
         if self.manifest.architecture == "sd2":  # A1111's FrozenOpenCLIPEmbedder ignores CLIP_stop_at_last_layers
             clip_skip = 1
         if clip_skip <= 1:
@@ -194,7 +224,7 @@ class PromptEncoder:
         a negative prompt's (SDXL encodes those differently; SD 1.x/2.x do not).
         """
         negative = negative and self.encodes_negatives_differently
-        key = (tuple(texts), options, negative)
+        key = (tuple(texts), options, negative, self.embeddings.version)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -206,8 +236,16 @@ class PromptEncoder:
                 self._cache.popitem(last=False)
         return result
 
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
     def token_grid(self, texts: list[str], options: TextEncoderOptions) -> tuple[np.ndarray, np.ndarray]:
         """Texts → token ids and emphasis multipliers [K, B, 77], K the largest chunk count (empty chunks fill)."""
+        return self.chunk_grid(texts, options)[:2]
+
+    def chunk_grid(self, texts: list[str], options: TextEncoderOptions) -> tuple[np.ndarray, np.ndarray, list]:
+        """`token_grid` and each chunk's embedding fixes, flattened in [K, B] order."""
         lines = {t: self.tokenize_line(t, options) for t in dict.fromkeys(texts)}
         per_text = [lines[t] for t in texts]
         count = max(len(c) for c in per_text)
@@ -215,18 +253,20 @@ class PromptEncoder:
         grid = [[c[j] if j < len(c) else empty for c in per_text] for j in range(count)]  # [chunk][text]
         tokens = np.asarray([[c.tokens for c in row] for row in grid], dtype=np.int64)  # [K, B, 77]
         multipliers = np.asarray([[c.multipliers for c in row] for row in grid], dtype=np.float32)
-        return tokens, multipliers
+        return tokens, multipliers, [c.fixes for row in grid for c in row]
 
     def _encode_batch(
         self, texts: list[str], options: TextEncoderOptions, negative: bool = False
     ) -> tuple[np.ndarray, ...]:
-        tokens, multipliers = self.token_grid(texts, options)
+        tokens, multipliers, fixes = self.chunk_grid(texts, options)
         count = tokens.shape[0]
         m = self.manifest
         tokens = pad_after_eos(tokens, m.eos_token_id, m.pad_token_id)
-        # Identical chunks run through the encoder once; the batch keeps every copy for the emphasis mean.
-        rows, inverse = np.unique(tokens.reshape(-1, tokens.shape[-1]), axis=0, return_inverse=True)
-        hidden = self.encode_chunks(rows, options.clip_skip)[inverse.reshape(-1)]
+        # Identical chunks (ids and embeddings) run through the encoder once; the batch keeps every copy for the
+        # emphasis mean.
+        rows, row_fixes, inverse = unique_rows(tokens.reshape(-1, tokens.shape[-1]), fixes)
+        hidden = (self.encode_chunks(rows, options.clip_skip, row_fixes) if any(row_fixes)
+                  else self.encode_chunks(rows, options.clip_skip))[inverse]
         z = hidden.reshape(*tokens.shape, hidden.shape[-1])  # [K, B, 77, D]
         z = np.stack([apply_emphasis(z[j], multipliers[j], options.emphasis) for j in range(count)])
         embeddings = z.transpose(1, 0, 2, 3).reshape(len(texts), count * tokens.shape[-1], z.shape[-1])
@@ -354,3 +394,37 @@ def constant_conditioning(
     cond = embeddings[: len(prompts)]
     uncond = embeddings[len(prompts) :]
     return ConstantConditioning(StepConditioning(tuple(((c, 1.0),) for c in cond), tuple(uncond)))
+
+
+# The step count `embeddings_used` looks at when not told: A1111's steps slider maximum, so every text a prompt
+# schedule reaches within it counts.
+USAGE_STEPS = 150
+
+
+def embeddings_used(
+    encoder: PromptEncoder,
+    prompts: Sequence[str],
+    negative_prompts: Sequence[str] = (),
+    steps: int = USAGE_STEPS,
+    hires_steps: int | None = None,
+    use_old_scheduling: bool = False,
+    options: TextEncoderOptions = TextEncoderOptions(),
+) -> tuple[Embedding, ...]:
+    """The textual-inversion embeddings the prompts insert, in first-use order (A1111 collects them per encoded
+    batch for `TI hashes`: modules/sd_hijack_clip.py, FrozenCLIPEmbedderWithCustomWordsBase.forward).
+
+    `prompts` are read as positive prompts (extra-network tags removed, split on AND), `negative_prompts` as
+    negative ones; each over its schedule's texts for `steps` (and `hires_steps`), as `scheduled_conditioning`
+    encodes them. Pass the job's steps for the exact set; the default takes every text within USAGE_STEPS.
+    """
+    if not encoder.embeddings.has_embeddings:
+        return ()
+    texts = [text for p in prompts for text, _ in split_and(extract_extra_networks(p)[0])]
+    texts += list(negative_prompts)
+    used: dict[str, Embedding] = {}
+    for text in dict.fromkeys(texts):
+        for scheduled in prompt_schedule(text, steps, hires_steps, use_old_scheduling):
+            for chunk in encoder.tokenize_line(scheduled.text, options):
+                for _, placed in chunk.fixes:
+                    used.setdefault(placed.embedding.name, placed.embedding)
+    return tuple(used.values())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -16,8 +16,9 @@ from engine.backend import BackendChoice, ExecutionBackend, create_backend
 from engine.brownian import NoiseSampler, brownian_noise_sampler
 from engine.bundle import Bundle, load_bundle
 from engine.color_correction import apply_color_correction, correction_target
-from engine.conditioning import PromptEncoder, scheduled_conditioning
+from engine.conditioning import PromptEncoder, embeddings_used, scheduled_conditioning
 from engine.denoiser import CFGDenoiser, Interrupted, LatentMask, UNet
+from engine.embedding_table import EmbeddingTable
 from engine.images import decode_latents, encode_images, to_pil, vae_posterior
 from engine.img2img import (
     ResolvedSchedule,
@@ -44,6 +45,7 @@ from engine.schedules import (
     scaled_linear_alphas_cumprod,
 )
 from engine.sdxl_conditioning import SdxlPromptEncoder, sdxl_pass_options
+from engine.textual_inversion import Embedding
 from engine.tiling import CircularBackend
 from engine.timestep_samplers import grid_sigmas, timestep_pass
 from engine.tokenizer import ClipTokenizer
@@ -97,7 +99,7 @@ class SamplingPass:
 class Pipeline:
     """A loaded bundle on an execution backend."""
 
-    def __init__(self, bundle: Bundle, backend: ExecutionBackend):
+    def __init__(self, bundle: Bundle, backend: ExecutionBackend, embedding_table: EmbeddingTable | None = None):
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.backend = backend
@@ -109,8 +111,11 @@ class Pipeline:
         self.tokenizer = ClipTokenizer(
             bundle.tokenizer_dir, self.manifest.bos_token_id, self.manifest.eos_token_id
         )
+        # Textual inversion: one table per model, shared with this model's other pipelines (engine/embedding_table.py).
+        self.embedding_table = embedding_table if embedding_table is not None else \
+            EmbeddingTable.for_bundle(bundle, self.manifest, self.tokenizer)
         encoder = SdxlPromptEncoder if self.manifest.is_sdxl else PromptEncoder
-        self.prompt_encoder = encoder(backend, self.tokenizer, self.manifest)
+        self.prompt_encoder = encoder(backend, self.tokenizer, self.manifest, embeddings=self.embedding_table)
         self.unet = UNet(backend)
 
     def with_backend(self, backend: ExecutionBackend) -> Pipeline:
@@ -118,7 +123,8 @@ class Pipeline:
         encoder's cache not (a text-encoder LoRA changes every embedding)."""
         other = copy.copy(self)
         other.backend = backend
-        other.prompt_encoder = type(self.prompt_encoder)(backend, self.tokenizer, self.manifest)
+        other.prompt_encoder = type(self.prompt_encoder)(backend, self.tokenizer, self.manifest,
+                                                         embeddings=self.embedding_table)
         other.unet = UNet(backend)
         other._tiled = None  # its tiled view runs on these sessions too (engine/tiling.py)
         return other
@@ -129,8 +135,25 @@ class Pipeline:
         created on the first tiled job and then kept beside the plain ones (engine/tiling.py)."""
         if getattr(self, "_tiled", None) is None:
             self._tiled = self if getattr(self.backend, "circular", False) else Pipeline(
-                self.bundle, CircularBackend(self.backend))
+                self.bundle, CircularBackend(self.backend), self.embedding_table)
         return self._tiled
+
+    def set_embeddings(self, embeddings: Mapping[str, Embedding]) -> None:
+        """Replace the model's textual-inversion table (name → embedding; on name ties the first wins). Shared by
+        `with_backend` and `tiled` pipelines, whose cached prompt encodings are not reused after the change.
+        Embeddings this model does not accept (`accepts_embedding`) are ignored."""
+        self.embedding_table.set(embeddings)
+        self.prompt_encoder.clear_cache()
+
+    def accepts_embedding(self, embedding: Embedding) -> bool:
+        """Whether this model inserts `embedding`: its vectors' widths are the text encoders' (SDXL: clip_l and
+        clip_g) and the bundle's text encoders take `inputs_embeds` (re-export older bundles)."""
+        return self.embedding_table.accepts(embedding)
+
+    def embeddings_used(self, prompts: Sequence[str], **schedule) -> tuple[Embedding, ...]:
+        """The embeddings `prompts` insert, in first-use order (A1111's `TI hashes`); keywords as
+        engine/conditioning.py `embeddings_used` (negative_prompts, steps, hires_steps, options)."""
+        return embeddings_used(self.prompt_encoder, prompts, **schedule)
 
     @classmethod
     def from_path(cls, path: str | Path, providers: str | list[str] = "cpu",

@@ -26,6 +26,7 @@ import numpy as np
 from engine.backend import ExecutionBackend
 from engine.bundle import Manifest
 from engine.conditioning import PromptEncoder, SdxlOptions, TextEncoderOptions, apply_emphasis, pad_after_eos
+from engine.embedding_table import EmbeddingTable, Fix, unique_rows
 from engine.tokenizer import ClipTokenizer
 
 _HIDDEN = re.compile(r"hidden_states\.(\d+)$")
@@ -54,11 +55,15 @@ class SdxlPromptEncoder(PromptEncoder):
 
     encodes_negatives_differently = True
 
-    def __init__(self, backend: ExecutionBackend, tokenizer: ClipTokenizer, manifest: Manifest, cache_size: int = 32):
+    def __init__(self, backend: ExecutionBackend, tokenizer: ClipTokenizer, manifest: Manifest, cache_size: int = 32,
+                 embeddings: EmbeddingTable | None = None):
         # Not PromptEncoder.__init__: that one opens the `text_encoder` component, which the refiner lacks.
         self.backend = backend
         self.tokenizer = tokenizer
         self.manifest = manifest
+        # Names are matched with the CLIP-L tokenizer (A1111); both encoders' BPE is the same here.
+        self.embeddings = embeddings if embeddings is not None else EmbeddingTable.for_bundle(
+            getattr(backend, "bundle", None), manifest, tokenizer)
         self.comma_token = tokenizer.token_to_id(",</w>")
         self._cache: OrderedDict[tuple, tuple[np.ndarray, ...]] = OrderedDict()
         self._cache_size = cache_size
@@ -66,9 +71,7 @@ class SdxlPromptEncoder(PromptEncoder):
         self.refiner = manifest.architecture == "sdxl-refiner"
         self.encoders = ["text_encoder_2"] if manifest.text_hidden_size == 0 else ["text_encoder", "text_encoder_2"]
         self.hidden_names = {c: self._hidden_state_names(c) for c in self.encoders}
-        self.ids_dtype = {
-            c: {s.name: s.dtype for s in backend.input_specs(c)}.get("input_ids", "int64") for c in self.encoders
-        }
+        self.input_dtypes = {c: {s.name: s.dtype for s in backend.input_specs(c)} for c in self.encoders}
 
     def _hidden_state_names(self, component: str) -> list[str]:
         names = [n for n in self.backend.output_names(component) if _HIDDEN.match(n)]
@@ -82,16 +85,18 @@ class SdxlPromptEncoder(PromptEncoder):
             return m.tokenizer_2.pad_token_id
         return m.pad_token_id
 
-    def _run(self, component: str, tokens: np.ndarray, names: list[str]) -> list[np.ndarray]:
-        """tokens [R, 77] → the named outputs, identical rows encoded once."""
-        rows, inverse = np.unique(tokens, axis=0, return_inverse=True)
-        out = self.backend.run(component, {"input_ids": rows.astype(self.ids_dtype[component])})
-        return [out[n][inverse.reshape(-1)].astype(np.float32) for n in names]
+    def _run(self, component: str, tokens: np.ndarray, names: list[str], fixes: list[tuple[Fix, ...]]
+             ) -> list[np.ndarray]:
+        """tokens [R, 77] and each row's embedding fixes → the named outputs, identical rows encoded once."""
+        rows, row_fixes, inverse = unique_rows(tokens, fixes)
+        out = self.backend.run(component, self.embeddings.feeds(component, rows, row_fixes,
+                                                                 self.input_dtypes[component]))
+        return [out[n][inverse].astype(np.float32) for n in names]
 
     def _encode_batch(
         self, texts: list[str], options: TextEncoderOptions, negative: bool = False
     ) -> tuple[np.ndarray, ...]:
-        tokens, multipliers = self.token_grid(texts, options)  # [K, B, 77]
+        tokens, multipliers, fixes = self.chunk_grid(texts, options)  # [K, B, 77]
         count, batch, length = tokens.shape
         eos = self.manifest.eos_token_id
         contexts = []
@@ -100,11 +105,11 @@ class SdxlPromptEncoder(PromptEncoder):
             ids = pad_after_eos(tokens, eos, self._pad_id(component)).reshape(-1, length)
             hidden = self.hidden_names[component]
             if component == "text_encoder_2":
-                z, projected = self._run(component, ids, [hidden[-2], "text_embeds"])
+                z, projected = self._run(component, ids, [hidden[-2], "text_embeds"], fixes)
                 pooled = projected.reshape(count, batch, -1)[0]  # the first chunk's (A1111: zs[0].pooled)
             else:
                 skip = options.clip_skip if options.sdxl.clip_l_skip else 2
-                z = self._run(component, ids, [hidden[-max(skip, 1)]])[0]
+                z = self._run(component, ids, [hidden[-max(skip, 1)]], fixes)[0]
             z = z.reshape(count, batch, length, -1)
             contexts.append(np.stack([apply_emphasis(z[j], multipliers[j], options.emphasis) for j in range(count)]))
         context = np.concatenate(contexts, axis=-1)  # [K, B, 77, D]

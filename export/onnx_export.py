@@ -120,20 +120,24 @@ def source_hash(source: Path) -> str:
 
 
 def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None = None,
-                    source_kind: str = "diffusers", external_data_threshold: int | None = None) -> Path:
+                    source_kind: str = "diffusers", external_data_threshold: int | None = None,
+                    text_inputs_embeds: bool = True) -> Path:
     """Export a loaded diffusers `StableDiffusionPipeline` to an sdedge bundle at `out` (atomically).
 
     `external_data_threshold`: weight bytes from which a component's weights go to `model.onnx_data`
     (default export/onnx_layout.py's EXTERNAL_DATA_THRESHOLD: always). SDXL pipelines (a `text_encoder_2`:
-    base, refiner, inpainting) go to export/sdxl_export.py."""
+    base, refiner, inpainting) go to export/sdxl_export.py. `text_inputs_embeds=False` writes the input_ids-only
+    text encoder of bundles from before textual inversion (export/text_inputs_embeds.py)."""
     import torch
 
     from export.lora_map import lora_modules, write_lora_map
     from export.sdxl_export import export_sdxl_pipeline, is_sdxl_pipeline
+    from export.text_inputs_embeds import export_text_encoder
 
     if is_sdxl_pipeline(pipe):
         return export_sdxl_pipeline(pipe, out, name=name, sha256=sha256, source_kind=source_kind,
-                                    external_data_threshold=external_data_threshold)
+                                    external_data_threshold=external_data_threshold,
+                                    text_inputs_embeds=text_inputs_embeds)
 
     out = Path(out)
     TextEncoderWrapper, UNetWrapper, VaeEncoderWrapper, VaeDecoderWrapper = _wrappers()
@@ -157,12 +161,12 @@ def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None
         special = _save_tokenizer(pipe.tokenizer, tmp / "tokenizer")
         ids = torch.full((TRACE_BATCH, max_len), special.eos_token_id, dtype=torch.int64)
         ids[:, 0] = special.bos_token_id
-        io["text_encoder"] = _export(
-            TextEncoderWrapper(text_encoder), (ids,), tmp / "text_encoder" / "model.onnx",
-            {"input_ids": _axes(batch=0, sequence=1)},
+        io["text_encoder"], token_table = export_text_encoder(
+            _export, TextEncoderWrapper(text_encoder), text_encoder, ids, tmp / "text_encoder" / "model.onnx",
+            _axes(batch=0, sequence=1),
             {"last_hidden_state": _axes(batch=0, sequence=1), "pooler_output": _axes(batch=0),
              "normed_hidden_states": _axes(batch=0, sequence=2)},
-            external_data_threshold,
+            external_data_threshold, text_inputs_embeds,
         )
         sample = torch.randn(TRACE_BATCH, unet.config.in_channels, h, w)
         timestep = torch.tensor([999.0, 1.5])
@@ -211,6 +215,7 @@ def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None
             text_num_layers=text_cfg.num_hidden_layers,
             tokenizer=special,
             text_pooled_output=pooled_output_rule(text_cfg.eos_token_id),
+            text_token_tables={"text_encoder": token_table} if token_table else {},
             noise_schedule=NoiseScheduleConfig(
                 beta_start=sched.beta_start, beta_end=sched.beta_end, beta_schedule=sched.beta_schedule,
                 num_train_timesteps=sched.num_train_timesteps,

@@ -68,9 +68,13 @@ def _sdxl_wrappers():
 
 
 def export_sdxl_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None = None,
-                         source_kind: str = "diffusers", external_data_threshold: int | None = None) -> Path:
-    """Export a loaded diffusers SDXL pipeline (any class with `text_encoder_2`) to a bundle at `out`."""
+                         source_kind: str = "diffusers", external_data_threshold: int | None = None,
+                         text_inputs_embeds: bool = True) -> Path:
+    """Export a loaded diffusers SDXL pipeline (any class with `text_encoder_2`) to a bundle at `out`; both
+    encoders take `inputs_embeds` unless `text_inputs_embeds=False` (export/text_inputs_embeds.py)."""
     import torch
+
+    from export.text_inputs_embeds import export_text_encoder
 
     out = Path(out)
     HiddenStatesEncoder, SdxlUNet = _sdxl_wrappers()
@@ -88,6 +92,7 @@ def export_sdxl_pipeline(pipe, out: Path, name: str | None = None, sha256: str |
     vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
     h, w = TRACE_LATENT_HW
     io: dict[str, dict] = {}
+    token_tables: dict[str, str] = {}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -107,10 +112,12 @@ def export_sdxl_pipeline(pipe, out: Path, name: str | None = None, sha256: str |
             outputs = {n: _axes(batch=0, sequence=1) if n in per_token else _axes(batch=0) for n in (first, second)}
             outputs |= {f"hidden_states.{i}": _axes(batch=0, sequence=1)
                         for i in range(encoder.config.num_hidden_layers + 1)}
-            io[component] = _export(
-                HiddenStatesEncoder(encoder, first, second), (ids,), tmp / component / "model.onnx",
-                {"input_ids": _axes(batch=0, sequence=1)}, outputs, external_data_threshold,
+            io[component], table = export_text_encoder(
+                _export, HiddenStatesEncoder(encoder, first, second), encoder, ids, tmp / component / "model.onnx",
+                _axes(batch=0, sequence=1), outputs, external_data_threshold, text_inputs_embeds,
             )
+            if table:
+                token_tables[component] = table
         context_dim = unet.config.cross_attention_dim
         args = (
             torch.randn(TRACE_BATCH, unet.config.in_channels, h, w),
@@ -171,6 +178,7 @@ def export_sdxl_pipeline(pipe, out: Path, name: str | None = None, sha256: str |
             text_2_num_layers=cfg2.num_hidden_layers,
             text_pooled_size=cfg2.projection_dim,
             text_pooled_output=pooled_output_rule(cfg2.eos_token_id),
+            text_token_tables=token_tables,
             noise_schedule=NoiseScheduleConfig(
                 beta_start=sched.beta_start, beta_end=sched.beta_end, beta_schedule=sched.beta_schedule,
                 num_train_timesteps=sched.num_train_timesteps,

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 # The IO contract of docs/architecture.md ("The bundle").
 CONTRACT = {
-    "text_encoder": (["input_ids"], ["last_hidden_state", "pooler_output", "normed_hidden_states"]),
+    "text_encoder": (["input_ids", "inputs_embeds"], ["last_hidden_state", "pooler_output", "normed_hidden_states"]),
     "unet": (["sample", "timestep", "encoder_hidden_states"], ["out_sample"]),
     "vae_encoder": (["sample"], ["latent_parameters"]),
     "vae_decoder": (["latent_sample"], ["sample"]),
@@ -158,7 +158,8 @@ def test_text_encoder_matches_torch_including_clip_skip_layers(demo_bundle, torc
 
     ids = torch_pipeline.tokenizer(["a red circle", "a dog, on the beach, highly detailed"], padding="max_length",
                                    max_length=77, return_tensors="np").input_ids.astype(np.int64)
-    last, pooled, normed = session(demo_bundle, "text_encoder").run(None, {"input_ids": ids})
+    table = np.load(demo_bundle / "text_encoder" / "token_embeddings.npy")  # fed as inputs_embeds (textual inversion)
+    last, pooled, normed = session(demo_bundle, "text_encoder").run(None, {"input_ids": ids, "inputs_embeds": table[ids]})
     encoder = torch_pipeline.text_encoder
     with torch.no_grad():
         ref = encoder(torch.from_numpy(ids), output_hidden_states=True)

@@ -192,13 +192,16 @@ class EmbeddingRegistry:
             if pipeline is not None:
                 self.apply(pipeline)
 
-    def used(self, pipeline: EmbeddingPipeline, prompts: Sequence[str]) -> tuple[Embedding, ...]:
-        """The embeddings `prompts` use on `pipeline`, in first-use order; () when it holds none."""
+    def used(self, pipeline: EmbeddingPipeline, prompts: Sequence[str], negative_prompts: Sequence[str] = (),
+             **schedule: Any) -> tuple[Embedding, ...]:
+        """The embeddings the prompts use on `pipeline`, in first-use order; () when it holds none. `schedule`:
+        the job's steps and prompt options (engine/conditioning.py embeddings_used), so a text a prompt edit never
+        reaches in this job does not count."""
         with self._lock:
             split = self._splits.get(pipeline)
         if split is None or not split.loaded:
             return ()
-        return tuple(pipeline.embeddings_used(list(prompts)))
+        return tuple(pipeline.embeddings_used(list(prompts), negative_prompts=list(negative_prompts), **schedule))
 
     def listing(self, pipeline: EmbeddingPipeline | None) -> dict[str, dict[str, dict[str, Any]]]:
         """GET /sdapi/v1/embeddings for the loaded model (None: no model loaded)."""
@@ -210,8 +213,11 @@ class EmbeddingRegistry:
 def ti_hashes(registry: EmbeddingRegistry, plan, pipeline, hires_pipeline=None) -> str | None:
     """`TI hashes` of a plan: the embeddings its prompts and negative prompts use on the first pass's model,
     then its hires prompts on the hires pass's model."""
-    used = list(registry.used(pipeline, [*plan.prompts, *plan.negative_prompts]))
+    schedule = {"steps": plan.total_steps, "use_old_scheduling": plan.use_old_scheduling,
+                "options": plan.text_encoder_options}
+    used = list(registry.used(pipeline, plan.prompts, plan.negative_prompts, **schedule))
     hires = getattr(plan, "hires", None)
     if hires is not None:
-        used += registry.used(hires_pipeline or pipeline, [*hires.prompts, *hires.negative_prompts])
+        used += registry.used(hires_pipeline or pipeline, hires.prompts, hires.negative_prompts,
+                              hires_steps=hires.steps, **schedule)
     return ti_hashes_text(used)

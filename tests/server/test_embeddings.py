@@ -43,10 +43,11 @@ class FakePipeline:
     def accepts_embedding(self, e: Embedding) -> bool:
         return {k: v.shape[-1] for k, v in e.vectors.items()} == self.widths
 
-    def embeddings_used(self, prompts: Sequence[str]) -> tuple[Embedding, ...]:
+    def embeddings_used(self, prompts: Sequence[str], negative_prompts: Sequence[str] = (),
+                        **schedule) -> tuple[Embedding, ...]:
         found: dict[str, Embedding] = {}
         by_lower = {name.lower(): e for name, e in (self.table or {}).items()}
-        for prompt in prompts:
+        for prompt in [*prompts, *negative_prompts]:
             for word in re.findall(r"[\w-]+", prompt.lower()):
                 if word in by_lower:
                     found.setdefault(by_lower[word].name, by_lower[word])

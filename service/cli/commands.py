@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -49,8 +50,12 @@ def _prepare_single_file(path: Path, models_dir: Path) -> Path:
     from engine.bundle import hash_files, is_bundle, load_bundle
 
     out = models_dir / path.stem
-    if is_bundle(out) and load_bundle(out).manifest.source_sha256 == hash_files([path]):
-        return out
+    if is_bundle(out) and (manifest := load_bundle(out).manifest).source_sha256 == hash_files([path]):
+        # A bundle from before textual inversion has no token table: exported again where torch is installed
+        # (the export extra), else kept as it is (embeddings are then listed as skipped).
+        if manifest.text_token_tables or importlib.util.find_spec("torch") is None:
+            return out
+        log.info("%s: its bundle predates textual inversion; exporting it again", path)
     try:
         from export import single_file
     except ImportError as exc:

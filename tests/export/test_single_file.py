@@ -190,6 +190,23 @@ def test_a_served_single_file_is_reused_not_exported_again(served_bundle, ldm_fi
     assert prepare_model(ldm_file, served_bundle.parent) == served_bundle
 
 
+def test_a_bundle_from_before_textual_inversion_is_exported_again(served_bundle, ldm_file, monkeypatch):
+    import dataclasses
+
+    import export.single_file as single_file
+    from engine import bundle as bundle_module
+    from service.cli.commands import prepare_model
+
+    real = bundle_module.load_bundle(served_bundle)
+    assert real.manifest.text_token_tables  # this exporter ships the token table
+    old = dataclasses.replace(real, manifest=dataclasses.replace(real.manifest, text_token_tables={}))
+    monkeypatch.setattr(bundle_module, "load_bundle", lambda path: old)
+    calls = []
+    monkeypatch.setattr(single_file, "export_single_file", lambda path, out: calls.append(out) or out)
+    assert prepare_model(ldm_file, served_bundle.parent) == served_bundle
+    assert calls == [served_bundle]
+
+
 def _sdxl_like(path: Path) -> Path:
     import torch
     from safetensors.torch import save_file

@@ -67,3 +67,33 @@ def drop_file_pages(path: str | Path) -> int:
         else:
             log.debug("madvise(%s) failed: errno %d", path, ctypes.get_errno())
     return dropped
+
+
+class DroppingPages:
+    """While the block runs, drop the resident pages of `paths` every `interval` seconds (a daemon thread), and
+    once more at the end. For a compile that reads a whole weight file through a mapping while writing the
+    converted copy: without it both are resident at the end of the compile (the process's peak)."""
+
+    def __init__(self, paths: list[Path], interval: float = 0.2):
+        import threading
+
+        self.paths, self.interval = list(paths), interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="drop-mapped-pages", daemon=True)
+        self.dropped = 0
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            for path in self.paths:
+                drop_file_pages(path)
+
+    def __enter__(self) -> DroppingPages:
+        if _MADVISE is not None and self.paths:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.dropped = sum(drop_file_pages(path) for path in self.paths)

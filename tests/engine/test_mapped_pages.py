@@ -67,3 +67,22 @@ def test_maps_lines_are_matched_by_the_whole_path():
             "7f30-7f40 r--p 00000000 fe:00 3  /m/a b/model.bin\n")
     assert read_only_mappings("/m/unet/model.bin", maps) == [(0x7F00, 0x7F10)]
     assert read_only_mappings("/m/a b/model.bin", maps) == [(0x7F30, 0x7F40)]
+
+
+def test_pages_read_inside_the_block_are_dropped_as_it_goes(weights):
+    import time
+
+    from engine.mapped_pages import DroppingPages
+
+    path, data = weights
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = np.frombuffer(mapped, dtype=np.float32)
+        with DroppingPages([path], interval=0.02) as dropping:
+            assert float(view.sum()) == pytest.approx(float(data.sum()), rel=1e-5)
+            deadline = time.monotonic() + 5
+            while mapped_rss(path) >= 2 * MiB and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert mapped_rss(path) < 2 * MiB  # dropped while the block still runs
+            np.testing.assert_array_equal(view, data)
+        assert dropping.dropped >= 4 * MiB and mapped_rss(path) < 256 * 1024
+        del view

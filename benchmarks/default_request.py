@@ -4,8 +4,9 @@
 its own process, sends `{"prompt": ...}` (A1111's defaults: 512×512, 50 steps, Euler a, CFG 7) a few times to each, alternating
 between the servers (so load drift on a shared machine falls on all alike), and
 reads the server process's own memory from /proc/<pid>/status: RSS once the model is loaded, RSS after each
-request, and its peak (VmHWM). Time = wall time of each HTTP request; the first includes session creation
-(OpenVINO: the compile for 512 px).
+request, and its peak (VmHWM). Time = wall time of each HTTP request and the server's CPU time (user + system,
+all threads) during it: on a shared machine the CPU time is the steadier of the two. A 1-step request first
+(`--cold`: none) creates the sessions (OpenVINO: compiles for 512 px), so the timed ones are steady-state.
 
 The previous release is a plain copy of an older commit (`git archive REV`, no checkout, no worktree) with its own
 default bundle exported by its own exporter (`python -m export shapes` run inside the copy), so each release
@@ -20,6 +21,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +56,13 @@ def status_mib(pid: int) -> dict[str, float]:
         if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = round(int(value.split()[0]) / 1024, 1)
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process (all its threads): on a machine shared with other work it moves
+    far less with the load than wall time does."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -102,11 +111,18 @@ class Server:
         self.row["ready_s"] = round(time.perf_counter() - self.started, 2)
         self.row["loaded_rss_mib"] = status_mib(self.process.pid)["VmRSS"]
 
+    def warm_up(self, timeout: float = 1800) -> None:
+        """One 1-step request at the default size: sessions created, OpenVINO's compile for 512 px done."""
+        start = time.perf_counter()
+        status, _ = _post(self.base + "/sdapi/v1/txt2img", {"prompt": PROMPT, "steps": 1}, timeout)
+        self.row["warmup_s"] = round(time.perf_counter() - start, 2)
+
     def request(self, timeout: float = 1800) -> None:
         self.row["load_average"].append(round(load_average()[0], 2))
-        start = time.perf_counter()
+        cpu, start = cpu_seconds(self.process.pid), time.perf_counter()
         status, body = _post(self.base + "/sdapi/v1/txt2img", {"prompt": PROMPT}, timeout)
         self.row["seconds"].append(round(time.perf_counter() - start, 2))
+        self.row.setdefault("cpu_seconds", []).append(round(cpu_seconds(self.process.pid) - cpu, 2))
         if status != 200 or not body.get("images"):
             raise RuntimeError(f"{self.label}: HTTP {status}")
         time.sleep(1.0)  # the worker's post-job release runs after the response is sent
@@ -126,12 +142,14 @@ class Server:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def measure(servers: list[Server], requests: int) -> list[dict]:
+def measure(servers: list[Server], requests: int, warm_up: bool = True) -> list[dict]:
     """Requests alternate between the servers (each idle while another works), so load drift on a shared
     machine falls on all of them alike."""
     try:
         for server in servers:
             server.wait_ready()
+            if warm_up:
+                server.warm_up()
         for _ in range(requests):
             for server in servers:
                 server.request()
@@ -144,12 +162,13 @@ def measure(servers: list[Server], requests: int) -> list[dict]:
 
 def table(rows: list[dict]) -> list[str]:
     base = rows[0]
-    lines = ["| release | serve flags | first request s | second request s | ÷ previous (warm) | loaded RSS MiB | "
-             "RSS after MiB | peak RSS MiB | load avg at each request |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| release | serve flags | request s (wall) | ÷ previous | CPU s | ÷ previous | loaded RSS MiB | "
+             "RSS after MiB | peak RSS MiB | load avg at each request |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        warm = r["seconds"][-1]
-        lines.append(f"| {r['release']} | `{r['serve_args'] or '(defaults)'}` | {r['seconds'][0]} | {warm} | "
-                     f"{warm / base['seconds'][-1]:.2f} | {r['loaded_rss_mib']:.0f} | "
+        wall, cpu = statistics.median(r["seconds"]), statistics.median(r["cpu_seconds"])
+        lines.append(f"| {r['release']} | `{r['serve_args'] or '(defaults)'}` | {' / '.join(map(str, r['seconds']))} | "
+                     f"{wall / statistics.median(base['seconds']):.2f} | {' / '.join(map(str, r['cpu_seconds']))} | "
+                     f"{cpu / statistics.median(base['cpu_seconds']):.2f} | {r['loaded_rss_mib']:.0f} | "
                      f"{' / '.join(f'{x:.0f}' for x in r['rss_after_mib'])} | {r['peak_rss_mib']:.0f} | "
                      f"{' / '.join(map(str, r['load_average']))} |")
     return lines
@@ -165,14 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=None, metavar="FLAGS",
                         help="serve flags of one run of this release, e.g. '--backend openvino --precision bf16' "
                              "(repeatable; default: one run with the defaults)")
-    parser.add_argument("--requests", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=1)
+    parser.add_argument("--cold", action="store_true", help="no 1-step warm-up request before the timed ones")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     code, bundle = prepare_previous(args.previous, args.work)
     servers = [Server(f"previous ({args.previous})", code, bundle, [], args.threads)]
     for flags in args.variant or [""]:
         servers.append(Server("this", ROOT, args.bundle, flags.split(), args.threads))
-    rows = measure(servers, args.requests)
+    rows = measure(servers, args.requests, not args.cold)
     for line in table(rows):
         print(line)
     return 0

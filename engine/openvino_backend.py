@@ -88,7 +88,6 @@ class OpenVinoBackend:
         self._lock = threading.Lock()
         self.compiles = 0  # how many compiles this backend did (tests, logs)
         self._last_component: str | None = None
-        self._running: dict[str, int] = {}  # calls in flight per component
 
     def _read(self, component: str):
         """The component with dynamic shapes, read from its ONNX file (or its f16 IR copy). Not kept: once
@@ -159,20 +158,12 @@ class OpenVinoBackend:
 
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         compiled = self.compiled(component, {name: tuple(a.shape) for name, a in inputs.items()})
-        with self._lock:
-            switched = component != self._last_component
+        if component != self._last_component:
+            self._release_buffers(keep=component)
             self._last_component = component
-            self._running[component] = self._running.get(component, 0) + 1
-        try:
-            if switched:
-                self._release_buffers(keep=component)
-            request = compiled.create_infer_request()
-            request.infer({name: np.ascontiguousarray(a) for name, a in inputs.items()})
-            return {out.get_any_name(): np.array(request.get_tensor(out).data, copy=True)
-                    for out in compiled.outputs}
-        finally:
-            with self._lock:
-                self._running[component] -= 1
+        request = compiled.create_infer_request()
+        request.infer({name: np.ascontiguousarray(a) for name, a in inputs.items()})
+        return {out.get_any_name(): np.array(request.get_tensor(out).data, copy=True) for out in compiled.outputs}
 
     def input_specs(self, component: str) -> list[TensorSpec]:
         return self._ports(component)[0]
@@ -185,16 +176,13 @@ class OpenVinoBackend:
         UNet's stayed resident through the VAE decode, and both set the peak (SD 1.5 at 1024 px: 6.3 GB).
         `CompiledModel.release_memory` frees them (weights stay; the next call allocates them again, same
         output), so only the component running now holds its buffers. Within the denoising loop nothing
-        changes: the same component runs call after call. A component another thread is running is left
-        alone (the lock keeps a call from starting on a model while it is released)."""
+        changes: the same component runs call after call."""
         with self._lock:
-            for name, cache in self._compiled.items():
-                if name == keep or self._running.get(name):
-                    continue
-                for model in cache.values():
-                    release = getattr(model, "release_memory", None)  # OpenVINO ≥ 2024.3
-                    if release is not None:
-                        release()
+            models = [m for name, cache in self._compiled.items() if name != keep for m in cache.values()]
+        for model in models:
+            release = getattr(model, "release_memory", None)  # OpenVINO ≥ 2024.3
+            if release is not None:
+                release()
 
     @property
     def providers(self) -> list[str]:

@@ -87,7 +87,6 @@ class OpenVinoBackend:
         self._compiled: dict[str, OrderedDict] = {}
         self._lock = threading.Lock()
         self.compiles = 0  # how many compiles this backend did (tests, logs)
-        self._last_component: str | None = None
 
     def _read(self, component: str):
         """The component with dynamic shapes, read from its ONNX file (or its f16 IR copy). Not kept: once
@@ -158,9 +157,6 @@ class OpenVinoBackend:
 
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         compiled = self.compiled(component, {name: tuple(a.shape) for name, a in inputs.items()})
-        if component != self._last_component:
-            self._release_buffers(keep=component)
-            self._last_component = component
         request = compiled.create_infer_request()
         request.infer({name: np.ascontiguousarray(a) for name, a in inputs.items()})
         return {out.get_any_name(): np.array(request.get_tensor(out).data, copy=True) for out in compiled.outputs}
@@ -170,19 +166,6 @@ class OpenVinoBackend:
 
     def output_names(self, component: str) -> list[str]:
         return self._ports(component)[1]
-
-    def _release_buffers(self, keep: str) -> None:
-        """A compiled model keeps its intermediate buffers (allocated for its static shapes) between calls: the
-        UNet's stayed resident through the VAE decode, and both set the peak (SD 1.5 at 1024 px: 6.3 GB).
-        `CompiledModel.release_memory` frees them (weights stay; the next call allocates them again, same
-        output), so only the component running now holds its buffers. Within the denoising loop nothing
-        changes: the same component runs call after call."""
-        with self._lock:
-            models = [m for name, cache in self._compiled.items() if name != keep for m in cache.values()]
-        for model in models:
-            release = getattr(model, "release_memory", None)  # OpenVINO ≥ 2024.3
-            if release is not None:
-                release()
 
     @property
     def providers(self) -> list[str]:

@@ -155,13 +155,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, help="update the full-size section of this RESULTS.md")
     parser.add_argument("--gate-bundles", type=Path, nargs="*", default=[],
                         help="more bundles whose recorded quality gates go into the report")
+    parser.add_argument("--models-dir", type=Path,
+                        help="a cached build to use as is (its `diffusers/` and `bundle/`), e.g. one built before the "
+                             "export code changed (the cache key hashes export/)")
     parser.add_argument("--previous", type=Path,
                         help="JSON lines of rows measured earlier with the same settings, kept in the table unless "
                              "measured again (a run finished in parts on a busy machine)")
     args = parser.parse_args(argv)
     machine = describe()
     loads = {"start": tuple(round(x, 2) for x in load_average())}
-    models = ensure_full_models(args.model)
+    if args.models_dir:
+        from benchmarks.full_models import FullModels
+
+        models = FullModels(args.models_dir / "diffusers", args.models_dir / "bundle")
+    else:
+        models = ensure_full_models(args.model)
     args.bundle_for_gates = models.bundle
     rows = [json.loads(line) for line in args.previous.read_text().splitlines()
             if line.startswith("{")] if args.previous else []

@@ -87,7 +87,8 @@ def build_variant(bundle_path: Path, kind: str, gate: bool = True, provider: str
             log.info("%s: %s ...", kind, component)
             graph, notes = _convert(kind, bundle.component_path(component), component)
             out = tmp / component / "model.onnx"
-            files = save_component(graph, out)
+            # Weights the fp16 pass left fp32 are still in the portable data file: streamed from there.
+            files = save_component(graph, out, base_dir=bundle.component_path(component).parent)
             del graph
             onnx.checker.check_model(str(out))  # by path: external data beside it
             components[component] = {

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from engine.backend import OrtBackend
 from engine.bundle import load_bundle
 from engine.variants import usable_variant, variant_view
-from export.variants.build import build_variant, gate_variant
+from export.variants.build import build_variant
 
 CPU = ["CPUExecutionProvider"]
 GATE = {"samples": 2, "size": 128, "steps": 4}
@@ -142,7 +142,12 @@ def test_a_broken_variant_fails_the_gate_and_is_not_used(fp16_bundle, tmp_path):
     manifest["variants"]["fp16"]["components"]["unet"]["external_data"] = {files.data: files.data_bytes}
     (bundle_path / "manifest.json").write_text(json.dumps(manifest))
 
-    record = gate_variant(bundle_path, "fp16", **GATE)
+    # The command line re-gates the files as they are now, and exits 1.
+    from export.__main__ import main
+
+    assert main(["variant", str(bundle_path), "--fp16", "--gate-only", "--samples", str(GATE["samples"]),
+                 "--size", str(GATE["size"]), "--steps", str(GATE["steps"])]) == 1
+    record = load_bundle(bundle_path).manifest.variants["fp16"]
     assert record["gate"]["passed"] is False and record["gate"]["status"] == "failed"
     assert record["gate"]["min_cosine"] < 0.999 and "cosine" in record["gate"]["reason"]
     bundle = load_bundle(bundle_path)

@@ -136,20 +136,25 @@ def record_variant(bundle_path: Path, name: str, record: dict) -> None:
     tmp.replace(path)
 
 
-def _fixed_inputs(bundle, component: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Fixed inputs of one component: batch 2, 64 px (8×8 latents), 77 tokens."""
+def _fixed_inputs(bundle, component: str, session, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Fixed inputs for every input of a component's session: batch 2, 64 px (8×8 latents), 77 tokens; token
+    ids with BOS/EOS, a fractional and a small timestep, normal noise elsewhere (SDXL's pooled/time ids too)."""
     m = bundle.manifest
-    if component.startswith("text_encoder"):
-        ids = rng.integers(0, 49406, size=(2, m.text_max_length), dtype=np.int64)
-        ids[:, 0], ids[:, -5:] = m.bos_token_id, m.eos_token_id
-        return {"input_ids": ids}
-    if component == "vae_encoder":
-        return {"sample": rng.uniform(-1, 1, size=(2, 3, 64, 64)).astype(np.float32)}
-    if component == "vae_decoder":
-        return {"latent_sample": rng.standard_normal((2, m.latent_channels, 8, 8)).astype(np.float32)}
-    return {"sample": rng.standard_normal((2, m.unet_in_channels, 8, 8)).astype(np.float32),
-            "timestep": np.array([998.7, 20.25], np.float32),
-            "encoder_hidden_states": rng.standard_normal((2, m.text_max_length, m.text_hidden_size)).astype(np.float32)}
+    sizes = {"batch": 2, "sequence": m.text_max_length, "latent_height": 8, "latent_width": 8,
+             "height": 64 if component == "vae_encoder" else 8, "width": 64 if component == "vae_encoder" else 8}
+    feed = {}
+    for spec in session.get_inputs():
+        shape = [d if isinstance(d, int) else sizes.get(d, 2) for d in spec.shape]
+        if spec.type == "tensor(int64)":
+            ids = rng.integers(0, 49406, size=shape, dtype=np.int64)
+            ids[:, 0], ids[:, -5:] = m.bos_token_id, m.eos_token_id
+            feed[spec.name] = ids
+        elif spec.name == "timestep":
+            feed[spec.name] = np.resize(np.array([998.7, 20.25], np.float32), shape)
+        else:
+            values = rng.standard_normal(shape).astype(np.float32)
+            feed[spec.name] = np.clip(values, -1, 1) if component == "vae_encoder" else values
+    return feed
 
 
 def compare_components(bundle, view) -> dict[str, float]:
@@ -158,11 +163,11 @@ def compare_components(bundle, view) -> dict[str, float]:
 
     errors = {}
     for component in _components(bundle):
-        if view.component_path(component) == bundle.component_path(component) or component == "text_encoder_2":
+        if view.component_path(component) == bundle.component_path(component):
             continue
-        feed = _fixed_inputs(bundle, component, np.random.default_rng(0))
         ref = ort.InferenceSession(str(bundle.component_path(component)), providers=[CPU])
         got = ort.InferenceSession(str(view.component_path(component)), providers=[CPU])
+        feed = _fixed_inputs(bundle, component, ref, np.random.default_rng(0))
         expected, actual = ref.run(None, feed), got.run(None, feed)
         worst = 0.0
         for a, b in zip(expected, actual, strict=True):

@@ -190,3 +190,21 @@ def test_ort_cuda_variant_is_built_checked_and_waits_for_a_gpu(demo_bundle, tmp_
     with pytest.raises(Exception, match="NhwcConv|kernel"):
         ort.InferenceSession(str(path), providers=CPU)
     assert usable_variant(bundle, "ort-cuda") is bundle
+
+
+def test_sdxl_fp16_variant_keeps_the_vae_fp32(tmp_path):
+    """demoDiffusion and ORT's SD tooling keep the SDXL VAE in fp32 (fp16 overflows: NaN, black images)."""
+    from export.onnx_export import export_pipeline
+    from export.sdxl_demo import build_tiny_sdxl_pipeline
+
+    bundle_path = export_pipeline(build_tiny_sdxl_pipeline(seed=0), tmp_path / "tiny-sdxl", name="tiny-sdxl")
+    record = build_variant(bundle_path, "fp16", samples=1, size=128, steps=3)
+    bundle = load_bundle(bundle_path)
+    for vae in ("vae_encoder", "vae_decoder"):
+        assert record["components"][vae]["path"] is None and record["components"][vae]["precision"] == "fp32"
+        assert bundle.variant_path(vae, "fp16") is None
+        assert usable_variant(bundle, "fp16").component_path(vae) == bundle_path / vae / "model.onnx"
+    for component in ("text_encoder", "text_encoder_2", "unet"):
+        assert record["components"][component]["precision"] == "fp16"
+        assert bundle.variant_path(component, "fp16") is not None
+    assert record["gate"]["passed"] is True and record["gate"]["min_cosine"] >= 0.999

@@ -1,9 +1,10 @@
 """The fp16 variant's gate on full-size SD 1.5 (random weights, benchmarks/full_models.py's cached bundle).
 
-    flock /tmp/team/fullsize.lock .venv/bin/python -m benchmarks.variant_gate [BUNDLE] [--samples 2 --size 256]
+    .venv/bin/python -m benchmarks.variant_gate [BUNDLE] --build-only          # peak < 3 GiB
+    flock /tmp/team/fullsize.lock .venv/bin/python -m benchmarks.variant_gate [BUNDLE] --gate-only [--samples 2]
 
 The variant is built in a copy of the bundle under .cache/variant-gate/ (the cached bundle is left as it is), gated, and its record printed; numbers go to docs/gpu.md.
-Peak memory ≈ 9 GiB (the fp32 UNet loaded for conversion, then fp32 and fp16 sessions side by side).
+The gate holds the fp32 and the fp16 sessions side by side.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4)
+    # The build alone peaks under 3 GiB (weights converted one at a time); the gate holds fp32 and fp16 sessions.
+    parser.add_argument("--build-only", action="store_true")
+    parser.add_argument("--gate-only", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     bundle = args.bundle
@@ -44,10 +48,14 @@ def main() -> int:
 
         bundle = ensure_full_models("sd15").bundle
     work = working_copy(Path(bundle), WORK / f"{Path(bundle).parent.name}-{args.kind}")
-    from export.variants.build import build_variant
+    from export.variants.build import build_variant, gate_variant
 
     start = time.perf_counter()
-    record = build_variant(work, args.kind, samples=args.samples, size=args.size, steps=args.steps)
+    options = {"samples": args.samples, "size": args.size, "steps": args.steps}
+    if args.gate_only:
+        record = gate_variant(work, args.kind, **options)
+    else:
+        record = build_variant(work, args.kind, gate=not args.build_only, **options)
     record["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(record, indent=2))
     return 0

@@ -74,6 +74,9 @@ class Manifest:
     # Optional: variant ("openvino-bf16") -> its measured error against ONNX Runtime fp32 and its UNet call time
     # (engine/quality_gate.py: GateResult), written by `sdedge gate`; `--backend auto` reads it.
     quality_gate: dict[str, dict] = field(default_factory=dict)
+    # Optional: derived graphs inside the bundle ("fp16", "ort-cuda", "trt-ready") -> their components' files,
+    # precision and validation gate against the portable fp32 graphs (export/variants/, engine/variants.py).
+    variants: dict[str, dict] = field(default_factory=dict)
 
     @property
     def is_inpainting(self) -> bool:
@@ -132,6 +135,19 @@ class Bundle:
 
     def has_component(self, component: str) -> bool:
         return self.component_path(component).is_file()
+
+    def variant_path(self, component: str, variant: str) -> Path | None:
+        """The variant's own graph of `component`, or None: no such variant, or the variant keeps the portable
+        graph for that component (e.g. an SDXL VAE kept fp32 in "fp16"). Whether to use it: `variant_passed`."""
+        from engine.variants import variant_component_path
+
+        return variant_component_path(self, component, variant)
+
+    def variant_passed(self, variant: str) -> bool:
+        """True only when the variant's recorded validation gate against the portable graphs passed."""
+        from engine.variants import variant_gate_passed
+
+        return variant_gate_passed(self.manifest, variant)
 
     @property
     def tokenizer_dir(self) -> Path:

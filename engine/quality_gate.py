@@ -102,13 +102,16 @@ def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def run_gate(bundle: Bundle, candidate: BackendChoice, samples: int = 8, size: int = 256, steps: int = 4,
-             threads: int = 0) -> GateResult:
+def run_gate(bundle: Bundle, candidate: BackendChoice | None, samples: int = 8, size: int = 256, steps: int = 4,
+             threads: int = 0, variant_backend: ExecutionBackend | None = None,
+             name: str | None = None) -> GateResult:
+    """`variant_backend` (named `name`) instead of `candidate`: a backend over other graphs of the same model
+    (export/variants/: fp16, trt-ready), measured the same way."""
     from engine.pipeline import Pipeline
     from engine.plan import GenerationPlan
 
     reference = RecordingBackend(create_backend(bundle, "cpu", BackendChoice("ort", "fp32", threads)))
-    variant_inner = create_backend(bundle, "cpu", candidate)
+    variant_inner = variant_backend or create_backend(bundle, "cpu", candidate)
     variant = RecordingBackend(variant_inner, keep=False)
     ref_pipe, var_pipe = Pipeline(bundle, reference), Pipeline(bundle, variant)
     cosines: list[float] = []
@@ -125,7 +128,7 @@ def run_gate(bundle: Bundle, candidate: BackendChoice, samples: int = 8, size: i
         psnrs.append(round(psnr_db(got, expected), 2))
     # The first call of each backend includes session creation / compilation: not a call time.
     return GateResult(
-        variant=variant_name(candidate), reference=REFERENCE, passed=min(cosines) >= MIN_COSINE,
+        variant=name or variant_name(candidate), reference=REFERENCE, passed=min(cosines) >= MIN_COSINE,
         min_cosine=round(min(cosines), 6), mean_cosine=round(statistics.fmean(cosines), 6), psnr_db=tuple(psnrs),
         samples=samples, size=size, steps=steps, unet_call_s=round(statistics.median(variant.seconds[1:]), 3),
         reference_unet_call_s=round(statistics.median(reference.seconds[1:]), 3),

@@ -42,16 +42,12 @@ FALLBACK = "cuda-fallback"
 
 def variant_graph(bundle: Bundle, component: str, variants: Sequence[str]) -> tuple[str, Path]:
     """The first of `variants` whose validation gate passed and that has `component`, else the portable graph.
-    Uses `Bundle.variant_passed(variant)` and `Bundle.variant_path(component, variant)` (the export-variant
-    records); a bundle without them has only its portable graphs."""
-    passed = getattr(bundle, "variant_passed", None)
-    path_of = getattr(bundle, "variant_path", None)
-    if passed is not None and path_of is not None:
-        for variant in variants:
-            if passed(variant):
-                path = path_of(component, variant)
-                if path is not None:
-                    return variant, Path(path)
+    A variant whose gate did not pass is never used (engine/variants.py records)."""
+    for variant in variants:
+        if bundle.variant_passed(variant):
+            path = bundle.variant_path(component, variant)
+            if path is not None:
+                return variant, Path(path)
     return PORTABLE, bundle.component_path(component)
 
 

@@ -1,4 +1,4 @@
-"""`python -m export demo|shapes|shapes-inpaint|convert|detect`: build bundles from the command line."""
+"""`python -m export demo|shapes|shapes-inpaint|convert|variant|detect`: build bundles from the command line."""
 
 from __future__ import annotations
 
@@ -23,6 +23,19 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("source", type=Path)
     convert.add_argument("--out", type=Path, required=True)
     convert.add_argument("--name", default=None)
+    variant = sub.add_parser("variant", help="build a derived graph of a bundle (fp16, ORT CUDA, TensorRT-ready), "
+                             "gate it against the portable fp32 graphs and record it in the manifest")
+    variant.add_argument("bundle", type=Path)
+    kinds = variant.add_mutually_exclusive_group(required=True)
+    kinds.add_argument("--fp16", dest="kind", action="store_const", const="fp16")
+    kinds.add_argument("--ort-cuda", dest="kind", action="store_const", const="ort-cuda")
+    kinds.add_argument("--trt-ready", dest="kind", action="store_const", const="trt-ready")
+    variant.add_argument("--gate-only", action="store_true", help="re-run the gate on the variant's files")
+    variant.add_argument("--no-gate", action="store_true")
+    variant.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="where the variant is gated")
+    variant.add_argument("--samples", type=int, default=8)
+    variant.add_argument("--size", type=int, default=256)
+    variant.add_argument("--steps", type=int, default=4)
     detect = sub.add_parser("detect", help="print the model family of a checkpoint file or diffusers folder")
     detect.add_argument("source", type=Path)
     args = parser.parse_args(argv)
@@ -30,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "detect":
         return _detect(args.source)
+    if args.command == "variant":
+        return _variant(args)
 
     from export.onnx_export import export_diffusers_folder
 
@@ -62,6 +77,20 @@ def main(argv: list[str] | None = None) -> int:
         export_diffusers_folder(args.source, args.out, name=args.name)
     logging.info("bundle written to %s", args.out)
     return 0
+
+
+def _variant(args) -> int:
+    import json
+
+    from export.variants.build import build_variant, gate_variant
+
+    options = {"provider": args.provider, "samples": args.samples, "size": args.size, "steps": args.steps}
+    if args.gate_only:
+        record = gate_variant(args.bundle, args.kind, **options)
+    else:
+        record = build_variant(args.bundle, args.kind, gate=not args.no_gate, **options)
+    print(json.dumps(record["gate"], indent=2))
+    return 0 if record["gate"].get("passed") is not False else 1
 
 
 def _detect(source: Path) -> int:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # ORT graph optimisation level of merged-weight sessions (engine.backend.OPTIMIZATION_LEVELS; None: ORT's default,
 # "all"). Measured on full-size SD 1.5 (benchmarks/RESULTS.md, LoRA section): at "extended" the first switch took
-# 0.63x the base sessions' creation against 1.71x at "all" (the NCHWc layout pass dominates creation), and the
+# 0.63x the base sessions' creation against 1.71x at "all" (what "all" adds, the layout passes, costs the time), and the
 # UNet call of the LoRA session was the same at both levels (11.31 vs 11.38 s).
 LORA_OPTIMIZATION: str | None = "extended"
 

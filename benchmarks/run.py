@@ -237,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="size of the cfg 1 vs cfg 7 (Turbo) table on the shapes model (0: skip it)")
     parser.add_argument("--concurrency-requests", type=int, default=16,
                         help="txt2img requests of the 1-vs-4-clients table on the shapes model (0: skip it)")
+    parser.add_argument("--lora-rank", type=int, default=8,
+                        help="rank of the LoRA switching table on the demo bundle (0: skip it; the full-size table: "
+                             "python -m benchmarks.lora_switch under the full-size lock)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -288,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.concurrency import run as concurrency_run
 
         concurrency_run(models.shapes, say=say, requests_n=args.concurrency_requests)
+    if args.lora_rank:
+        from benchmarks.lora_switch import run as lora_run
+
+        say()
+        lora_run(models.bundle, args.lora_rank, say=say, levels=("all", "extended"), unet_size=512)
     loads["end"] = load_average()
     say(f"load average at end: {fmt_load(loads['end'])}")
     say()

@@ -48,6 +48,10 @@ class ExecutionBackend(Protocol):
     def providers(self) -> list[str]: ...
 
 
+# ORT graph optimisation levels by short name (SessionOptions.graph_optimization_level); ORT's default is "all".
+OPTIMIZATION_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                       "all": "ORT_ENABLE_ALL"}
+
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
                "tensor(int32)": "int32", "tensor(double)": "float64"}
 
@@ -99,8 +103,11 @@ class OrtBackend:
             self._run_options = ort.RunOptions()
             self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
-    def _new_session(self, component: str, initializers: dict[str, np.ndarray] | None = None):
+    def _new_session(self, component: str, initializers: dict[str, np.ndarray] | None = None,
+                     optimization: str | None = None):
         options = self._ort.SessionOptions()
+        if optimization is not None:
+            options.graph_optimization_level = getattr(self._ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
         if self.intra_op_threads:
             options.intra_op_num_threads = self.intra_op_threads
         options.enable_cpu_mem_arena = self.memory.cpu_mem_arena
@@ -136,9 +143,11 @@ class OrtBackend:
                 self._sessions[component] = self._new_session(component)
             return self._sessions[component]
 
-    def session_with_initializers(self, component: str, initializers: dict[str, np.ndarray]):
-        """A new, uncached session of `component` with some external initializers replaced."""
-        return self._new_session(component, initializers)
+    def session_with_initializers(self, component: str, initializers: dict[str, np.ndarray],
+                                  optimization: str | None = None):
+        """A new, uncached session of `component` with some external initializers replaced; `optimization`: an
+        ORT graph optimisation level (OPTIMIZATION_LEVELS) other than the default (all)."""
+        return self._new_session(component, initializers, optimization)
 
     def component_bytes(self, component: str) -> int:
         """The component's weight bytes on disk: what a second session of it costs in memory, roughly."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +51,16 @@ class WeightTarget:
     offset: int
     length: int
 
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        return self.shape[::-1] if self.layout == "T" else self.shape
+
+    def stored(self, bundle: Path) -> np.ndarray:
+        """The base weight as the data file holds it, memory-mapped read-only (no copy: the merge reads it once,
+        straight from the page cache, into the buffer that already holds ΔW)."""
+        return np.memmap(bundle / self.component / self.file, dtype=np.float32, mode="r", offset=self.offset,
+                         shape=self.stored_shape)
+
     def read(self, bundle: Path) -> np.ndarray:
         """The base weight in torch's shape."""
         stored = self.shape[::-1] if self.layout == "T" else self.shape
@@ -58,9 +68,6 @@ class WeightTarget:
         data = np.fromfile(bundle / self.component / self.file, dtype=np.float32, count=count, offset=self.offset)
         array = data.reshape(stored)
         return array.T if self.layout == "T" else array
-
-    def to_stored(self, weight: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(weight.T if self.layout == "T" else weight, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -137,12 +144,17 @@ def _scalar(parts: dict[str, np.ndarray], name: str) -> float | None:
     return None if value is None else float(np.asarray(value).reshape(-1)[0])
 
 
-def _conventional(up: np.ndarray, down: np.ndarray, shape: Sequence[int], dyn: int | None = None) -> np.ndarray:
-    """lyco_helpers.rebuild_conventional."""
-    up = up.reshape(up.shape[0], -1)
-    down = down.reshape(down.shape[0], -1)
+def _conventional(up: np.ndarray, down: np.ndarray, shape: Sequence[int], dyn: int | None = None,
+                  transposed: bool = False) -> np.ndarray:
+    """lyco_helpers.rebuild_conventional; `transposed`: ΔWᵀ of a 2-D weight, as downᵀ @ upᵀ (BLAS reads the
+    transposed factors in place, so a weight stored transposed gets its ΔW without a transposing copy)."""
+    # float32 factors: NumPy has no BLAS for float16, and A1111 casts the factors to the weight's dtype anyway.
+    up = up.reshape(up.shape[0], -1).astype(np.float32, copy=False)
+    down = down.reshape(down.shape[0], -1).astype(np.float32, copy=False)
     if dyn:
         up, down = up[:, :dyn], down[:dyn, :]
+    if transposed:
+        return down.T @ up.T
     return (up @ down).reshape(shape)
 
 
@@ -190,11 +202,15 @@ def network_type(parts: dict[str, np.ndarray]) -> str:
 
 
 def module_delta(parts: dict[str, np.ndarray], weight: np.ndarray, multiplier: float,
-                 dyn: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(ΔW in the weight's shape, Δbias or None) of one module, multiplier applied (A1111 NetworkModule)."""
+                 dyn: int | None = None, transposed: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(ΔW in the weight's shape, Δbias or None) of one module, multiplier applied (A1111 NetworkModule).
+
+    `transposed` (2-D weights): ΔWᵀ, C-contiguous, for a weight the bundle stores transposed. The result is always
+    a new array the caller may add into."""
     kind = network_type(parts)
     dim: int | None = None
     ex_bias = None
+    result_transposed = False
     if kind == "lora":
         up = parts.get("lora_up.weight", parts.get("lora_B.weight"))
         down = parts.get("lora_down.weight", parts.get("lora_A.weight"))
@@ -206,7 +222,9 @@ def module_delta(parts: dict[str, np.ndarray], weight: np.ndarray, multiplier: f
         else:
             if down.ndim == 4:
                 shape += list(down.shape[2:])
-            updown = _conventional(up, down, shape, dyn)
+            # DoRA needs ΔW in the weight's layout; a plain 2-D LoRA can be built transposed directly.
+            result_transposed = (transposed and weight.ndim == 2 and len(shape) == 2 and "dora_scale" not in parts)
+            updown = _conventional(up, down, shape, dyn, transposed=result_transposed)
     elif kind == "loha":
         w1a, w1b, w2a, w2b = (parts[k] for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"))
         dim = w1b.shape[0]
@@ -253,16 +271,21 @@ def module_delta(parts: dict[str, np.ndarray], weight: np.ndarray, multiplier: f
         updown = np.pad(updown, ((0, 0), (0, weight.shape[1] - updown.shape[1]), (0, 0), (0, 0)))
     if updown.size != weight.size:
         raise NetworkError(f"ΔW of shape {tuple(updown.shape)} does not fit a weight of shape {weight.shape}")
-    updown = updown.reshape(weight.shape).astype(np.float32)
+    # A new float32 array in every case (a Full network's `diff` is the file's own tensor: copied), scaled in place.
+    updown = updown.reshape(weight.shape[::-1] if result_transposed else weight.shape)
+    updown = updown.astype(np.float32, copy=kind == "full" or not updown.flags.c_contiguous)
     # NetworkModule.calc_scale: the file's `scale`, else alpha / dim, else 1.
     scale = _scalar(parts, "scale")
     if scale is None:
         alpha = _scalar(parts, "alpha")
         scale = alpha / dim if alpha is not None and dim else 1.0
-    updown = updown * np.float32(scale)
+    updown *= np.float32(scale)
     if "dora_scale" in parts:
         updown = _weight_decompose(updown, weight, parts["dora_scale"])
-    return updown * np.float32(multiplier), ex_bias
+    updown *= np.float32(multiplier)
+    if transposed and not result_transposed and updown.ndim == 2:
+        updown = np.ascontiguousarray(updown.T)
+    return updown, ex_bias
 
 
 def _weight_decompose(updown: np.ndarray, weight: np.ndarray, dora_scale: np.ndarray) -> np.ndarray:
@@ -290,15 +313,23 @@ class MergeReport:
 
 
 def merged_weights(
-    bundle: Path, lora_map: LoraMap, networks: Sequence[tuple[LoadedNetwork, NetworkUse]]
+    bundle: Path, lora_map: LoraMap, networks: Sequence[tuple[LoadedNetwork, NetworkUse]],
+    components: Collection[str] | None = None,
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, MergeReport]]:
     """{component: {initializer: merged weight in stored layout}} for a set of networks, summed in prompt order
     onto the base weights; and per network, how many of its modules found a target.
 
-    Modules without a target are dropped, as A1111 drops keys it cannot match (listed in the report)."""
+    Modules without a target are dropped, as A1111 drops keys it cannot match (listed in the report). A module
+    whose multiplier is 0 changes nothing (A1111 adds ΔW·0) and is skipped, so `<lora:x:0:1>` leaves the text
+    encoder's weights, and its session, alone. `components`: merge only the weights of these (the report still
+    covers every module).
+
+    Cost (what the first switch to a set waits for): ΔW is computed in float32 in the layout the data file stores
+    (ΔWᵀ straight from the factors for transposed MatMul weights), accumulated in place, and the base weight is
+    added into that same buffer from a read-only memory map: one new array per changed weight, no transposing
+    copies. Sums keep A1111's order: ((ΔW₁ + ΔW₂) + …) + W."""
     deltas: dict[str, np.ndarray] = {}
     reports: dict[str, MergeReport] = {}
-    bases: dict[str, np.ndarray] = {}
     for network, use in networks:
         applied = 0
         unmatched: list[str] = []
@@ -308,30 +339,40 @@ def merged_weights(
                 unmatched.append(module)
                 continue
             key, target = found_target
-            if key not in bases:
-                bases[key] = target.read(bundle)
+            applied += 1
             # A1111 network.py: the te multiplier for text-encoder modules, else unet
             multiplier = use.te if key.startswith("lora_te") else use.unet
+            if multiplier == 0 or (components is not None and target.component not in components):
+                continue
+            base = target.stored(bundle).view(np.ndarray)
+            transposed = target.layout == "T"
             try:
-                delta, ex_bias = module_delta(parts, bases[key], multiplier, use.dyn)
+                delta, ex_bias = module_delta(parts, base.T if transposed else base, multiplier, use.dyn,
+                                              transposed=transposed)
             except NetworkError as exc:
                 raise NetworkError(f"{network.name}: {module}: {exc}") from exc
             if ex_bias is not None:
-                bias_target = lora_map.targets.get(key + ".bias")
+                bias_key = key + ".bias"
+                bias_target = lora_map.targets.get(bias_key)
                 if bias_target is None:
                     raise NetworkError(f"{network.name}: {module}: carries a bias difference, and the bias of "
                                        f"that layer is not in the bundle's map")
-                bias_key = key + ".bias"
-                if bias_key not in bases:
-                    bases[bias_key] = bias_target.read(bundle)
-                deltas[bias_key] = deltas.get(bias_key, 0) + ex_bias.reshape(bases[bias_key].shape)
-            deltas[key] = delta if key not in deltas else deltas[key] + delta
-            applied += 1
+                ex_bias = np.asarray(ex_bias, dtype=np.float32).reshape(bias_target.stored_shape)
+                if bias_key in deltas:
+                    deltas[bias_key] += ex_bias
+                else:
+                    deltas[bias_key] = ex_bias.copy()
+            if key in deltas:
+                deltas[key] += delta
+            else:
+                deltas[key] = delta
         reports[network.name] = MergeReport(applied, tuple(unmatched))
     merged: dict[str, dict[str, np.ndarray]] = {}
-    for key, delta in deltas.items():
+    for key in list(deltas):
         target = lora_map.targets[key]
-        merged.setdefault(target.component, {})[target.initializer] = target.to_stored(bases[key] + delta)
+        total = deltas.pop(key)
+        np.add(total, target.stored(bundle), out=total)
+        merged.setdefault(target.component, {})[target.initializer] = total
     return merged, reports
 
 
@@ -351,6 +392,17 @@ def _torch_tensors(path: Path) -> dict[str, np.ndarray]:
         raise NetworkError(f"{path.name}: not a state dict")
     return {str(k): v.astype(np.float32) if v.dtype == np.float16 else v
             for k, v in data.items() if isinstance(v, np.ndarray)}
+
+
+def changed_components(lora_map: LoraMap, networks: Sequence[tuple[LoadedNetwork, NetworkUse]]) -> list[str]:
+    """The components whose weights a set of networks changes (a matched module with a non-zero multiplier)."""
+    found: set[str] = set()
+    for network, use in networks:
+        for module in network.modules:
+            hit = lora_map.find(module)
+            if hit is not None and (use.te if hit[0].startswith("lora_te") else use.unet) != 0:
+                found.add(hit[1].component)
+    return sorted(found)
 
 
 def load_network(path: Path, name: str | None = None) -> LoadedNetwork:

@@ -14,7 +14,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,13 @@ import numpy as np
 from engine.backend import ExecutionBackend, TensorSpec
 
 log = logging.getLogger(__name__)
+
+
+# ORT graph optimisation level of merged-weight sessions (engine.backend.OPTIMIZATION_LEVELS; None: ORT's default,
+# "all"). Measured on full-size SD 1.5 (benchmarks/RESULTS.md, LoRA section): at "extended" the first switch took
+# 0.63x the base sessions' creation against 1.71x at "all" (what "all" adds, the layout passes, costs the time), and the
+# UNet call of the LoRA session was the same at both levels (11.31 vs 11.38 s).
+LORA_OPTIMIZATION: str | None = "extended"
 
 
 @dataclass
@@ -36,10 +44,11 @@ class _Entry:
 class NetworkBackend:
     """An ExecutionBackend that runs some components on their own (merged) sessions, the rest on the base."""
 
-    def __init__(self, base, sessions: dict[str, object], build=None):
+    def __init__(self, base, sessions: dict[str, object], build=None, optimization: str | None = None):
         self.base = base
         self.sessions = sessions
         self._build = build
+        self._optimization = optimization
 
     def _session(self, component: str):
         session = self.sessions.get(component)
@@ -47,7 +56,8 @@ class NetworkBackend:
         if session is None and variant and name in self.sessions and self._build is not None:
             # A derived graph of a merged component (`unet:circular` for tiling): the same merged weights,
             # merged again (seconds) rather than kept in memory; the session joins this set's cache entry.
-            session = self.sessions[component] = self.base.session_with_initializers(component, self._build()[name])
+            session = self.sessions[component] = self.base.session_with_initializers(
+                component, self._build([name])[name], self._optimization)
         return session
 
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -73,25 +83,25 @@ class NetworkBackend:
 class NetworkSessions:
     """LRU of per-set sessions over one base backend (an OrtBackend)."""
 
-    def __init__(self, base, budget_bytes: int):
+    def __init__(self, base, budget_bytes: int, optimization: str | None = None):
         self.base = base
         self.budget_bytes = budget_bytes
+        self.optimization = optimization
         self._cache: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self.last_build_seconds = 0.0
 
-    def backend(self, key: Hashable, build) -> ExecutionBackend:
-        """The backend for the set `key`; `build()` → {component: {initializer: array}} is called on a miss."""
+    def backend(self, key: Hashable, build, components: Collection[str]) -> ExecutionBackend:
+        """The backend for the set `key`, whose networks change the weights of `components`; on a miss,
+        `build(components)` → {component: {initializer: array}} is called once per changed component."""
         with self._lock:
             entry = self._cache.get(key)
             if entry is not None:
                 self._cache.move_to_end(key)
-                return NetworkBackend(self.base, entry.sessions, entry.build)
+                return NetworkBackend(self.base, entry.sessions, entry.build, self.optimization)
         start = time.perf_counter()
-        merged = build()
-        sessions = {component: self.base.session_with_initializers(component, values)
-                    for component, values in merged.items()}
-        cost = sum(self.base.component_bytes(component) for component in merged)
+        sessions = self._create(build, components)
+        cost = sum(self.base.component_bytes(component) for component in sessions)
         self.last_build_seconds = time.perf_counter() - start
         log.info("networks %s: %d components rebuilt in %.2f s", key, len(sessions), self.last_build_seconds)
         with self._lock:
@@ -100,7 +110,22 @@ class NetworkSessions:
             while len(self._cache) > 1 and sum(e.cost for e in self._cache.values()) > self.budget_bytes:
                 evicted, _ = self._cache.popitem(last=False)
                 log.info("networks %s: sessions evicted (budget %d MB)", evicted, self.budget_bytes >> 20)
-        return NetworkBackend(self.base, sessions, build)
+        return NetworkBackend(self.base, sessions, build, self.optimization)
+
+    def _create(self, build, components: Collection[str]) -> dict[str, object]:
+        """One session per changed component, components concurrently (largest first): one component's merge
+        (NumPy, which lets go of the GIL in its kernels) overlaps another's session creation."""
+
+        def create(component: str):
+            values = build([component])[component]
+            return self.base.session_with_initializers(component, values, self.optimization)
+
+        order = sorted(components, key=self.base.component_bytes, reverse=True)
+        if len(order) <= 1:
+            return {component: create(component) for component in order}
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="lora-session") as pool:
+            futures = {component: pool.submit(create, component) for component in order}
+            return {component: future.result() for component, future in futures.items()}
 
     def clear(self) -> None:
         with self._lock:
@@ -113,7 +138,7 @@ class NetworkSessions:
 class ModelNetworks:
     """A loaded model's LoRA machinery: its weight map and its cache of merged sessions."""
 
-    def __init__(self, pipeline, budget_bytes: int | None = None):
+    def __init__(self, pipeline, budget_bytes: int | None = None, optimization: str | None = LORA_OPTIMIZATION):
         from engine.lora import LoraMap
 
         self.pipeline = pipeline
@@ -122,7 +147,8 @@ class ModelNetworks:
         if budget_bytes is None:
             # Room for two LoRA'd UNet + text encoder sets beside the base.
             budget_bytes = 2 * sum(base.component_bytes(c) for c in ("unet", "text_encoder"))
-        self.sessions = NetworkSessions(base, budget_bytes) if hasattr(base, "session_with_initializers") else None
+        self.sessions = (NetworkSessions(base, budget_bytes, optimization)
+                         if hasattr(base, "session_with_initializers") else None)
 
     @property
     def supported(self) -> bool:
@@ -131,7 +157,7 @@ class ModelNetworks:
     def pipeline_for(self, networks) -> tuple[object, dict]:
         """(the pipeline to run, merge reports per network) for [(LoadedNetwork, NetworkUse, identity)]: the base
         pipeline when the list is empty or every multiplier is 0."""
-        from engine.lora import NetworkError, merged_weights
+        from engine.lora import NetworkError, changed_components, merged_weights
 
         active = [(n, u, ident) for n, u, ident in networks if u.te != 0 or u.unet != 0]
         if not active:
@@ -140,12 +166,17 @@ class ModelNetworks:
             raise NetworkError("this bundle has no LoRA weight map (lora_map.json): re-export it with this "
                                "sdedge version to use LoRAs")
         key = tuple((ident, u.te, u.unet, u.dyn) for _, u, ident in active)
+        pairs = [(n, u) for n, u, _ in active]
         reports: dict = {}
 
-        def build():
-            merged, found = merged_weights(self.pipeline.bundle.path, self.lora_map, [(n, u) for n, u, _ in active])
+        def build(components=None):
+            merged, found = merged_weights(self.pipeline.bundle.path, self.lora_map, pairs, components)
             reports.update(found)
             return merged
 
-        backend = self.sessions.backend(key, build)
+        # Only the components whose weights change get new sessions: a UNet-only set keeps the base text encoder.
+        components = changed_components(self.lora_map, pairs)
+        if not components:
+            build([])  # nothing to rebuild; the merge reports still say which modules found no target
+        backend = self.sessions.backend(key, build, components)
         return self.pipeline.with_backend(backend), reports

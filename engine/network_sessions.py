@@ -162,9 +162,12 @@ class ModelNetworks:
         active = [(n, u, ident) for n, u, ident in networks if u.te != 0 or u.unet != 0]
         if not active:
             return self.pipeline, {}
-        if not self.supported:
+        if self.lora_map is None:
             raise NetworkError("this bundle has no LoRA weight map (lora_map.json): re-export it with this "
                                "sdedge version to use LoRAs")
+        if self.sessions is None:
+            raise NetworkError(f"LoRAs are merged into ONNX Runtime sessions; this model runs on "
+                               f"{type(self.pipeline.backend).__name__} (use --backend ort for LoRAs)")
         key = tuple((ident, u.te, u.unet, u.dyn) for _, u, ident in active)
         pairs = [(n, u) for n, u, _ in active]
         reports: dict = {}

@@ -108,3 +108,18 @@ def test_the_tiled_unet_of_a_lora_set_uses_the_merged_weights(demo_pipeline, dem
     assert np.abs(tiled - plain).max() > 1e-3  # circular padding
     moved, moved_plain = np.abs(tiled - base_tiled).mean(), np.abs(plain - base_plain).mean()
     assert moved_plain > 1e-2 and 0.5 < moved / moved_plain < 2
+
+
+def test_a_backend_that_cannot_take_merged_weights_says_so(demo_pipeline, demo_files):
+    """OpenVINO compiles its own weights: a LoRA there is refused with the reason, not a re-export hint."""
+    import copy
+
+    from engine.lora import NetworkError
+
+    _, folder = demo_files
+    pipeline = copy.copy(demo_pipeline)
+    pipeline.backend = type("CompiledOnly", (), {"component_bytes": lambda self, c: 0})()
+    networks = ModelNetworks(pipeline)
+    with pytest.raises(NetworkError, match="--backend ort"):
+        networks.pipeline_for([(load_network(folder / "unet.safetensors"), NetworkUse("u"), "u")])
+    assert networks.pipeline_for([])[0] is pipeline  # no LoRA: the model as it is

@@ -89,8 +89,11 @@ def test_shapes_get_their_own_buffers(pipelines):
 def test_other_components_and_attributes_pass_through(sessions):
     backend = IoBindingBackend(sessions, device="cpu")
     assert backend.output_names("vae_decoder") == sessions.output_names("vae_decoder")
-    ids = np.zeros((1, 77), dtype=np.int64)
-    backend.run("text_encoder", {"input_ids": ids})
+    feed = {"input_ids": np.zeros((1, 77), dtype=np.int64)}
+    shapes = {spec.name: spec.shape for spec in backend.input_specs("text_encoder")}
+    if "inputs_embeds" in shapes:  # bundles exported for textual inversion take the token rows too
+        feed["inputs_embeds"] = np.zeros((1, 77, shapes["inputs_embeds"][-1]), dtype=np.float32)
+    backend.run("text_encoder", feed)
     assert backend.counter.runs == 0
 
 

@@ -277,8 +277,11 @@ def test_batching_with_two_workers_gives_every_job_its_own_bytes_once(demo_bundl
         release.set()
         results = [job.future.result(120) for job in jobs]
         assert [pixels(r) for r in results] == alone
+        ids = {job.id for job in jobs}
+        # A job's caller gets its result just before the on_end hooks run: wait for every end, then none twice.
+        wait_until(lambda: ids <= set(ended))
         wait_until(state.queue.idle)
-        assert sorted(j for j in ended if j in {job.id for job in jobs}) == sorted(job.id for job in jobs)
+        assert sorted(j for j in ended if j in ids) == sorted(ids)
     finally:
         state.close()
 

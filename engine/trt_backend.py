@@ -43,7 +43,7 @@ def base_weights(bundle: Path, lora_map, component: str = "unet") -> Callable[[s
 
     def read(name: str) -> np.ndarray:
         target = targets[name]
-        return target.to_stored(target.read(Path(bundle)))
+        return np.array(target.stored(Path(bundle)))  # a copy: the refitter keeps the buffer while it runs
 
     return read
 

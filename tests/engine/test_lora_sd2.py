@@ -64,11 +64,13 @@ def test_sd2_lora_sessions_compute_what_diffusers_fused_modules_compute(sd2_lora
     assert any("proj_in" in m for m in network.modules)  # SD 2.x's Linear projections are LoRA targets too
 
     ids = np.array([[49406, 320, 1929, 3180, 49407] + [49407] * 72], dtype=np.int64)
-    hidden = lora.backend.run("text_encoder", {"input_ids": ids})["last_hidden_state"]
+    dtypes = {spec.name: spec.dtype for spec in ours.backend.input_specs("text_encoder")}
+    feed = ours.embedding_table.feeds("text_encoder", ids, None, dtypes)  # + inputs_embeds where the graph takes them
+    hidden = lora.backend.run("text_encoder", feed)["last_hidden_state"]
     with torch.no_grad():
         theirs = fused.text_encoder(torch.from_numpy(ids)).last_hidden_state.numpy()
     np.testing.assert_allclose(hidden, theirs, atol=1e-4, rtol=0)
-    base_hidden = ours.backend.run("text_encoder", {"input_ids": ids})["last_hidden_state"]
+    base_hidden = ours.backend.run("text_encoder", feed)["last_hidden_state"]
     assert np.abs(base_hidden - theirs).max() > 1e-2  # the LoRA changes the text encoder
 
     rng = np.random.default_rng(0)

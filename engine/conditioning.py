@@ -104,14 +104,19 @@ class PromptEncoder:
 
     def __init__(self, backend: ExecutionBackend, tokenizer: ClipTokenizer, manifest: Manifest, cache_size: int = 32,
                  embeddings: EmbeddingTable | None = None):
+        self._init_shared(backend, tokenizer, manifest, cache_size, embeddings)
+        self.output_names = backend.output_names("text_encoder")
+        self.input_dtypes = {s.name: s.dtype for s in backend.input_specs("text_encoder")}
+        self.ids_dtype = self.input_dtypes.get("input_ids", "int64")
+
+    def _init_shared(self, backend: ExecutionBackend, tokenizer: ClipTokenizer, manifest: Manifest, cache_size: int,
+                     embeddings: EmbeddingTable | None) -> None:
+        """What every prompt encoder holds, whatever text encoders its bundle has."""
         self.backend = backend
         self.tokenizer = tokenizer
         self.manifest = manifest
         self.embeddings = embeddings if embeddings is not None else EmbeddingTable.for_bundle(
             getattr(backend, "bundle", None), manifest, tokenizer)
-        self.output_names = backend.output_names("text_encoder")
-        self.input_dtypes = {s.name: s.dtype for s in backend.input_specs("text_encoder")}
-        self.ids_dtype = self.input_dtypes.get("input_ids", "int64")
         self.comma_token = tokenizer.token_to_id(",</w>")
         self._cache: OrderedDict[tuple, tuple[np.ndarray, ...]] = OrderedDict()
         self._cache_size = cache_size

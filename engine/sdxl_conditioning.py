@@ -17,8 +17,6 @@ pooled vector and time ids with it; engine/denoiser.py's UNet splits them into t
 from __future__ import annotations
 
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import replace
 
 import numpy as np
@@ -58,16 +56,8 @@ class SdxlPromptEncoder(PromptEncoder):
     def __init__(self, backend: ExecutionBackend, tokenizer: ClipTokenizer, manifest: Manifest, cache_size: int = 32,
                  embeddings: EmbeddingTable | None = None):
         # Not PromptEncoder.__init__: that one opens the `text_encoder` component, which the refiner lacks.
-        self.backend = backend
-        self.tokenizer = tokenizer
-        self.manifest = manifest
         # Names are matched with the CLIP-L tokenizer (A1111); both encoders' BPE is the same here.
-        self.embeddings = embeddings if embeddings is not None else EmbeddingTable.for_bundle(
-            getattr(backend, "bundle", None), manifest, tokenizer)
-        self.comma_token = tokenizer.token_to_id(",</w>")
-        self._cache: OrderedDict[tuple, tuple[np.ndarray, ...]] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._init_shared(backend, tokenizer, manifest, cache_size, embeddings)
         self.refiner = manifest.architecture == "sdxl-refiner"
         self.encoders = ["text_encoder_2"] if manifest.text_hidden_size == 0 else ["text_encoder", "text_encoder_2"]
         self.hidden_names = {c: self._hidden_state_names(c) for c in self.encoders}

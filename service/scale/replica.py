@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import ray
@@ -27,7 +27,10 @@ LOADED_HEADER = "x-sdedge-loaded-before"
 
 
 class SdedgeReplica:
-    """Subclassed by `replica_class` with the multiplexed loader `runtime_for(checkpoint)`."""
+    """Subclassed by `replica_class` with the multiplexed loader `runtime_for(checkpoint)` (its
+    `max_num_models_per_replica` is a decorator argument, so the loader is defined there)."""
+
+    runtime_for: Callable[[str], Awaitable[CheckpointRuntime]]
 
     def __init__(self, config: ServerConfig):
         self.config = config
@@ -35,9 +38,6 @@ class SdedgeReplica:
         context = serve.get_replica_context()
         self.replica_id = context.replica_id.unique_id
         self.actor_name = ray.get_runtime_context().get_actor_name() or ""
-
-    async def runtime_for(self, checkpoint: str) -> CheckpointRuntime:  # replaced by `replica_class`
-        raise NotImplementedError
 
     async def open_runtime(self, checkpoint: str) -> CheckpointRuntime:
         runtime = await asyncio.to_thread(CheckpointRuntime.open, self.config, checkpoint, self._closed)

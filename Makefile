@@ -75,7 +75,7 @@ bench-full: $(STAMP_DEV)
 STAMP_GPU := $(VENV)/.stamp-gpu
 $(STAMP_GPU): $(STAMP_DEV)
 	$(PIP) uninstall -q -y onnxruntime onnxruntime-gpu
-	$(PIP) install -q "onnxruntime-gpu==1.31.1" tensorrt-cu12
+	$(PIP) install -q "onnxruntime-gpu[cuda,cudnn]==1.31.1" "tensorrt-cu13==10.16.1.11"  # versions: pyproject [gpu]
 	touch $@
 
 gpu-check:

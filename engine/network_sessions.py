@@ -6,6 +6,10 @@ Runtime session whose external initializers are replaced before graph optimisati
 level; `add_initializer` runs after optimisation and is silently lost on Conv weights, so it is not used).
 Components the set does not touch keep the base sessions. Sessions of recently used sets stay cached, the least
 recently used evicted first when their estimated memory exceeds the budget.
+
+On native TensorRT engines (`--providers tensorrt` after `sdedge build-engines --native`) the UNet takes the set by
+refit instead (engine/trt_backend.py): no merged UNet session, each engine refitted from base weights when a call
+of another set reaches it; a UNet call outside every engine's profile gets its merged CUDA EP session on demand.
 """
 
 from __future__ import annotations
@@ -80,6 +84,39 @@ class NetworkBackend:
         return getattr(self.base, name)
 
 
+class RefitNetworkBackend(NetworkBackend):
+    """A set's backend over refittable TensorRT engines: UNet calls on the engine of their profile with the set's
+    weights (`run_unet_with`), any other UNet call, and derived UNet graphs (`unet:circular`), on merged sessions
+    made on first need; the other components as NetworkBackend runs them."""
+
+    def __init__(self, base, sessions: dict[str, object], build, optimization: str | None, key: Hashable,
+                 prepared: dict[str, np.ndarray] | None = None):
+        from engine.trt_backend import WeightSet
+
+        super().__init__(base, sessions, build, optimization)
+        self._prepared = prepared
+        self.weights = WeightSet(key, self._merged_unet)
+
+    def _merged_unet(self) -> dict[str, np.ndarray]:
+        # The merge done when the set was first asked for (it had to be: a file that cannot be merged is an
+        # error of the request, before sampling) serves the first refit; later refits merge again.
+        prepared, self._prepared = self._prepared, None
+        return prepared if prepared is not None else self._build(["unet"])["unet"]
+
+    def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if component == "unet":
+            outputs = self.base.run_unet_with(inputs, self.weights)
+            if outputs is not None:
+                return outputs
+        return super().run(component, inputs)
+
+    def _session(self, component: str):
+        if component.partition(":")[0] == "unet" and component not in self.sessions:
+            self.sessions[component] = self.base.session_with_initializers(
+                component, self._build(["unet"])["unet"], self._optimization)
+        return super()._session(component)
+
+
 class NetworkSessions:
     """LRU of per-set sessions over one base backend (an OrtBackend)."""
 
@@ -91,16 +128,31 @@ class NetworkSessions:
         self._lock = threading.Lock()
         self.last_build_seconds = 0.0
 
+    @property
+    def refits_unet(self) -> bool:
+        """The base backend takes a set's UNet weights by refitting its engines (native TensorRT)."""
+        return bool(getattr(self.base, "refits_unet", False))
+
+    def _wrap(self, key: Hashable, sessions: dict[str, object], build, components: Collection[str],
+              prepared: dict[str, np.ndarray] | None = None):
+        if self.refits_unet and "unet" in components:
+            return RefitNetworkBackend(self.base, sessions, build, self.optimization, key, prepared)
+        return NetworkBackend(self.base, sessions, build, self.optimization)
+
     def backend(self, key: Hashable, build, components: Collection[str]) -> ExecutionBackend:
         """The backend for the set `key`, whose networks change the weights of `components`; on a miss,
-        `build(components)` → {component: {initializer: array}} is called once per changed component."""
+        `build(components)` → {component: {initializer: array}} is called once per changed component that gets a
+        session (all of them, but the UNet when the base refits it)."""
         with self._lock:
             entry = self._cache.get(key)
             if entry is not None:
                 self._cache.move_to_end(key)
-                return NetworkBackend(self.base, entry.sessions, entry.build, self.optimization)
+                return self._wrap(key, entry.sessions, entry.build, components)
         start = time.perf_counter()
-        sessions = self._create(build, components)
+        refit = self.refits_unet and "unet" in components
+        sessions = self._create(build, [c for c in components if not (refit and c == "unet")])
+        # Refitted engines need no UNet session, but the merge runs now: its errors belong to this request.
+        prepared = build(["unet"])["unet"] if refit else None
         cost = sum(self.base.component_bytes(component) for component in sessions)
         self.last_build_seconds = time.perf_counter() - start
         log.info("networks %s: %d components rebuilt in %.2f s", key, len(sessions), self.last_build_seconds)
@@ -110,7 +162,7 @@ class NetworkSessions:
             while len(self._cache) > 1 and sum(e.cost for e in self._cache.values()) > self.budget_bytes:
                 evicted, _ = self._cache.popitem(last=False)
                 log.info("networks %s: sessions evicted (budget %d MB)", evicted, self.budget_bytes >> 20)
-        return NetworkBackend(self.base, sessions, build, self.optimization)
+        return self._wrap(key, sessions, build, components, prepared)
 
     def _create(self, build, components: Collection[str]) -> dict[str, object]:
         """One session per changed component, components concurrently (largest first): one component's merge

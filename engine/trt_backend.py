@@ -14,7 +14,9 @@ Nothing here has run on a GPU yet (docs/gpu.md); `refit_weights`, the part that 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,69 @@ def refit_weights(previous: set[str], merged: Mapping[str, np.ndarray], base: Ca
     for name in sorted(previous - set(merged)):
         weights[name] = base(name)
     return weights
+
+
+@dataclass(frozen=True)
+class WeightSet:
+    """The UNet weights a set of LoRAs asks for: `key` names the set (engine/network_sessions.py's cache key);
+    `merged()` computes {initializer: merged weight in stored layout} (engine/lora.py merged_weights; seconds),
+    called only when an engine switches to the set, and not kept: an engine holds the weights, not this."""
+
+    key: Hashable
+    merged: Callable[[], Mapping[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class RefitPlan:
+    key: Hashable | None
+    arrays: dict[str, np.ndarray]  # what to hand the refitter
+    changed: frozenset[str]  # the weights that differ from base once it is done
+
+
+_UNKNOWN = object()  # the key of an engine whose last refit failed half-way: the next switch resets everything
+
+
+class RefitState:
+    """Which weight set an engine holds (None: the base model) and what to set to switch to another, always from
+    base weights (`refit_weights`). No TensorRT here: NativeTrtEngine applies the arrays with its refitter."""
+
+    def __init__(self, base: Callable[[str], np.ndarray] | None):
+        self.base = base
+        self.key: Hashable | None = None
+        self.changed: frozenset[str] = frozenset()
+
+    def plan(self, weights: WeightSet | None) -> RefitPlan | None:
+        """None when the engine already holds `weights` (None: the base model)."""
+        key = None if weights is None else weights.key
+        if key == self.key and self.key is not _UNKNOWN:
+            return None
+        if self.base is None:
+            raise RuntimeError("this engine's bundle has no LoRA weight map (lora_map.json): it cannot be refitted")
+        merged = {} if weights is None else dict(weights.merged())
+        return RefitPlan(key, refit_weights(set(self.changed), merged, self.base), frozenset(merged))
+
+    def switch(self, weights: WeightSet | None, apply: Callable[[dict[str, np.ndarray]], object]) -> bool:
+        """Make the engine hold `weights`: `apply(arrays)` sets them (the refit) unless it already does; True when
+        it refitted. A failed `apply` may have set some: every weight it or the previous set touched is then
+        reset on the next switch, whatever its key."""
+        plan = self.plan(weights)
+        if plan is None:
+            return False
+        try:
+            apply(plan.arrays)
+        except BaseException:
+            self.key, self.changed = _UNKNOWN, self.changed | frozenset(plan.arrays)
+            raise
+        self.key, self.changed = plan.key, plan.changed
+        return True
+
+
+def refit_arrays(weights: Mapping[str, np.ndarray], dtype_of: Callable[[str, np.dtype], np.dtype]
+                 ) -> dict[str, np.ndarray]:
+    """The arrays handed to `Refitter.set_named_weights`: C-contiguous (trt.Weights reads the raw buffer, without
+    copying) in the dtype the engine stores each weight in, in the ONNX initializer's own shape and layout
+    (TensorRT's ONNX parser names and shapes an engine's weights after the initializers)."""
+    return {name: np.ascontiguousarray(value, dtype=dtype_of(name, value.dtype)) for name, value in weights.items()}
 
 
 def base_weights(bundle: Path, lora_map, component: str = "unet") -> Callable[[str], np.ndarray]:
@@ -98,9 +163,11 @@ def build_native_engine(onnx_path: Path, profile: UNetProfile, out: Path, build:
 
 
 class NativeTrtEngine:
-    """One deserialized engine (one profile) as an `ExecutionBackend` for the UNet."""
+    """One deserialized engine (one profile) as an `ExecutionBackend` for the UNet. `base` (initializer → base
+    weight) makes it refittable for LoRA sets (`run_with`); a plain `run` is the base model, refitting back first
+    if a set was on. A lock makes switch + execute one step: one execution context, one set of weights."""
 
-    def __init__(self, path: Path, device_id: int = 0):
+    def __init__(self, path: Path, device_id: int = 0, base: Callable[[str], np.ndarray] | None = None):
         import onnxruntime as ort
 
         trt = _trt()
@@ -119,7 +186,9 @@ class NativeTrtEngine:
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self._buffers: dict[str, object] = {}
         self._refitter = None
-        self.refitted: set[str] = set()
+        self.weights = RefitState(base)
+        self.refits = 0
+        self._lock = threading.Lock()
 
     def _buffer(self, name: str, shape: tuple[int, ...]):
         buffer = self._buffers.get(name)
@@ -129,6 +198,15 @@ class NativeTrtEngine:
         return buffer
 
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.run_with(inputs, None)
+
+    def run_with(self, inputs: dict[str, np.ndarray], weights: WeightSet | None) -> dict[str, np.ndarray]:
+        """A UNet call with `weights` (a LoRA set; None: the base model) in the engine, refitted first if needed."""
+        with self._lock:
+            self.refits += self.weights.switch(weights, self.set_weights)
+            return self._execute(inputs)
+
+    def _execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name in self.inputs:
             array = c_order(inputs[name], self.dtypes[name])
             buffer = self._buffer(name, array.shape)
@@ -143,29 +221,23 @@ class NativeTrtEngine:
         # OrtValue.numpy() copies with a synchronous cudaMemcpy, which waits for the legacy default stream.
         return {name: self._buffers[name].numpy() for name in self.outputs}
 
-    def refit(self, merged: Mapping[str, np.ndarray], base: Callable[[str], np.ndarray]) -> int:
-        """The engine's weights for a LoRA set (`merged`: {initializer: weight}, empty = the base model), always
-        from base weights; the number of weights set."""
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> int:
+        """Refit the engine with `weights` ({initializer: value}); the number of weights set."""
         trt = self._trt
         if self._refitter is None:
             self._refitter = trt.Refitter(self.engine, self.logger)
             self._refittable = set(self._refitter.get_all_weights())
-        missing = sorted(set(merged) - self._refittable)
+        missing = sorted(set(weights) - self._refittable)
         if missing:
             raise RuntimeError(f"{len(missing)} LoRA weights are not refittable in this engine (built without REFIT, "
                                f"or from a graph that renamed them), e.g. {missing[0]}")
-        weights = refit_weights(self.refitted, merged, base)
-        keep = []  # trt.Weights does not copy: the arrays must live until refit_cuda_engine returns
-        for name, value in weights.items():
-            dtype = self._prototype_dtype(name, value.dtype)
-            array = np.ascontiguousarray(value, dtype=dtype)
-            keep.append(array)
+        arrays = refit_arrays(weights, self._prototype_dtype)  # kept alive until refit_cuda_engine returns
+        for name, array in arrays.items():
             if not self._refitter.set_named_weights(name, trt.Weights(array)):
                 raise RuntimeError(f"TensorRT refused the weights of {name} {array.shape} {array.dtype}")
         if not self._refitter.refit_cuda_engine():
             raise RuntimeError(f"refit failed; missing: {self._refitter.get_missing_weights()}")
-        self.refitted = set(merged)
-        return len(keep)
+        return len(arrays)
 
     def _prototype_dtype(self, name: str, fallback: np.dtype) -> np.dtype:
         prototype = getattr(self._refitter, "get_weights_prototype", None)  # TensorRT ≥ 10
@@ -193,6 +265,15 @@ def build_planned_native(bundle, engine, timing_dir: Path, build: TrtBuildOption
     return seconds
 
 
-def open_native_engine(engine) -> NativeTrtEngine:
-    """An `EngineOpener` for engine/trt_runtime.py: TensorrtBackend over native engines."""
-    return NativeTrtEngine(engine.directory / NATIVE_ENGINE)
+def native_opener(bundle_path: Path) -> Callable[[object], NativeTrtEngine]:
+    """An `EngineOpener` for engine/trt_runtime.py: TensorrtBackend over native engines, refittable with the
+    bundle's base weights when it has a LoRA weight map."""
+    from engine.lora import LoraMap
+
+    lora_map = LoraMap.load(bundle_path)
+    base = base_weights(bundle_path, lora_map) if lora_map is not None else None
+
+    def open_native_engine(engine) -> NativeTrtEngine:
+        return NativeTrtEngine(engine.directory / NATIVE_ENGINE, base=base)
+
+    return open_native_engine

@@ -105,8 +105,11 @@ class TensorrtBackend:
     EP). `calls` counts where UNet calls ran (profile name or "cuda-fallback")."""
 
     def __init__(self, fallback: ExecutionBackend, engines: Sequence[PlannedEngine], open_engine: EngineOpener,
-                 unet_graph: Path | None = None):
+                 unet_graph: Path | None = None, refittable: bool = False):
         self.fallback = fallback
+        # Native engines (engine/trt_backend.py) take a LoRA set's UNet weights by refit (`run_unet_with`); ORT's
+        # TensorRT EP engines cannot, and LoRA UNet calls then run on merged CUDA EP sessions.
+        self.refits_unet = refittable
         # The graph the engines are built from: the UNet's signature is read from it (not from the CUDA EP's session)
         self.unet_graph = unet_graph
         self._specs: tuple[list[TensorSpec], list[str]] | None = None
@@ -126,7 +129,7 @@ class TensorrtBackend:
 
     def __getattr__(self, name: str):
         # session_with_initializers, component_bytes, ...: LoRA sessions (engine/network_sessions.py) run on the
-        # CUDA EP, since the engines hold the base weights.
+        # CUDA EP: the text encoder always, the UNet unless native engines take the set by refit.
         return getattr(self.fallback, name)
 
     def input_specs(self, component: str) -> list[TensorSpec]:
@@ -173,6 +176,18 @@ class TensorrtBackend:
             return self.fallback.run(component, self._as_fallback_takes(inputs))
         self.calls[engine.profile.name] += 1
         return backend.run(component, inputs)
+
+    def run_unet_with(self, inputs: dict[str, np.ndarray], weights) -> dict[str, np.ndarray] | None:
+        """A UNet call with a LoRA set's weights (engine/trt_backend.py WeightSet) on the refittable engine of its
+        profile; None when no engine takes it (the caller runs it on its merged CUDA EP session)."""
+        engine = self.engine_for({k: v.shape for k, v in inputs.items()})
+        backend = self._open(engine) if engine is not None else None
+        run_with = getattr(backend, "run_with", None)
+        if run_with is None:
+            self.calls[FALLBACK] += 1
+            return None
+        self.calls[engine.profile.name] += 1
+        return run_with(inputs, weights)
 
     def _as_fallback_takes(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The UNet wrapper casts to the dtypes this backend reports (the engines' graph); the CUDA EP's variant
@@ -282,11 +297,12 @@ def create_tensorrt_backend(bundle: Bundle, choice: BackendChoice = BackendChoic
     engines = plan_engines(bundle, root, gpu, ort.__version__, profiles, build)
     opener = open_ort_trt_engine(bundle, build, timing_cache_dir(root, gpu))
     native = plan_engines(bundle, root, gpu, ort.__version__, profiles, build, "unet-native")
-    if prefer_native(engines, native):
-        from engine.trt_backend import open_native_engine
+    refittable = prefer_native(engines, native)
+    if refittable:
+        from engine.trt_backend import native_opener
 
-        engines, opener = native, open_native_engine
-    backend = TensorrtBackend(fallback, engines, opener, unet_graph)
+        engines, opener = native, native_opener(bundle.path)
+    backend = TensorrtBackend(fallback, engines, opener, unet_graph, refittable)
     log.info("TensorRT: %d of %d UNet engines built in %s (%s, sm %s, TensorRT %s)", len(backend.built),
              len(engines), root, gpu.name, gpu.compute_capability, gpu.tensorrt_version)
     return backend

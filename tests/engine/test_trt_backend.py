@@ -10,7 +10,7 @@ import pytest
 from engine.backend import OrtBackend
 from engine.bundle import load_bundle
 from engine.lora import LoraMap
-from engine.trt_backend import base_weights, refit_weights
+from engine.trt_backend import WeightSet, base_weights, refit_weights
 from engine.trt_cache import probe_gpu
 
 
@@ -64,7 +64,9 @@ def test_native_engine_runs_and_refits(demo_bundle, tmp_path):
                            UNetSignature.from_specs(cpu.input_specs("unet"))).pinned_at_opt()
     path = build_native_engine(bundle.component_path("unet"), profile, tmp_path / "unet.engine",
                                TrtBuildOptions(fp16=False))
-    engine = NativeTrtEngine(path)
+    lora_map = LoraMap.load(demo_bundle)
+    read = base_weights(demo_bundle, lora_map)
+    engine = NativeTrtEngine(path, base=read)
     rng = np.random.default_rng(0)
     shapes = profile.ranges
     inputs = {"sample": rng.standard_normal(shapes["sample"].opt).astype(np.float32),
@@ -73,12 +75,15 @@ def test_native_engine_runs_and_refits(demo_bundle, tmp_path):
     expected = next(iter(cpu.run("unet", inputs).values()))
     base_out = next(iter(engine.run("unet", inputs).values()))
     np.testing.assert_allclose(base_out, expected, atol=1e-3)
-    lora_map = LoraMap.load(demo_bundle)
-    read = base_weights(demo_bundle, lora_map)
-    names = [t.initializer for t in lora_map.targets.values() if t.component == "unet"][:4]
+    # both stored layouts (transposed MatMul weights, Conv/plain ones) among the refitted weights
+    targets = [t for t in lora_map.targets.values() if t.component == "unet"]
+    names = [t.initializer for t in targets if t.layout == "T"][:3] + [t.initializer for t in targets
+                                                                         if t.layout == "N"][:3]
     merged = {n: read(n) * 1.5 for n in names}
-    engine.refit(merged, read)
+    lora_out = next(iter(engine.run_with(inputs, WeightSet("x1.5", lambda: merged)).values()))
     lora_expected = next(iter(cpu.run_session(cpu.session_with_initializers("unet", merged), inputs).values()))
-    np.testing.assert_allclose(next(iter(engine.run("unet", inputs).values())), lora_expected, atol=1e-3)
-    engine.refit({}, read)  # back to the base model
+    np.testing.assert_allclose(lora_out, lora_expected, atol=1e-3)
+    assert np.max(np.abs(lora_expected - expected)) > 1e-2
+    # a plain call is the base model: refitted back from base weights, never accumulated
     np.testing.assert_allclose(next(iter(engine.run("unet", inputs).values())), base_out, atol=1e-5)
+    assert engine.refits == 2

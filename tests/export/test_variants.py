@@ -214,3 +214,25 @@ def test_sdxl_fp16_variant_keeps_the_vae_fp32(tmp_path):
         assert record["components"][component]["precision"] == "fp16"
         assert bundle.variant_path(component, "fp16") is not None
     assert record["gate"]["passed"] is True and record["gate"]["min_cosine"] >= 0.999
+
+
+def test_trt_ready_keeps_every_lora_weight_for_refit(trt_bundle):
+    """Native engines are built from the trt-ready graph and refitted by initializer name (TensorRT's ONNX parser
+    names weights so): folding must leave every LoRA target's initializer as it is, name, shape and values."""
+    from engine.lora import LoraMap
+    from engine.trt_backend import base_weights
+
+    bundle = load_bundle(trt_bundle)
+    lora_map = LoraMap.load(trt_bundle)
+    path = bundle.variant_path("unet", "trt-ready")
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {i.name: i for i in model.graph.initializer}
+    read = base_weights(trt_bundle, lora_map)
+    targets = [t for t in lora_map.targets.values() if t.component == "unet"]
+    assert {t.layout for t in targets} == {"N", "T"}
+    for target in targets:
+        init = initializers.get(target.initializer)
+        assert init is not None, f"{target.initializer} is not an initializer of the trt-ready UNet"
+        assert tuple(init.dims) == target.stored_shape, target.initializer
+        np.testing.assert_array_equal(numpy_helper.to_array(init, base_dir=str(path.parent)),
+                                      read(target.initializer), err_msg=target.initializer)

@@ -47,9 +47,10 @@ def _components(bundle) -> list[str]:
 
 def _convert(kind: str, src: Path, component: str) -> tuple[onnx.ModelProto, dict]:
     if kind == "fp16":
-        from export.variants.fp16 import convert_file
+        from export.variants.fp16 import convert_file, upcasts_attention
 
-        return convert_file(src), {}
+        # SD 2.x 768-v's upcast_attention: Q·Kᵀ, softmax, ·V kept fp32 (export/variants/fp16.py)
+        return convert_file(src), ({"fp32_attention": True} if upcasts_attention(src) else {})
     model = onnx.load(str(src))
     if kind == "trt-ready":
         from export.variants.trt_ready import trt_ready

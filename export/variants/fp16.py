@@ -6,10 +6,13 @@ demoDiffusion exports diffusers' fp16 modules; diffusers computes the sinusoidal
 tensors"), so the graph casts to fp16 only before `time_embedding.linear_1`. The same holds here: every node on the
 path from `timestep` (and SDXL's `time_ids`) up to the first MatMul/Gemm stays fp32. In fp16 a fractional timestep
 like 998.7 rounds to 998.5 and `t·freq` to a step of 0.5 rad, so sin/cos of the high frequencies would be noise.
-SD 2.x's `upcast_attention` (fp32 Q·Kᵀ and softmax; A1111's `upcast_attn`, ORT's `--force_fp32_ops
-unet:MultiHeadAttention`) is not applied yet: the converter puts the casts of blocked nodes inside If/Loop bodies
-(our chunked attention) into the main graph, an invalid graph. Until then the gate decides for SD 2.x: a UNet
-whose attention overflows in fp16 fails it and is not used.
+SD 2.x's `upcast_attention` (the UNet config's flag; SD 2.x 768-v sets it): Q·Kᵀ, softmax and ·V stay fp32, as
+A1111's `upcast_attn` and ORT's `--force_fp32_ops unet:MultiHeadAttention` keep them (diffusers upcasts Q·Kᵀ and the
+softmax). The converter cannot block nodes inside If/Loop bodies (it puts their casts into the main graph, an
+invalid graph), and our attention is chunked (export/attention_chunking.py: If/Loop). So the attention is
+unchunked first (export/variants/unchunk.py: the exact original nodes), its MatMul→Softmax→MatMul blocked by name
+(the converter casts Q, K, V to fp32 in front and the output back to fp16 after), and the converted graph chunked
+again with the source's score budget: the chain is fp32 there, so its chunks are the portable graph's.
 
 The converter is ONNX Runtime's (`onnxruntime.transformers.float16`, the one its SD tooling uses; a copy of
 onnxconverter-common's). IO types stay fp32 (`keep_io_types`): the NumPy loop feeds and reads float32, the cast at
@@ -151,12 +154,59 @@ def sort_nodes(model: onnx.ModelProto) -> None:
     graph.node.extend(nodes)
 
 
+def chunk_budget(model: onnx.ModelProto) -> int | None:
+    """The score budget of a chunked graph (export/attention_chunking.py), None when it has no chunked attention."""
+    from onnx import numpy_helper
+
+    from export.attention_chunking import _PREFIX, BUDGET_SUFFIX
+
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0].startswith(_PREFIX) and node.output[0].endswith(
+                "/" + BUDGET_SUFFIX):
+            return int(numpy_helper.to_array(node.attribute[0].t).reshape(-1)[0])
+    return None
+
+
+def attention_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of every attention chain's MatMul → Softmax → MatMul in the main graph (unchunked)."""
+    from export.attention_chunking import _find
+
+    return [n.name for m in _find(model) for n in (m.scores, m.softmax, m.output)]
+
+
+def drop_unused_nodes(model: onnx.ModelProto) -> int:
+    """Remove main-graph nodes none of whose outputs is used (by a node, a subgraph, or as a graph output):
+    unchunking leaves the chunking's shape arithmetic behind, under the names chunking again would reuse."""
+    graph = model.graph
+    removed = 0
+    while True:
+        used = {o.name for o in graph.output}
+        for inner in _all_graphs(graph):
+            for node in inner.node:
+                used.update(node.input)
+        keep = [n for n in graph.node if any(out in used for out in n.output)]
+        if len(keep) == len(graph.node):
+            return removed
+        removed += len(graph.node) - len(keep)
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
+def upcasts_attention(src: Path) -> bool:
+    """The component's diffusers config (beside its graph) asks for fp32 attention scores."""
+    import json
+
+    config = Path(src).parent / "config.json"
+    return config.is_file() and bool(json.loads(config.read_text()).get("upcast_attention"))
+
+
 def _initializers(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     return [t for graph in _all_graphs(model.graph) for t in graph.initializer]
 
 
-def convert_file(src: Path) -> onnx.ModelProto:
-    """The fp16 graph of the component at `src`, converted without loading its fp32 weights whole.
+def convert_file(src: Path, fp32_attention: bool | None = None) -> onnx.ModelProto:
+    """The fp16 graph of the component at `src`, converted without loading its fp32 weights whole;
+    `fp32_attention` (default: the config's `upcast_attention`) keeps Q·Kᵀ, softmax and ·V in fp32.
 
     The converter runs on the graph with its weights left in the data file (it only changes the types of the
     external initializers it converts); those are then read one at a time, converted with the converter's own
@@ -178,7 +228,15 @@ def convert_file(src: Path) -> onnx.ModelProto:
         model = onnx.load(str(inferred), load_external_data=False)
     was_float = {t.name for t in _initializers(model) if t.data_type == onnx.TensorProto.FLOAT}
     signature = io_signature(model)
+    upcast = upcasts_attention(src) if fp32_attention is None else fp32_attention
+    budget = chunk_budget(model) if upcast else None
+    if budget is not None:
+        from export.variants.unchunk import unchunk_attention
+
+        unchunk_attention(model)
+        drop_unused_nodes(model)
     name_nodes(model)
+    blocked = timestep_path_nodes(model) + (attention_nodes(model) if upcast else [])
     from onnxruntime.transformers import float16 as ort_float16
 
     # The converter takes a converted initializer's shape from its values (numpy_helper.to_array), which would
@@ -188,12 +246,16 @@ def convert_file(src: Path) -> onnx.ModelProto:
         t.name, t.data_type, list(t.dims))
     try:
         converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=[],
-                                             node_block_list=timestep_path_nodes(model), disable_shape_infer=True)
+                                             node_block_list=blocked, disable_shape_infer=True)
     finally:
         ort_float16.make_value_info_from_tensor = original
     drop_duplicate_nodes(converted)
     sort_nodes(converted)
     restore_io(converted, signature)
+    if budget is not None:
+        from export.attention_chunking import chunk_attention
+
+        chunk_attention(converted, budget)  # the fp32 chains again as the portable graph chunks them
     for tensor in _initializers(converted):
         if tensor.name in was_float and tensor.data_type == onnx.TensorProto.FLOAT16 and uses_external_data(tensor):
             values = np.frombuffer(_tensor_bytes(tensor, Path(src).parent), np.float32)

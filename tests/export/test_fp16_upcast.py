@@ -22,6 +22,7 @@ from export.attention_chunking import _PREFIX, BUDGET_SUFFIX
 from export.onnx_layout import save_component
 from export.variants.build import build_variant
 from export.variants.fp16 import chunk_budget, convert_file
+from tests.export.test_variants import _unet_feed as _feed
 
 CPU = ["CPUExecutionProvider"]
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
@@ -38,13 +39,6 @@ def sd2_bundle(tmp_path_factory) -> Path:
     bundle = export_diffusers_folder(folder, root / "bundle")
     assert json.loads((bundle / "unet" / "config.json").read_text())["upcast_attention"] is True
     return bundle
-
-
-def _feed(seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {"sample": rng.standard_normal((2, 4, 12, 10)).astype(np.float32),
-            "timestep": np.array([981.3, 0.5], np.float32),
-            "encoder_hidden_states": rng.standard_normal((2, 77, 32)).astype(np.float32)}
 
 
 def _attentions(model: onnx.ModelProto) -> list[onnx.NodeProto]:

@@ -45,8 +45,7 @@ class GraphWithWeights:
     engine keeps its weights; run on ONNX Runtime CPU from a rewritten copy of the graph."""
 
     def __init__(self, bundle_path, tmp_path):
-        self.source = bundle_path / "unet" / "model.onnx"
-        self.model = onnx.load(str(self.source))  # weights loaded: the copy is rewritten whole
+        self.model = onnx.load(str(bundle_path / "unet" / "model.onnx"))  # weights loaded: rewritten whole
         self.shapes = {i.name: tuple(i.dims) for i in self.model.graph.initializer}
         self.tmp_path = tmp_path
         self.runs = 0

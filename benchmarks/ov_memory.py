@@ -5,7 +5,8 @@ the listed steps in order and prints one JSON line: RSS (anonymous / file-mapped
 own peak (VmHWM reset before it), so e.g. "UNet then decoder" against "decoder alone" shows whether the UNet's
 buffers are still resident during the decode. Steps:
   text_encoder | unet | vae_decoder   one call of that component (UNet on the CFG batch of 2), through the backend
-  release:C    CompiledModel.release_memory() on C's compiled models (their intermediate buffers)
+  release:C    CompiledModel.release_memory() on C's compiled models (their intermediate buffers), unguarded:
+               with --chunked it corrupts the next outputs (OpenVINO 2026.4, the Loop), which this shows
   drop:C       the backend forgets C's compiled models (del + gc), as `OpenVinoBackend.release(C)`
   trim         gc + malloc_trim (engine.backend.release_memory)
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -32,7 +34,8 @@ def run_step(backend, bundle, size: int, step: str) -> dict:
     if action in COMPONENTS:
         out = backend.run(action, feeds(action, bundle, size))
         first = next(iter(out.values()))
-        return {"sum": float(np.float64(first.astype(np.float64).sum()))}
+        # Checksums, to compare runs of two settings (e.g. chunked vs whole attention) on the same inputs.
+        return {"sum": float(first.astype(np.float64).sum()), "sha1": hashlib.sha1(first.tobytes()).hexdigest()[:12]}
     if action == "release":
         for compiled in backend._compiled.get(component, {}).values():
             compiled.release_memory()
@@ -55,13 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--chunked", action="store_true",
+                        help="compile the exported chunked attention as is (its Loop), as before issue 16's fix")
+    parser.add_argument("--release-above", type=int, default=None,
+                        help="latent h·w above which buffers are released (default: the backend's)")
     parser.add_argument("steps", nargs="+")
     args = parser.parse_args(argv)
     from engine.bundle import load_bundle
     from engine.openvino_backend import OpenVinoBackend
 
     bundle = load_bundle(args.bundle)
-    backend = OpenVinoBackend(bundle, args.precision, args.threads)
+    options = {} if args.release_above is None else {"release_above": args.release_above}
+    backend = OpenVinoBackend(bundle, args.precision, args.threads, whole_attention=not args.chunked, **options)
     rows = [{"step": "start", **status_mib()}]
     for step in args.steps:
         reset_peak_rss()
@@ -70,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds = round(time.perf_counter() - start, 2)
         rows.append({"step": step, "seconds": seconds, "step_peak": round(peak_rss_mib() or 0, 1), **status_mib(),
                      **extra})
-    print(json.dumps({"size": args.size, "precision": args.precision, "compiles": backend.compiles,
+    print(json.dumps({"size": args.size, "precision": args.precision, "chunked": args.chunked,
+                      "compiles": backend.compiles, "releases": backend.releases,
                       "load": load_average(), "steps": rows}))
     return 0
 

@@ -33,8 +33,9 @@ PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 IR_DIR = ".openvino-f16"
 
 # Latent h·w above which a compiled model's intermediate buffers are released once the backend moves on (another
-# component runs, or the job ends: engine.backend.release_memory). 64·64 = 512×512 px for a factor-8 VAE: SD 1.5's
-# own size keeps its buffers (no re-allocation per image); at 1024 px they are GBs (RESULTS.md, issue 16).
+# component runs, or the job ends: engine.backend.release_memory). 64·64 = 512×512 px for a factor-8 VAE. At
+# 1024 px they are GBs (SD 1.5: peak 6.3 → 3.9 GB with the whole attention, RESULTS.md issue 16); at 512 px the
+# release saves ≈ 100 MB, and two workers alternating components would re-allocate on every call, so it keeps them.
 RELEASE_ABOVE_LATENT_PIXELS = 64 * 64
 
 # The constants export/attention_chunking.py puts in front of each chunked attention (its score budget).

@@ -152,3 +152,19 @@ def test_releases_from_another_thread_leave_running_calls_alone(chunky):
     for out in outputs:
         np.testing.assert_array_equal(out, expected)
     assert backend.releases > 0
+
+
+@pytest.mark.fullsize
+def test_at_1024px_the_exported_budget_gives_the_same_outputs_whole_and_after_releases(shapes_bundle):
+    """The sizes of issue 16 with the bundle as exported (64 MiB budget: the Loop runs in UNet and VAE at 1024 px)."""
+    bundle = load_bundle(shapes_bundle)
+    unet, vae = feeds(bundle, "unet", 1024), feeds(bundle, "vae_decoder", 1024)
+    chunked = OpenVinoBackend(bundle, "fp32", threads=2, whole_attention=False)
+    expected = {"unet": chunked.run("unet", unet)["out_sample"], "vae_decoder": chunked.run("vae_decoder", vae)["sample"]}
+    assert "TensorIterator" in layers(chunked, "unet") and "TensorIterator" in layers(chunked, "vae_decoder")
+    del chunked
+    whole = OpenVinoBackend(bundle, "fp32", threads=2)  # default threshold: 1024 px is large
+    for _ in range(2):
+        np.testing.assert_array_equal(whole.run("unet", unet)["out_sample"], expected["unet"])
+        np.testing.assert_array_equal(whole.run("vae_decoder", vae)["sample"], expected["vae_decoder"])
+    assert whole.releases == 3  # UNet, decoder, UNet

@@ -33,10 +33,12 @@ def markers(model: str) -> tuple[str, str]:
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "f16c", "fma")
 
 
-def run_child(pipeline: str, size: int, models, steps: int, threads: int) -> dict:
+def run_child(pipeline: str, size: int, models, steps: int, threads: int, image_dir: Path | None = None) -> dict:
     command = [sys.executable, "-m", "benchmarks.full_child", "--pipeline", pipeline, "--bundle", str(models.bundle),
                "--diffusers", str(models.diffusers), "--size", str(size), "--steps", str(steps),
                "--threads", str(threads)]
+    if image_dir:
+        command += ["--image-out", str(image_dir / f"{pipeline}-{size}.npy")]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"pipeline": pipeline, "size": size, "error": proc.stderr.strip().splitlines()[-1:]}
@@ -161,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--previous", type=Path,
                         help="JSON lines of rows measured earlier with the same settings, kept in the table unless "
                              "measured again (a run finished in parts on a busy machine)")
+    parser.add_argument("--image-dir", type=Path,
+                        help="save each row's timed image here as <pipeline>-<size>.npy (to compare two code versions)")
     args = parser.parse_args(argv)
+    if args.image_dir:
+        args.image_dir.mkdir(parents=True, exist_ok=True)
     machine = describe()
     loads = {"start": tuple(round(x, 2) for x in load_average())}
     if args.models_dir:
@@ -175,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             if line.startswith("{")] if args.previous else []
     for size in args.sizes:
         for pipeline in args.pipelines:
-            row = run_child(pipeline, size, models, args.steps, args.threads)
+            row = run_child(pipeline, size, models, args.steps, args.threads, args.image_dir)
             print(json.dumps(row), flush=True)
             rows = [r for r in rows if (r["pipeline"], r["size"]) != (pipeline, size)] + [row]
             loads["end"] = tuple(round(x, 2) for x in load_average())

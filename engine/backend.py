@@ -11,6 +11,7 @@ import ctypes.util
 import gc
 import logging
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,9 +236,22 @@ def _libc():
 _LIBC = _libc()
 
 
+# Backends whose compiled models keep large intermediate buffers between calls (OpenVINO); release_memory()
+# asks each to free them after a job. Weak: a backend that is dropped leaves the set by itself.
+_BUFFER_HOLDERS: weakref.WeakSet = weakref.WeakSet()
+
+
+def hold_buffers(holder) -> None:
+    """Registers `holder` (with a `release_buffers()` method) to be called by `release_memory()`."""
+    _BUFFER_HOLDERS.add(holder)
+
+
 def release_memory() -> bool:
     """Hand freed heap memory back to the OS after a job (glibc's `malloc_trim(0)`; NumPy's and ORT's
-    smaller buffers otherwise stay in malloc's free lists and in RSS). False where there is no glibc."""
+    smaller buffers otherwise stay in malloc's free lists and in RSS), after the registered backends released
+    their large buffers (`hold_buffers`). False where there is no glibc."""
+    for holder in list(_BUFFER_HOLDERS):
+        holder.release_buffers()
     gc.collect()
     trim = getattr(_LIBC, "malloc_trim", None)
     if trim is None:

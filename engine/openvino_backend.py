@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.backend import TensorSpec
+from engine.backend import TensorSpec, hold_buffers
 from engine.bundle import Bundle
 from engine.mapped_pages import DroppingPages
 
@@ -32,8 +32,26 @@ PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 # Inside the bundle: hidden, so model registries never list it.
 IR_DIR = ".openvino-f16"
 
+# Latent h·w above which a compiled model's intermediate buffers are released once the backend moves on (another
+# component runs, or the job ends: engine.backend.release_memory). 64·64 = 512×512 px for a factor-8 VAE. At
+# 1024 px they are GBs (SD 1.5: peak 6.3 → 3.9 GB with the whole attention, RESULTS.md issue 16); at 512 px the
+# release saves ≈ 100 MB, and two workers alternating components would re-allocate on every call, so it keeps them.
+RELEASE_ABOVE_LATENT_PIXELS = 64 * 64
+
+# The constants export/attention_chunking.py puts in front of each chunked attention (its score budget).
+_BUDGET_SUFFIX = "/score_budget_bytes"
+# Runtime (compiled) layer types of control flow. A compiled model with one of them is never released: on
+# OpenVINO 2026.4 `release_memory()` on a model with a TensorIterator (our chunked attention's Loop) made the next
+# calls return garbage or NaN and, at 1024 px, segfault (measured on the shapes model; RESULTS.md, issue 16).
+_LOOP_LAYERS = {"TensorIterator", "Loop", "If"}
+
 _OV_DTYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "f64": "float64",
               "bf16": "bfloat16"}
+
+
+def _key(shapes: dict[str, tuple[int, ...]]) -> tuple:
+    """A compiled model's key: its static input shapes."""
+    return tuple(sorted(shapes.items()))
 
 
 def openvino_available() -> bool:
@@ -59,7 +77,8 @@ class OpenVinoBackend:
     lean, at the cost of a recompile when the size changes (hires fix, a new resolution)."""
 
     def __init__(self, bundle: Bundle, precision: str = "fp32", threads: int = 0, cache_dir: str | Path | None = None,
-                 shapes_per_component: int = 1, f16_weights: bool | None = None):
+                 shapes_per_component: int = 1, f16_weights: bool | None = None, whole_attention: bool = True,
+                 release_above: int = RELEASE_ABOVE_LATENT_PIXELS):
         import openvino as ov
 
         if precision not in PRECISION_HINTS:
@@ -87,6 +106,13 @@ class OpenVinoBackend:
         self._compiled: dict[str, OrderedDict] = {}
         self._lock = threading.Lock()
         self.compiles = 0  # how many compiles this backend did (tests, logs)
+        self.whole_attention = whole_attention
+        self.release_above = release_above
+        self._releasable: set[tuple[str, tuple]] = set()  # (component, shapes) whose buffers may be released
+        self._holding: set[tuple[str, tuple]] = set()  # of those, the ones that ran since their last release
+        self._last_component: str | None = None
+        self.releases = 0  # how many compiled models' buffers were released (tests, logs)
+        hold_buffers(self)
 
     def _read(self, component: str):
         """The component with dynamic shapes, read from its ONNX file (or its f16 IR copy). Not kept: once
@@ -132,7 +158,7 @@ class OpenVinoBackend:
             return self._io[component]
 
     def compiled(self, component: str, shapes: dict[str, tuple[int, ...]]):
-        key = tuple(sorted(shapes.items()))
+        key = _key(shapes)
         with self._lock:
             cache = self._compiled.setdefault(component, OrderedDict())
             if key in cache:
@@ -141,6 +167,8 @@ class OpenVinoBackend:
             while len(cache) >= self.shapes_per_component:
                 cache.popitem(last=False)  # drop the least recently used shape before compiling the new one
             static = self._read(component)
+            if self.whole_attention:
+                self._unchunk_attention(static)
             static.reshape({name: self._ov.PartialShape(list(shape)) for name, shape in shapes.items()})
             log.info("openvino: compiling %s for %s (%s)", component, dict(key), self.precision)
             # The compile reads every weight through the file mapping while writing the plugin's converted copy,
@@ -153,13 +181,81 @@ class OpenVinoBackend:
             log.debug("openvino: %s: dropped %.0f MiB of mapped weight pages", component, dropping.dropped / 2**20)
             self.compiles += 1
             cache[key] = compiled
+            self._note_releasable(component, key, compiled)
             return compiled
 
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        compiled = self.compiled(component, {name: tuple(a.shape) for name, a in inputs.items()})
+        shapes = {name: tuple(a.shape) for name, a in inputs.items()}
+        compiled = self.compiled(component, shapes)
+        self._switch_to(component, _key(shapes))
         request = compiled.create_infer_request()
         request.infer({name: np.ascontiguousarray(a) for name, a in inputs.items()})
         return {out.get_any_name(): np.array(request.get_tensor(out).data, copy=True) for out in compiled.outputs}
+
+    def _unchunk_attention(self, model) -> int:
+        """Give OpenVINO the attention whole: each chunked attention's score budget (export/attention_chunking.py)
+        is set beyond any size, so its If keeps the plain MatMul→Softmax→MatMul branch, which the CPU plugin fuses
+        into its own attention kernel (a "Subgraph" that never holds the whole score matrix). Measured on the
+        shapes model at 1024 px (bf16 and f32) and on the full-size SD 1.5 at 512 and 1024 px (bf16): bit-identical
+        output to the chunked Loop, faster, smaller (1024 px UNet: ≈ 0.5 instead of ≈ 2.4 GB of buffers), and no
+        TensorIterator left, so the model's buffers can be released safely (`release_buffers`). Returns how
+        many attentions it changed."""
+        changed = 0
+        for op in model.get_ops():
+            if op.get_type_name() == "Constant" and any(n.endswith(_BUDGET_SUFFIX) for n in op.output(0).get_names()):
+                unbounded = self._ov.opset13.constant(np.array([2**62], np.int64))
+                op.output(0).replace(unbounded.output(0))
+                changed += 1
+        return changed
+
+    def _note_releasable(self, component: str, key: tuple, compiled) -> None:
+        """Marks a large compiled model without control-flow layers as one whose buffers `release_buffers` frees."""
+        spatial = [shape[-2] * shape[-1] for _, shape in key if len(shape) == 4]
+        if not spatial or max(spatial) <= self.release_above or not hasattr(compiled, "release_memory"):
+            return
+        layers = {op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops()}
+        if layers & _LOOP_LAYERS:
+            log.info("openvino: %s keeps its buffers (control-flow layers %s)", component, sorted(layers & _LOOP_LAYERS))
+            return
+        # Entries of models the LRU (or `release`) dropped go too.
+        self._releasable = {(n, k) for n, k in self._releasable if k in self._compiled.get(n, {})}
+        self._holding &= self._releasable
+        self._releasable.add((component, key))
+
+    def _switch_to(self, component: str, key: tuple) -> None:
+        """When the component changes (text encoder → UNet → VAE decoder), the others' large buffers go: a
+        compiled model keeps its intermediate buffers between calls, so the UNet's 1024 px ones stayed resident
+        through the VAE decode and both set the peak (full-size SD 1.5: 6.3 GB). Within the denoising loop the
+        same component runs call after call and keeps them."""
+        with self._lock:
+            switched = component != self._last_component
+            self._last_component = component
+            if (component, key) in self._releasable:
+                self._holding.add((component, key))
+        if switched:
+            self.release_buffers(keep=component)
+
+    def release_buffers(self, keep: str | None = None) -> int:
+        """Frees the intermediate buffers of the large compiled models (`release_above`), except `keep`'s; the
+        weights stay, and the next call allocates the buffers again (same output). Called on a component switch
+        and after each job (engine.backend.release_memory), so a server's RSS comes back down after a large
+        image. A model another thread is running is left alone (OpenVINO refuses: busy). Returns how many were
+        released."""
+        with self._lock:
+            held = [(name, key) for name, key in self._holding if name != keep]
+            released = 0
+            for name, key in held:
+                model = self._compiled.get(name, {}).get(key)
+                try:
+                    if model is not None:
+                        model.release_memory()
+                except RuntimeError as exc:  # "busy": an infer request of another thread is running on it
+                    log.debug("openvino: %s buffers not released (%s)", name, exc)
+                    continue
+                self._holding.discard((name, key))
+                released += model is not None
+            self.releases += released
+        return released
 
     def input_specs(self, component: str) -> list[TensorSpec]:
         return self._ports(component)[0]

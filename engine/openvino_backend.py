@@ -22,6 +22,7 @@ import numpy as np
 from engine.backend import TensorSpec
 from engine.bundle import Bundle
 from engine.mapped_pages import DroppingPages
+from engine.openvino_precision import keep_timestep_f32
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,9 @@ log = logging.getLogger(__name__)
 # CPU is bf16 (EXECUTION_MODE_HINT=PERFORMANCE), so f32 is always asked for explicitly.
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 
-# Inside the bundle: hidden, so model registries never list it.
-IR_DIR = ".openvino-f16"
+# Inside the bundle: hidden, so model registries never list it. "-2": the timestep path's constants stay f32
+# (engine/openvino_precision.py); an IR written before that has them in f16 and is not read.
+IR_DIR = ".openvino-f16-2"
 
 _OV_DTYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "f64": "float64",
               "bf16": "bfloat16"}
@@ -114,6 +116,7 @@ class OpenVinoBackend:
         tmp = ir.with_name(f".tmp-{os.getpid()}-{ir.name}")
         log.info("openvino: writing f16 weights of %s to %s", onnx, ir)
         model = self._core.read_model(str(onnx))
+        keep_timestep_f32(model)  # its constants stay f32 in the IR
         self._ov.save_model(model, str(tmp), compress_to_fp16=True)
         del model
         tmp.with_suffix(".bin").replace(ir.with_suffix(".bin"))
@@ -142,6 +145,8 @@ class OpenVinoBackend:
                 cache.popitem(last=False)  # drop the least recently used shape before compiling the new one
             static = self._read(component)
             static.reshape({name: self._ov.PartialShape(list(shape)) for name, shape in shapes.items()})
+            if self.precision == "bf16":
+                keep_timestep_f32(static)
             log.info("openvino: compiling %s for %s (%s)", component, dict(key), self.precision)
             # The compile reads every weight through the file mapping while writing the plugin's converted copy,
             # and the compiled model keeps the mapping: without the drop both stay resident (SD 1.5 UNet from f16:

@@ -1,0 +1,162 @@
+"""Where OpenVINO bf16's error on a UNet comes from: per-call cosine vs ONNX Runtime fp32 with chosen ops kept f32.
+
+    # 1. the reference calls (ORT fp32 through the gate's own recording; ≈4 GB for SD 1.5)
+    flock /tmp/team/fullsize.lock nice -n 19 .venv/bin/python -m benchmarks.openvino_precision BUNDLE --record
+    # 2. every variant replayed on those inputs (one compiled bf16 UNet at a time, ≈2 GB)
+    flock /tmp/team/fullsize.lock nice -n 19 .venv/bin/python -m benchmarks.openvino_precision BUNDLE \
+        --variants ir-f16 onnx timestep timestep+mvn timestep+softmax timestep+out all
+
+Variants: `ir-f16` the f16 IR as written before engine/openvino_precision.py (no marks; what the gate measured),
+`onnx` the ONNX read directly (f32 constants, no marks), `timestep` engine/openvino_precision.py's marks on the
+ONNX, `+mvn` every MVN (GroupNorm/LayerNorm statistics) kept f32 as well, `+softmax` every Softmax (in the
+attention chunks' If bodies too), `+out` conv_norm_out → conv_out, `all` = timestep+mvn+softmax+out, `backend` the
+real OpenVinoBackend (bf16, the new f16 IR in the bundle). Prints one JSON line per variant (min/mean cosine,
+median call time); numbers in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def record_calls(bundle_path: Path, calls_file: Path, samples: int, size: int, steps: int, threads: int) -> None:
+    """The UNet calls ORT fp32 makes in the gate's txt2img (same prompts, seeds, sampler), inputs and outputs."""
+    from engine.backend import BackendChoice, create_backend
+    from engine.bundle import load_bundle
+    from engine.pipeline import Pipeline
+    from engine.plan import GenerationPlan
+    from engine.quality_gate import NEGATIVE, PROMPTS, RecordingBackend
+
+    bundle = load_bundle(bundle_path)
+    reference = RecordingBackend(create_backend(bundle, "cpu", BackendChoice("ort", "fp32", threads)))
+    pipe = Pipeline(bundle, reference)
+    for i in range(samples):
+        plan = GenerationPlan(prompts=(PROMPTS[i % len(PROMPTS)],), negative_prompts=(NEGATIVE,), seeds=(1000 + i,),
+                              subseeds=(0,), width=size, height=size, steps=steps, cfg_scale=7.0, sampler="Euler",
+                              scheduler="automatic")
+        pipe.txt2img(plan)
+    arrays = {}
+    for n, (inputs, output) in enumerate(reference.calls):
+        arrays.update({f"{n}/in/{k}": v for k, v in inputs.items()})
+        arrays[f"{n}/out"] = output
+    np.savez(calls_file, **arrays)
+    print(json.dumps({"recorded_calls": len(reference.calls), "ort_fp32_call_s": reference.seconds}))
+
+
+def load_calls(calls_file: Path) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+    data = np.load(calls_file)
+    count = 1 + max(int(k.split("/")[0]) for k in data.files)
+    calls = []
+    for n in range(count):
+        inputs = {k.split("/", 2)[2]: data[k] for k in data.files if k.startswith(f"{n}/in/")}
+        calls.append((inputs, data[f"{n}/out"]))
+    return calls
+
+
+def _all_ops(model):
+    """Every node of `model`, the bodies of If/Loop included (the chunked attention lives in If bodies)."""
+    for node in model.get_ordered_ops():
+        yield node
+        if node.get_type_name() in ("If", "Loop", "TensorIterator"):
+            bodies = [node.get_function(i) for i in range(2)] if node.get_type_name() == "If" else \
+                [node.get_function()]
+            for body in bodies:
+                yield from _all_ops(body)
+
+
+def _output_tail(model) -> list:
+    """conv_norm_out (MVN and its affine), SiLU, conv_out and its bias: the nodes behind the last MVN."""
+    tail: dict[str, object] = {}
+    frontier = [r.input_value(0).get_node() for r in model.get_results()]
+    while frontier:
+        node = frontier.pop()
+        if node.get_friendly_name() in tail or node.get_type_name() == "Parameter":
+            continue
+        tail[node.get_friendly_name()] = node
+        sources = [p.get_source_output().get_node() for p in node.inputs()]
+        tail.update((s.get_friendly_name(), s) for s in sources if s.get_type_name() == "Constant")
+        if node.get_type_name() != "MVN":
+            frontier.append(sources[0])  # the data path only: a Reshape's shape input leads back to everything
+    return list(tail.values())
+
+
+def mark(model, parts: set[str]) -> int:
+    from engine.openvino_precision import keep_f32, keep_timestep_f32
+
+    count = 0
+    if "timestep" in parts:
+        count += keep_timestep_f32(model)
+    if "mvn" in parts:
+        count += keep_f32(n for n in _all_ops(model) if n.get_type_name() == "MVN")
+    if "softmax" in parts:
+        count += keep_f32(n for n in _all_ops(model) if n.get_type_name() == "Softmax")
+    if "out" in parts:
+        count += keep_f32(_output_tail(model))
+    return count
+
+
+def run_variant(bundle_path: Path, name: str, calls, threads: int) -> dict:
+    import openvino as ov
+
+    from engine.quality_gate import cosine
+
+    shapes = {k: list(v.shape) for k, v in calls[0][0].items()}
+    start = time.perf_counter()
+    if name == "backend":
+        from engine.bundle import load_bundle
+        from engine.openvino_backend import OpenVinoBackend
+
+        backend = OpenVinoBackend(load_bundle(bundle_path), "bf16", threads=threads)
+        compiled, marked = backend.compiled("unet", {k: tuple(v) for k, v in shapes.items()}), None
+    else:
+        core = ov.Core()
+        source = bundle_path / ".openvino-f16" / "unet" / "model.xml" if name == "ir-f16" else \
+            bundle_path / "unet" / "model.onnx"
+        model = core.read_model(str(source))
+        model.reshape({k: ov.PartialShape(v) for k, v in shapes.items()})
+        parts = {"timestep", "mvn", "softmax", "out"} if name == "all" else set(name.split("+")) - {"onnx", "ir-f16"}
+        marked = mark(model, parts)
+        config = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                  "INFERENCE_NUM_THREADS": threads}
+        compiled = core.compile_model(model, "CPU", config)
+        del model
+    compile_s = time.perf_counter() - start
+    request = compiled.create_infer_request()
+    cosines, seconds = [], []
+    for inputs, expected in calls:
+        t0 = time.perf_counter()
+        request.infer(inputs)
+        seconds.append(time.perf_counter() - t0)
+        cosines.append(cosine(request.get_output_tensor(0).data.copy(), expected))
+    return {"variant": name, "marked": marked, "min_cosine": round(min(cosines), 6),
+            "mean_cosine": round(statistics.fmean(cosines), 6), "cosines": [round(c, 6) for c in cosines],
+            "median_call_s": round(statistics.median(seconds[1:] or seconds), 3), "compile_s": round(compile_s, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--record", action="store_true")
+    parser.add_argument("--calls", type=Path, default=Path("/tmp/ovprec-unet-calls.npz"), help="recorded calls")
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", nargs="*", default=[])
+    args = parser.parse_args()
+    if args.record:
+        record_calls(args.bundle, args.calls, args.samples, args.size, args.steps, args.threads)
+    calls = load_calls(args.calls) if args.variants else []
+    for name in args.variants:
+        print(json.dumps(run_variant(args.bundle, name, calls, args.threads)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

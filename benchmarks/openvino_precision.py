@@ -11,7 +11,8 @@ Variants: `ir-f16` the f16 IR as written before engine/openvino_precision.py (no
 ONNX, `+mvn` every MVN (GroupNorm/LayerNorm statistics) kept f32 as well, `+softmax` every Softmax (in the
 attention chunks' If bodies too), `+out` conv_norm_out → conv_out, `all` = timestep+mvn+softmax+out, `backend` the
 real OpenVinoBackend (bf16, the new f16 IR in the bundle). Prints one JSON line per variant (min/mean cosine,
-median call time); numbers in benchmarks/RESULTS.md.
+median call time); numbers in benchmarks/RESULTS.md. `--diffusers DIR/unet` adds diffusers' UNet in bf16 vs fp32
+on the same inputs (torch: benchmark code only).
 """
 
 from __future__ import annotations
@@ -139,6 +140,39 @@ def run_variant(bundle_path: Path, name: str, calls, threads: int) -> dict:
             "median_call_s": round(statistics.median(seconds[1:] or seconds), 3), "compile_s": round(compile_s, 1)}
 
 
+def diffusers_bf16(unet_dir: Path, calls, threads: int) -> dict:
+    """Context for the gate's threshold: diffusers' own UNet in bf16 (`unet.to(torch.bfloat16)`) against its fp32
+    on the same inputs, and its fp32 against ONNX Runtime fp32 (the export's own error)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from engine.quality_gate import cosine
+
+    torch.set_num_threads(threads)
+    unet = UNet2DConditionModel.from_pretrained(str(unet_dir), torch_dtype=torch.float32).eval()
+    result: dict[str, object] = {"variant": "diffusers"}
+    outputs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        unet.to(dtype)
+        got, seconds = [], []
+        with torch.inference_mode():
+            for inputs, _ in calls:
+                t0 = time.perf_counter()
+                out = unet(torch.from_numpy(inputs["sample"]).to(dtype), torch.from_numpy(inputs["timestep"]),
+                           torch.from_numpy(inputs["encoder_hidden_states"]).to(dtype)).sample
+                seconds.append(time.perf_counter() - t0)
+                got.append(out.float().numpy())
+        outputs[str(dtype)] = got
+        result[f"{dtype}_median_call_s"] = round(statistics.median(seconds[1:] or seconds), 3)
+    ort = [out for _, out in calls]
+    pairs = {"bf16_vs_fp32": (outputs["torch.bfloat16"], outputs["torch.float32"]),
+             "fp32_vs_ort_fp32": (outputs["torch.float32"], ort), "bf16_vs_ort_fp32": (outputs["torch.bfloat16"], ort)}
+    for name, pair in pairs.items():
+        cosines = [cosine(a, b) for a, b in zip(*pair, strict=True)]
+        result[name] = {"min_cosine": round(min(cosines), 6), "mean_cosine": round(statistics.fmean(cosines), 6)}
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("bundle", type=Path)
@@ -149,12 +183,15 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", nargs="*", default=[])
+    parser.add_argument("--diffusers", type=Path, help="a diffusers UNet folder of the same model (bf16 context)")
     args = parser.parse_args()
     if args.record:
         record_calls(args.bundle, args.calls, args.samples, args.size, args.steps, args.threads)
-    calls = load_calls(args.calls) if args.variants else []
+    calls = load_calls(args.calls) if args.variants or args.diffusers else []
     for name in args.variants:
         print(json.dumps(run_variant(args.bundle, name, calls, args.threads)), flush=True)
+    if args.diffusers:
+        print(json.dumps(diffusers_bf16(args.diffusers, calls, args.threads)), flush=True)
     return 0
 
 

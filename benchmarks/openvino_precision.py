@@ -12,7 +12,8 @@ ONNX, `+mvn` every MVN (GroupNorm/LayerNorm statistics) kept f32 as well, `+soft
 attention chunks' If bodies too), `+out` conv_norm_out → conv_out, `all` = timestep+mvn+softmax+out, `backend` the
 real OpenVinoBackend (bf16, the new f16 IR in the bundle). Prints one JSON line per variant (min/mean cosine,
 median call time); numbers in benchmarks/RESULTS.md. `--diffusers DIR/unet` adds diffusers' UNet in bf16 vs fp32
-on the same inputs (torch: benchmark code only).
+on the same inputs (torch: benchmark code only). `--interleave N --variants ir-f16 backend`: the call times only,
+both compiled side by side and replayed in turns, N rounds.
 """
 
 from __future__ import annotations
@@ -102,12 +103,10 @@ def mark(model, parts: set[str]) -> int:
     return count
 
 
-def run_variant(bundle_path: Path, name: str, calls, threads: int) -> dict:
+def compile_variant(bundle_path: Path, name: str, shapes: dict[str, list[int]], threads: int):
+    """(compiled UNet, nodes marked, compile seconds) of one variant."""
     import openvino as ov
 
-    from engine.quality_gate import cosine
-
-    shapes = {k: list(v.shape) for k, v in calls[0][0].items()}
     start = time.perf_counter()
     if name == "backend":
         from engine.bundle import load_bundle
@@ -117,7 +116,7 @@ def run_variant(bundle_path: Path, name: str, calls, threads: int) -> dict:
         compiled, marked = backend.compiled("unet", {k: tuple(v) for k, v in shapes.items()}), None
     else:
         core = ov.Core()
-        source = bundle_path / ".openvino-f16" / "unet" / "model.xml" if name == "ir-f16" else \
+        source = bundle_path / ".openvino-f16" / "unet" / "model.xml" if name.startswith("ir-f16") else \
             bundle_path / "unet" / "model.onnx"
         model = core.read_model(str(source))
         model.reshape({k: ov.PartialShape(v) for k, v in shapes.items()})
@@ -127,17 +126,45 @@ def run_variant(bundle_path: Path, name: str, calls, threads: int) -> dict:
                   "INFERENCE_NUM_THREADS": threads}
         compiled = core.compile_model(model, "CPU", config)
         del model
-    compile_s = time.perf_counter() - start
-    request = compiled.create_infer_request()
+    return compiled, marked, time.perf_counter() - start
+
+
+def replay(request, calls) -> tuple[list[float], list[float]]:
+    """(cosine vs the reference output, seconds) per recorded call."""
+    from engine.quality_gate import cosine
+
     cosines, seconds = [], []
     for inputs, expected in calls:
         t0 = time.perf_counter()
         request.infer(inputs)
         seconds.append(time.perf_counter() - t0)
         cosines.append(cosine(request.get_output_tensor(0).data.copy(), expected))
+    return cosines, seconds
+
+
+def run_variant(bundle_path: Path, name: str, calls, threads: int) -> dict:
+    shapes = {k: list(v.shape) for k, v in calls[0][0].items()}
+    compiled, marked, compile_s = compile_variant(bundle_path, name, shapes, threads)
+    cosines, seconds = replay(compiled.create_infer_request(), calls)
     return {"variant": name, "marked": marked, "min_cosine": round(min(cosines), 6),
             "mean_cosine": round(statistics.fmean(cosines), 6), "cosines": [round(c, 6) for c in cosines],
             "median_call_s": round(statistics.median(seconds[1:] or seconds), 3), "compile_s": round(compile_s, 1)}
+
+
+def interleaved_times(bundle_path: Path, names: list[str], calls, threads: int, rounds: int) -> dict:
+    """Call times of several variants compiled side by side and replayed in turns (round r: every variant once),
+    so a load change on the shared machine hits all of them alike."""
+    shapes = {k: list(v.shape) for k, v in calls[0][0].items()}
+    requests = {name: compile_variant(bundle_path, name, shapes, threads)[0].create_infer_request() for name in names}
+    for request in requests.values():
+        replay(request, calls[:1])  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name, request in requests.items():
+            seconds[name] += replay(request, calls)[1]
+    return {"interleaved_rounds": rounds, "calls_each": len(calls) * rounds,
+            "median_call_s": {name: round(statistics.median(s), 4) for name, s in seconds.items()},
+            "mean_call_s": {name: round(statistics.fmean(s), 4) for name, s in seconds.items()}}
 
 
 def diffusers_bf16(unet_dir: Path, calls, threads: int) -> dict:
@@ -183,12 +210,16 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", nargs="*", default=[])
+    parser.add_argument("--interleave", type=int, default=0,
+                        help="instead of one replay per variant: call times of all --variants, N rounds in turns")
     parser.add_argument("--diffusers", type=Path, help="a diffusers UNet folder of the same model (bf16 context)")
     args = parser.parse_args()
     if args.record:
         record_calls(args.bundle, args.calls, args.samples, args.size, args.steps, args.threads)
     calls = load_calls(args.calls) if args.variants or args.diffusers else []
-    for name in args.variants:
+    if args.interleave:
+        print(json.dumps(interleaved_times(args.bundle, args.variants, calls, args.threads, args.interleave)))
+    for name in [] if args.interleave else args.variants:
         print(json.dumps(run_variant(args.bundle, name, calls, args.threads)), flush=True)
     if args.diffusers:
         print(json.dumps(diffusers_bf16(args.diffusers, calls, args.threads)), flush=True)

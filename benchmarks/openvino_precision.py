@@ -6,12 +6,13 @@
     flock /tmp/team/fullsize.lock nice -n 19 .venv/bin/python -m benchmarks.openvino_precision BUNDLE \
         --variants ir-f16 onnx timestep timestep+mvn timestep+softmax timestep+out all
 
-Variants: `ir-f16` the f16 IR as written before engine/openvino_precision.py (no marks; what the gate measured),
-`onnx` the ONNX read directly (f32 constants, no marks), `timestep` engine/openvino_precision.py's marks on the
-ONNX, `+mvn` every MVN (GroupNorm/LayerNorm statistics) kept f32 as well, `+softmax` every Softmax (in the
-attention chunks' If bodies too), `+out` conv_norm_out → conv_out, `all` = timestep+mvn+softmax+out, `backend` the
-real OpenVinoBackend (bf16, the new f16 IR in the bundle). Prints one JSON line per variant (min/mean cosine,
-median call time); numbers in benchmarks/RESULTS.md. `--diffusers DIR/unet` adds diffusers' UNet in bf16 vs fp32
+Variants: `ir-f16` the f16 IR as written before engine/openvino_precision.py (BUNDLE/.openvino-f16, no marks;
+what the gate measured; `ir-f16+timestep` with the marks), `onnx` the ONNX read directly (f32 constants, no
+marks), `timestep` engine/openvino_precision.py's marks on the ONNX, `+mvn` every MVN (GroupNorm/LayerNorm
+statistics) kept f32 as well, `+softmax` every Softmax (in the attention chunks' If bodies too), `+out`
+conv_norm_out → conv_out, `all` = timestep+mvn+softmax+out, `backend` the real OpenVinoBackend (bf16; it writes
+its f16 IR into BUNDLE/.openvino-f16-2: give it a copy of a shared bundle). Prints one JSON line per variant
+(min/mean cosine, median call time); numbers in benchmarks/RESULTS.md. `--diffusers DIR/unet` adds diffusers' UNet in bf16 vs fp32
 on the same inputs (torch: benchmark code only). `--interleave N --variants ir-f16 backend`: the call times only,
 both compiled side by side and replayed in turns, N rounds.
 """

@@ -91,7 +91,7 @@ def timestep_path(model) -> list:
     return nodes
 
 
-def _static_reshape(node):
+def _stable_replacement(node):
     """A Reshape for `node` (Unsqueeze/Squeeze, a Broadcast that only reshapes; a Multiply by ones for a real
     Broadcast) when its shapes are static, else None. The CPU plugin replaces Unsqueeze/Squeeze/Broadcast with
     new nodes of its own, which do not inherit the mark (it is not copyable): t = 999 reached the Mul as bf16 1000.
@@ -116,11 +116,11 @@ def keep_timestep_f32(model) -> int:
     """Mark the timestep-embedding path of `model` (ov.Model) f32; returns how many nodes were newly marked.
 
     On a model with static shapes (the backend reshapes before compiling), the path's Unsqueeze/Squeeze and
-    Broadcast nodes are also replaced with marked nodes the plugin keeps (see `_static_reshape`)."""
+    Broadcast nodes are also replaced with marked nodes the plugin keeps (see `_stable_replacement`)."""
     marked = 0
     for node in timestep_path(model):
         if node.get_type_name() in ("Unsqueeze", "Squeeze", "Broadcast"):
-            replacement = _static_reshape(node)
+            replacement = _stable_replacement(node)
             if replacement is not None and node.get_output_element_type(0) == replacement.get_output_element_type(0):
                 node.output(0).replace(replacement.output(0))
                 marked += keep_f32([replacement, replacement.input_value(1).get_node()])

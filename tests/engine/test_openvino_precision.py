@@ -23,26 +23,28 @@ FREQ = np.exp(-np.log(10000.0) * np.arange(HALF) / HALF).astype(np.float32)
 TIMESTEPS = np.array([999.0, 998.7, 500.3, 21.0], np.float32)
 
 
-def embedding_model():
-    """timestep [B] → Unsqueeze → ·freq → [sin, cos] → MatMul(W): the shape of a UNet's time_proj + linear_1."""
+def embedding_model(one_timestep: bool = False):
+    """timestep [B] → Unsqueeze → ·freq → [sin, cos] → MatMul(W): the shape of a UNet's time_proj + linear_1.
+    `one_timestep`: a [1] timestep broadcast to the batch first (the exports with a scalar timestep)."""
     import openvino.opset13 as ops
 
-    timestep = ops.parameter([len(TIMESTEPS)], np.float32, name="timestep")
-    args = ops.multiply(ops.unsqueeze(timestep, ops.constant(np.array([1], np.int64))), ops.constant(FREQ[None]))
+    timestep = ops.parameter([1 if one_timestep else len(TIMESTEPS)], np.float32, name="timestep")
+    batch = ops.broadcast(timestep, ops.constant(np.array([len(TIMESTEPS)], np.int64))) if one_timestep else timestep
+    args = ops.multiply(ops.unsqueeze(batch, ops.constant(np.array([1], np.int64))), ops.constant(FREQ[None]))
     embedding = ops.concat([ops.sin(args), ops.cos(args)], axis=1)
     weight = np.random.default_rng(0).standard_normal((2 * HALF, 32)).astype(np.float32)
     linear = ops.matmul(embedding, ops.constant(weight), False, False)
     return ov.Model([linear], [timestep]), weight
 
 
-def reference() -> np.ndarray:
-    args = TIMESTEPS.astype(np.float64)[:, None] * FREQ.astype(np.float64)[None]
+def reference(timesteps: np.ndarray = TIMESTEPS) -> np.ndarray:
+    args = timesteps.astype(np.float64)[:, None] * FREQ.astype(np.float64)[None]
     return np.concatenate([np.sin(args), np.cos(args)], axis=1) @ embedding_model()[1].astype(np.float64)
 
 
-def run_bf16(model) -> tuple[np.ndarray, dict[str, str]]:
+def run_bf16(model, timesteps: np.ndarray = TIMESTEPS) -> tuple[np.ndarray, dict[str, str]]:
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
-    out = compiled(TIMESTEPS)[0]
+    out = compiled(timesteps)[0]
     precisions = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
@@ -67,6 +69,18 @@ def test_timestep_path_in_f32_removes_the_bf16_error():
     assert relative_error(marked, expected) < 0.01
     math_nodes = {name: p for name, p in precisions.items() if p[0] in ("Math", "Subgraph", "Eltwise", "Reshape")}
     assert math_nodes and all(out == "f32" for _, out in math_nodes.values()), precisions
+
+
+@needs_bf16
+def test_one_timestep_broadcast_to_the_batch_stays_f32_too():
+    one = TIMESTEPS[:1]
+    expected = reference(np.repeat(one, len(TIMESTEPS)))
+    plain, _ = run_bf16(embedding_model(one_timestep=True)[0], one)
+    model = embedding_model(one_timestep=True)[0]
+    keep_timestep_f32(model)
+    marked, _ = run_bf16(model, one)
+    assert relative_error(plain, expected) > 0.05
+    assert relative_error(marked, expected) < 0.01
 
 
 def test_marks_keep_the_path_constants_f32_in_an_f16_ir(tmp_path):

@@ -1,20 +1,24 @@
 """Ops that OpenVINO's CPU plugin must keep in f32 when a model runs with INFERENCE_PRECISION_HINT=bf16.
 
-Why: with the bf16 hint the CPU plugin stores every float tensor of the graph in bf16 (8-bit mantissa), not
-only the convolution/MatMul inputs. The UNet's sinusoidal timestep embedding does not survive that: `t·freq`
-for t = 999 is stored as 1000 (bf16 step 4 near 1000) and sin/cos of the high frequencies come out as noise;
-the f16 IR the backend compiles from (engine/openvino_backend.py) also stored `freq` itself in f16, an error of up
-to ≈0.3 rad at t = 999. diffusers keeps that path in f32 in its fp16 UNet (`get_timestep_embedding` works on
-`timesteps.float()`) and so does our fp16 variant (export/variants/fp16.py): every node from `timestep` (SDXL:
-`time_ids`) up to the first MatMul — `time_embedding.linear_1`, which then runs in bf16 like every other linear
-layer.
+Why: with the bf16 hint the CPU plugin stores every float tensor of the graph in bf16 (8 significant bits), not
+only the convolution/MatMul inputs. The UNet's sinusoidal timestep embedding does not survive that: t = 999 is
+stored as 1000 (bf16 step 4 near 1000), `t·freq` is off by up to 1 rad from that alone (1.8 rad with its own
+rounding), so sin/cos of the high frequencies are noise; the f16 IR the backend compiles from
+(engine/openvino_backend.py) also stored `freq` in f16, up to 0.21 rad more at t = 999. On the full-size SD 1.5
+that was the whole quality-gate failure: per-call cosine 0.998533 → 0.999929 with this path kept f32; keeping
+GroupNorm statistics, softmax or the last conv f32 as well changed nothing measurable, so they stay bf16.
+diffusers keeps the path in f32 in its half-precision UNets (`get_timestep_embedding` works on
+`timesteps.float()`; its bf16 UNet scores 0.999922 against its fp32 on the same inputs) and so does our fp16
+variant (export/variants/fp16.py): every node from `timestep` (SDXL: `time_ids`) up to the first MatMul,
+`time_embedding.linear_1`, which then runs in bf16 like every other linear layer.
 
-How: OpenVINO's "precise" runtime attribute (`ov::disable_fp16_compression`, key `DisablePrecisionConversion_0`
-in 2025+) on a node. The CPU plugin leaves such a node at its original precision (`Node::keepOrigPrecision`), and
-`save_model(compress_to_fp16=True)` leaves such a Constant in f32. The Python API cannot build the attribute
-itself (RTMap takes strings and ints only), so it is read from a two-layer IR that carries it and copied onto the
-nodes with `Node.set_rt_info`, which keeps the attribute's own type. Measured on the full-size SD 1.5 (random
-weights) in benchmarks/RESULTS.md ("OpenVINO bf16 precision").
+How: OpenVINO's "precise" runtime attribute (`ov::disable_fp16_compression`; OpenVINO 2026.4 reads it as
+`DisablePrecisionConversion_0`) on a node. The CPU plugin leaves such a node at its original precision
+(`Node::keepOrigPrecision`), and `save_model(compress_to_fp16=True)` leaves such a Constant in f32. The Python API
+cannot build the attribute (RTMap takes strings and ints only), so it is read from a two-layer IR that carries it
+and copied onto the nodes with `Node.set_rt_info`, which keeps its type. The mark is not copied when the plugin
+replaces a node (Unsqueeze → its Reshape), so on the static model the backend compiles those nodes are replaced
+first with ones it keeps (`_stable_replacement`). Measurements: benchmarks/RESULTS.md, "OpenVINO bf16 precision".
 """
 
 from __future__ import annotations

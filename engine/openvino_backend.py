@@ -22,6 +22,7 @@ import numpy as np
 from engine.backend import TensorSpec, hold_buffers
 from engine.bundle import Bundle
 from engine.mapped_pages import DroppingPages
+from engine.openvino_precision import keep_timestep_f32
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,9 @@ log = logging.getLogger(__name__)
 # CPU is bf16 (EXECUTION_MODE_HINT=PERFORMANCE), so f32 is always asked for explicitly.
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 
-# Inside the bundle: hidden, so model registries never list it.
-IR_DIR = ".openvino-f16"
+# Inside the bundle: hidden, so model registries never list it. "-2": the timestep path's constants stay f32
+# (engine/openvino_precision.py); an IR written before that has them in f16 and is not read.
+IR_DIR = ".openvino-f16-2"
 
 # Latent h·w above which a compiled model's intermediate buffers are released once the backend moves on (another
 # component runs, or the job ends: engine.backend.release_memory). 64·64 = 512×512 px for a factor-8 VAE. At
@@ -140,6 +142,7 @@ class OpenVinoBackend:
         tmp = ir.with_name(f".tmp-{os.getpid()}-{ir.name}")
         log.info("openvino: writing f16 weights of %s to %s", onnx, ir)
         model = self._core.read_model(str(onnx))
+        keep_timestep_f32(model)  # its constants stay f32 in the IR
         self._ov.save_model(model, str(tmp), compress_to_fp16=True)
         del model
         tmp.with_suffix(".bin").replace(ir.with_suffix(".bin"))
@@ -170,6 +173,8 @@ class OpenVinoBackend:
             if self.whole_attention:
                 self._unchunk_attention(static)
             static.reshape({name: self._ov.PartialShape(list(shape)) for name, shape in shapes.items()})
+            if self.precision == "bf16":
+                keep_timestep_f32(static)
             log.info("openvino: compiling %s for %s (%s)", component, dict(key), self.precision)
             # The compile reads every weight through the file mapping while writing the plugin's converted copy,
             # and the compiled model keeps the mapping: without the drop both stay resident (SD 1.5 UNet from f16:

@@ -78,6 +78,12 @@ def provider_name(provider: str | tuple[str, dict]) -> str:
     return provider if isinstance(provider, str) else provider[0]
 
 
+def component_bytes(bundle: Bundle, component: str) -> int:
+    """The bytes of a component's folder on disk (graph and weights)."""
+    folder = bundle.component_path(component).parent
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
 class OrtBackend:
     """ONNX Runtime sessions for a bundle's components, created on first use. `providers` entries may carry
     provider options as ORT takes them, `(name, {option: value})`; `paths` runs a component from another graph
@@ -151,8 +157,7 @@ class OrtBackend:
 
     def component_bytes(self, component: str) -> int:
         """The component's weight bytes on disk: what a second session of it costs in memory, roughly."""
-        folder = self.bundle.component_path(component).parent
-        return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        return component_bytes(self.bundle, component)
 
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.run_session(self.session(component), inputs)

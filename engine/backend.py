@@ -209,9 +209,11 @@ def create_backend(bundle: Bundle, providers: str | Sequence[str] = "cpu",
                    choice: BackendChoice = BackendChoice()) -> ExecutionBackend:
     """The backend `choice` names for `bundle`; OpenVINO is imported only when chosen."""
     if choice.backend == "auto":
-        from engine.quality_gate import pick_variant
+        from engine.quality_gate import REFERENCE, pick_variant
 
-        backend, precision = pick_variant(bundle)
+        # The gate measures CPU variants: with GPU providers asked for, auto is ONNX Runtime on them (their own
+        # variants are chosen below, engine/trt_runtime.py).
+        backend, precision = pick_variant(bundle) if _cpu_only(providers) else REFERENCE.split("-")
         log.info("backend auto: %s %s", backend, precision)
         choice = BackendChoice(backend, precision, choice.threads, choice.cache_dir)
     if choice.backend == "openvino":
@@ -227,6 +229,11 @@ def create_backend(bundle: Bundle, providers: str | Sequence[str] = "cpu",
 
         return create_cuda_backend(bundle, choice)
     return OrtBackend(bundle, providers, intra_op_threads=choice.threads)
+
+
+def _cpu_only(providers: str | Sequence[str | tuple[str, dict]]) -> bool:
+    names = PROVIDER_PRESETS[providers] if isinstance(providers, str) else [provider_name(p) for p in providers]
+    return all(name == "CPUExecutionProvider" for name in names)
 
 
 def _libc():

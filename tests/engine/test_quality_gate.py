@@ -81,3 +81,17 @@ def test_gate_of_openvino_bf16_is_measured_not_assumed(shapes_bundle):
     assert 0.99 < result.min_cosine < 1.0  # bf16 is not bit-exact
     assert result.passed == (result.min_cosine >= 0.999)
     assert all(20 < p < float("inf") for p in result.psnr_db), result.psnr_db
+
+
+def test_auto_with_gpu_providers_stays_on_onnxruntime(bundle_copy, monkeypatch):
+    """The gate measures CPU variants: a GPU provider list is not swapped for OpenVINO by a CPU record."""
+    monkeypatch.setattr("engine.quality_gate.available", lambda name: True)
+    record(bundle_copy, gate("openvino-fp32", passed=True, seconds=1.0))
+    bundle = load_bundle(bundle_copy)
+    gpu = create_backend(bundle, [("CUDAExecutionProvider", {}), "CPUExecutionProvider"], BackendChoice("auto"))
+    assert isinstance(gpu, OrtBackend)
+    assert gpu.requested_providers[0] == ("CUDAExecutionProvider", {})
+    pytest.importorskip("openvino")
+    from engine.openvino_backend import OpenVinoBackend
+
+    assert isinstance(create_backend(bundle, ["CPUExecutionProvider"], BackendChoice("auto")), OpenVinoBackend)

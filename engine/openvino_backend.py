@@ -92,7 +92,13 @@ class OpenVinoBackend:
         """The component with dynamic shapes, read from its ONNX file (or its f16 IR copy). Not kept: once
         compiled, the plugin holds the weights in its own layout (bf16 at bf16), and a kept model would hold the
         file's weights too."""
-        return self._core.read_model(str(self._source(component)))
+        name, _, variant = component.partition(":")
+        model = self._core.read_model(str(self._source(name)))
+        if variant:  # a graph derived from the component's (`unet:circular` for tiling): engine/openvino_tiling.py
+            from engine.openvino_tiling import derive
+
+            derive(model, variant)
+        return model
 
     def _source(self, component: str) -> Path:
         """The file a component's model is read from: its ONNX, or (f16 weights) its f16 IR, written once."""
@@ -150,7 +156,7 @@ class OpenVinoBackend:
         # The compile reads every weight through the file mapping while writing the plugin's converted copy,
         # and the compiled model keeps the mapping: without the drop both stay resident (SD 1.5 UNet from f16:
         # 1.7 GB of file pages beside 1.7 GB of bf16 weights). Dropped as it goes (engine/mapped_pages.py).
-        folder = self._source(component).parent
+        folder = self._source(component.partition(":")[0]).parent
         with DroppingPages([f for f in folder.iterdir() if f.is_file()]) as dropping:
             compiled = self._core.compile_model(model, "CPU", self.config)
         log.debug("openvino: %s: dropped %.0f MiB of mapped weight pages", component, dropping.dropped / 2**20)

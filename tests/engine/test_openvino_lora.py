@@ -36,17 +36,6 @@ def purple():
     return [(load_network(PURPLE, "purple"), NetworkUse("purple", 1.0, 1.0), "purple")]
 
 
-@pytest.fixture
-def own_bundle(shapes_bundle, tmp_path) -> Path:
-    """The shapes bundle through symlinks: the f16 IR the backend writes lands in this test's folder."""
-    copy = tmp_path / "bundle"
-    copy.mkdir()
-    for item in shapes_bundle.iterdir():
-        if not item.name.startswith("."):
-            (copy / item.name).symlink_to(item)
-    return copy
-
-
 def lora_images(pipeline: Pipeline, networks: list, steps: int = 12) -> list:
     with_lora, _ = ModelNetworks(pipeline).pipeline_for(networks)
     return with_lora.txt2img(make_plan(with_lora, "a red circle", seeds=SEEDS, sampler="Euler", steps=steps)).images
@@ -75,8 +64,8 @@ def test_purple_on_openvino_fp32_equals_onnxruntime(shapes_bundle, purple, ort_p
 
 
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="CPU without native bf16")
-def test_purple_on_openvino_bf16_is_close_and_still_purple(own_bundle, purple, ort_purple):
-    pipeline = Pipeline.from_path(own_bundle, choice=BackendChoice("openvino", "bf16", threads=2))
+def test_purple_on_openvino_bf16_is_close_and_still_purple(bundle_copy, purple, ort_purple):
+    pipeline = Pipeline.from_path(bundle_copy, choice=BackendChoice("openvino", "bf16", threads=2))
     got = lora_images(pipeline, purple)
     assert [dominant_colour(image) for image in got].count("purple") >= 3
     for image, reference in zip(got, ort_purple, strict=True):
@@ -84,18 +73,18 @@ def test_purple_on_openvino_bf16_is_close_and_still_purple(own_bundle, purple, o
         assert diff.mean() < 6, diff.mean()  # bf16 drifts over the steps, not into another picture
 
 
-def test_f16_ir_weights_are_replaced_through_their_convert(own_bundle, purple):
+def test_f16_ir_weights_are_replaced_through_their_convert(bundle_copy, purple):
     """The f16 IR stores a weight as an f16 Constant → Convert: the merged value replaces the f16 Constant (in f32
     inference here, so the comparison does not depend on a bf16 CPU)."""
-    bundle = load_bundle(own_bundle)
-    merged, _ = merged_weights(own_bundle, LoraMap.load(own_bundle), [(n, u) for n, u, _ in purple])
+    bundle = load_bundle(bundle_copy)
+    merged, _ = merged_weights(bundle_copy, LoraMap.load(bundle_copy), [(n, u) for n, u, _ in purple])
     feeds = unet_feeds(bundle)
     ort = OrtBackend(bundle, "cpu", intra_op_threads=2)
     expected = ort.run_session(ort.session_with_initializers("unet", merged["unet"]), feeds)["out_sample"]
     base = ort.run("unet", feeds)["out_sample"]
     backend = OpenVinoBackend(bundle, "fp32", threads=2, f16_weights=True)
     got = backend.run_session(backend.session_with_initializers("unet", merged["unet"]), feeds)["out_sample"]
-    assert (own_bundle / ".openvino-f16" / "unet" / "model.xml").is_file()  # really read from the f16 IR
+    assert (bundle_copy / ".openvino-f16" / "unet" / "model.xml").is_file()  # really read from the f16 IR
     assert cosine(got - base, expected - base) > 0.999  # the LoRA's change, not only the base output
     np.testing.assert_allclose(got, expected, atol=2e-2)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -27,19 +26,6 @@ def test_cosine_and_psnr_against_numpy_definitions():
 def gate(variant: str, passed: bool, seconds: float, reference_seconds: float = 10.0) -> GateResult:
     return GateResult(variant, "ort-fp32", passed, 0.9995 if passed else 0.98, 0.9998, (30.0,) * 8, 8, 256, 4,
                       seconds, reference_seconds)
-
-
-@pytest.fixture
-def bundle_copy(shapes_bundle, tmp_path):
-    # Weights are symlinked: only the manifest is written.
-    out = tmp_path / "bundle"
-    out.mkdir()
-    for item in shapes_bundle.iterdir():
-        if item.name == "manifest.json":
-            shutil.copy(item, out / item.name)
-        else:
-            (out / item.name).symlink_to(item)
-    return out
 
 
 def test_auto_is_the_reference_without_records(bundle_copy):

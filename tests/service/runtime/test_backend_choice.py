@@ -40,24 +40,15 @@ def test_server_config_choice_reaches_the_registry(shapes_bundle, tmp_path):
                                  backend="ort", precision="bf16"))
 
 
-def test_the_default_server_serves_the_gated_variant(shapes_bundle, tmp_path):
+def test_the_default_server_serves_the_gated_variant(bundle_copy, tmp_path):
     """`sdedge serve` without --backend: the bundle's fastest passing variant (here a recorded OpenVINO fp32 gate)."""
     pytest.importorskip("openvino")
-    import shutil
-
     from engine.openvino_backend import OpenVinoBackend
     from engine.quality_gate import GateResult, record
 
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    for item in shapes_bundle.iterdir():
-        if item.name == "manifest.json":
-            shutil.copy(item, bundle / item.name)
-        else:
-            (bundle / item.name).symlink_to(item)
-    config = ServerConfig(model=bundle, models_dir=tmp_path, options_file=tmp_path / "o.json")
+    config = ServerConfig(model=bundle_copy, models_dir=tmp_path, options_file=tmp_path / "o.json")
     state = ServerState(config)
     assert isinstance(state.models.load(state.models.entries()[0]).backend, OrtBackend)  # nothing recorded yet
-    record(bundle, GateResult("openvino-fp32", "ort-fp32", True, 0.9999, 0.99995, (40.0,), 1, 64, 2, 0.5, 1.0))
+    record(bundle_copy, GateResult("openvino-fp32", "ort-fp32", True, 0.9999, 0.99995, (40.0,), 1, 64, 2, 0.5, 1.0))
     state = ServerState(config)
     assert isinstance(state.models.load(state.models.entries()[0]).backend, OpenVinoBackend)

@@ -3,8 +3,6 @@ reference: the trained `purple` LoRA on the shapes model, a text-encoder LoRA, s
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -13,8 +11,10 @@ from engine.bundle import load_bundle
 from engine.lora import LoraMap, NetworkUse, load_network, merged_weights
 from engine.network_sessions import ModelNetworks
 from engine.pipeline import Pipeline
+from engine.quality_gate import cosine
 from engine.safetensors_file import write_file
 from tests.engine.test_lora_switch import _lora
+from tests.export.test_trained_lora import PURPLE
 from tests.export.test_trained_model import dominant_colour, make_plan
 
 ov = pytest.importorskip("openvino")
@@ -22,13 +22,7 @@ ov = pytest.importorskip("openvino")
 from engine.openvino_backend import OpenVinoBackend, cpu_supports_bf16  # noqa: E402
 from engine.openvino_networks import replace_initializers  # noqa: E402
 
-PURPLE = Path(__file__).resolve().parents[2] / "export" / "weights" / "loras" / "purple.safetensors"
 SEEDS = (100, 101, 102, 103)
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 @pytest.fixture(scope="module")

@@ -45,9 +45,10 @@ $(STAMP_OPENVINO): pyproject.toml $(STAMP_DEV)
 	$(PIP) install -q -e ".[openvino]"
 	touch $@
 
-# The demo model's quality gate for OpenVINO fp32 and bf16, recorded once in its manifest (`sdedge gate`, ~1 min on
-# 2 cores): auto then serves the fastest variant that passed and runs on this CPU (bf16 only with avx512_bf16/AMX).
-# A failed gate is a result, not a build error: auto then keeps ONNX Runtime fp32. Redone after a re-export.
+# The demo model's quality gate for OpenVINO fp32 and bf16, recorded once in its manifest (`sdedge gate`, 15–60 s
+# on 2 shared cores): auto then serves the fastest variant that passed and runs on this CPU (bf16 only with
+# avx512_bf16/AMX). A failed gate is a result, not a build error: auto then keeps ONNX Runtime fp32. Redone after a
+# re-export (a new manifest).
 DEMO_GATE := $(DEMO_BUNDLE)/.stamp-gate
 $(DEMO_GATE): $(DEMO_BUNDLE)/manifest.json | $(STAMP_OPENVINO)
 	for precision in fp32 bf16; do \

@@ -79,6 +79,12 @@ def provider_name(provider: str | tuple[str, dict]) -> str:
     return provider if isinstance(provider, str) else provider[0]
 
 
+def component_bytes(bundle: Bundle, component: str) -> int:
+    """The bytes of a component's folder on disk (graph and weights)."""
+    folder = bundle.component_path(component).parent
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
 class OrtBackend:
     """ONNX Runtime sessions for a bundle's components, created on first use. `providers` entries may carry
     provider options as ORT takes them, `(name, {option: value})`; `paths` runs a component from another graph
@@ -152,8 +158,7 @@ class OrtBackend:
 
     def component_bytes(self, component: str) -> int:
         """The component's weight bytes on disk: what a second session of it costs in memory, roughly."""
-        folder = self.bundle.component_path(component).parent
-        return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        return component_bytes(self.bundle, component)
 
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.run_session(self.session(component), inputs)
@@ -205,9 +210,11 @@ def create_backend(bundle: Bundle, providers: str | Sequence[str] = "cpu",
                    choice: BackendChoice = BackendChoice()) -> ExecutionBackend:
     """The backend `choice` names for `bundle`; OpenVINO is imported only when chosen."""
     if choice.backend == "auto":
-        from engine.quality_gate import pick_variant
+        from engine.quality_gate import REFERENCE, pick_variant
 
-        backend, precision = pick_variant(bundle)
+        # The gate measures CPU variants: with GPU providers asked for, auto is ONNX Runtime on them (their own
+        # variants are chosen below, engine/trt_runtime.py).
+        backend, precision = pick_variant(bundle) if _cpu_only(providers) else REFERENCE.split("-")
         log.info("backend auto: %s %s", backend, precision)
         choice = BackendChoice(backend, precision, choice.threads, choice.cache_dir)
     if choice.backend == "openvino":
@@ -223,6 +230,11 @@ def create_backend(bundle: Bundle, providers: str | Sequence[str] = "cpu",
 
         return create_cuda_backend(bundle, choice)
     return OrtBackend(bundle, providers, intra_op_threads=choice.threads)
+
+
+def _cpu_only(providers: str | Sequence[str | tuple[str, dict]]) -> bool:
+    names = PROVIDER_PRESETS[providers] if isinstance(providers, str) else [provider_name(p) for p in providers]
+    return all(name == "CPUExecutionProvider" for name in names)
 
 
 def _libc():

@@ -118,7 +118,8 @@ class RefitNetworkBackend(NetworkBackend):
 
 
 class NetworkSessions:
-    """LRU of per-set sessions over one base backend (an OrtBackend)."""
+    """LRU of per-set sessions over one base backend (an OrtBackend, or an OpenVinoBackend whose "sessions" are
+    merged models: engine/openvino_networks.py)."""
 
     def __init__(self, base, budget_bytes: int, optimization: str | None = None):
         self.base = base
@@ -218,8 +219,8 @@ class ModelNetworks:
             raise NetworkError("this bundle has no LoRA weight map (lora_map.json): re-export it with this "
                                "sdedge version to use LoRAs")
         if self.sessions is None:
-            raise NetworkError(f"LoRAs are merged into ONNX Runtime sessions; this model runs on "
-                               f"{type(self.pipeline.backend).__name__} (use --backend ort for LoRAs)")
+            raise NetworkError(f"LoRAs need a backend that takes merged weights (ONNX Runtime, OpenVINO); this "
+                               f"model runs on {type(self.pipeline.backend).__name__} (use --backend ort for LoRAs)")
         key = tuple((ident, u.te, u.unet, u.dyn) for _, u, ident in active)
         pairs = [(n, u) for n, u, _ in active]
         reports: dict = {}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.backend import TensorSpec, hold_buffers
+from engine.backend import TensorSpec, component_bytes, hold_buffers
 from engine.bundle import Bundle
 from engine.mapped_pages import DroppingPages
 from engine.openvino_precision import keep_timestep_f32
@@ -120,7 +120,13 @@ class OpenVinoBackend:
         """The component with dynamic shapes, read from its ONNX file (or its f16 IR copy). Not kept: once
         compiled, the plugin holds the weights in its own layout (bf16 at bf16), and a kept model would hold the
         file's weights too."""
-        return self._core.read_model(str(self._source(component)))
+        name, _, variant = component.partition(":")
+        model = self._core.read_model(str(self._source(name)))
+        if variant:  # a graph derived from the component's (`unet:circular` for tiling): engine/openvino_tiling.py
+            from engine.openvino_tiling import derive
+
+            derive(model, variant)
+        return model
 
     def _source(self, component: str) -> Path:
         """The file a component's model is read from: its ONNX, or (f16 weights) its f16 IR, written once."""
@@ -169,33 +175,52 @@ class OpenVinoBackend:
                 return cache[key]
             while len(cache) >= self.shapes_per_component:
                 cache.popitem(last=False)  # drop the least recently used shape before compiling the new one
-            static = self._read(component)
-            if self.whole_attention:
-                self._unchunk_attention(static)
-            static.reshape({name: self._ov.PartialShape(list(shape)) for name, shape in shapes.items()})
-            if self.precision == "bf16":
-                keep_timestep_f32(static)
-            log.info("openvino: compiling %s for %s (%s)", component, dict(key), self.precision)
-            # The compile reads every weight through the file mapping while writing the plugin's converted copy,
-            # and the compiled model keeps the mapping: without the drop both stay resident (SD 1.5 UNet from f16:
-            # 1.7 GB of file pages beside 1.7 GB of bf16 weights). Dropped as it goes (engine/mapped_pages.py).
-            folder = self._source(component).parent
-            with DroppingPages([f for f in folder.iterdir() if f.is_file()]) as dropping:
-                compiled = self._core.compile_model(static, "CPU", self.config)
-                del static
-            log.debug("openvino: %s: dropped %.0f MiB of mapped weight pages", component, dropping.dropped / 2**20)
-            self.compiles += 1
-            cache[key] = compiled
+            compiled = cache[key] = self.compile_static(self._read(component), component, shapes)
             self._note_releasable(component, key, compiled)
             return compiled
+
+    def compile_static(self, model, component: str, shapes: dict[str, tuple[int, ...]]):
+        """`model` (one of `component`'s, reshaped in place) compiled for `shapes`."""
+        if self.whole_attention:
+            self._unchunk_attention(model)
+        model.reshape({name: self._ov.PartialShape(list(shape)) for name, shape in shapes.items()})
+        if self.precision == "bf16":
+            keep_timestep_f32(model)
+        log.info("openvino: compiling %s for %s (%s)", component, shapes, self.precision)
+        # The compile reads every weight through the file mapping while writing the plugin's converted copy,
+        # and the compiled model keeps the mapping: without the drop both stay resident (SD 1.5 UNet from f16:
+        # 1.7 GB of file pages beside 1.7 GB of bf16 weights). Dropped as it goes (engine/mapped_pages.py).
+        folder = self._source(component.partition(":")[0]).parent
+        with DroppingPages([f for f in folder.iterdir() if f.is_file()]) as dropping:
+            compiled = self._core.compile_model(model, "CPU", self.config)
+        log.debug("openvino: %s: dropped %.0f MiB of mapped weight pages", component, dropping.dropped / 2**20)
+        self.compiles += 1
+        return compiled
 
     def run(self, component: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shapes = {name: tuple(a.shape) for name, a in inputs.items()}
         compiled = self.compiled(component, shapes)
         self._switch_to(component, _key(shapes))
-        request = compiled.create_infer_request()
-        request.infer({name: np.ascontiguousarray(a) for name, a in inputs.items()})
-        return {out.get_any_name(): np.array(request.get_tensor(out).data, copy=True) for out in compiled.outputs}
+        return _infer(compiled, inputs)
+
+    # LoRA (engine/network_sessions.py): a component with merged weights (engine/openvino_networks.py).
+    def read_model(self, component: str):
+        return self._read(component)
+
+    def session_with_initializers(self, component: str, initializers: dict[str, np.ndarray],
+                                  optimization: str | None = None):
+        """`component` with some ONNX initializers replaced (compiled on first run); `optimization` is ONNX
+        Runtime's and does not apply."""
+        from engine.openvino_networks import MergedModel
+
+        return MergedModel(self, component, initializers)
+
+    def run_session(self, session, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return _infer(session.compiled({name: tuple(a.shape) for name, a in inputs.items()}), inputs)
+
+    def component_bytes(self, component: str) -> int:
+        """The component's weight bytes on disk (f32): what a merged copy of it costs, roughly."""
+        return component_bytes(self.bundle, component)
 
     def _unchunk_attention(self, model) -> int:
         """Give OpenVINO the attention whole: each chunked attention's score budget (export/attention_chunking.py)
@@ -277,3 +302,9 @@ class OpenVinoBackend:
         with self._lock:
             for name in [component] if component else list(self._compiled):
                 self._compiled.pop(name, None)
+
+
+def _infer(compiled, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    request = compiled.create_infer_request()
+    request.infer({name: np.ascontiguousarray(a) for name, a in inputs.items()})
+    return {out.get_any_name(): np.array(request.get_tensor(out).data, copy=True) for out in compiled.outputs}

@@ -76,6 +76,21 @@ def shapes_bundle() -> Path:
     return _build(kind, lambda out: export_pipeline(build_shapes_pipeline(source), out, name="sdedge-shapes"))
 
 
+@pytest.fixture
+def bundle_copy(shapes_bundle: Path, tmp_path: Path) -> Path:
+    """The shapes bundle with its own manifest (a quality gate can be recorded into it); weights symlinked."""
+    import shutil
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    for item in shapes_bundle.iterdir():
+        if item.name == "manifest.json":
+            shutil.copy(item, out / item.name)
+        else:
+            (out / item.name).symlink_to(item)
+    return out
+
+
 @pytest.fixture(scope="session")
 def shapes_inpaint_bundle(tmp_path_factory) -> Path:
     """The trained inpainting variant (export/weights/shapes-sd-inpaint) exported to a bundle; keyed by its UNet."""

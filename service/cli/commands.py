@@ -234,9 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     s.add_argument("--listen", action="store_true", help="bind 0.0.0.0")
     s.add_argument("--providers", default="cpu", help="cpu, cuda, tensorrt (ONNX Runtime execution providers)")
-    s.add_argument("--backend", default="ort", choices=["ort", "openvino", "auto"],
-                   help="runtime: ONNX Runtime, OpenVINO (extra `openvino`), or auto: the fastest variant whose "
-                        "quality gate recorded in the bundle passed (`sdedge gate`)")
+    s.add_argument("--backend", default="auto", choices=["ort", "openvino", "auto"],
+                   help="runtime: ONNX Runtime, OpenVINO (extra `openvino`), or auto (default): the fastest variant "
+                        "whose quality gate recorded in the bundle passed (`sdedge gate`); ONNX Runtime fp32 when "
+                        "none is recorded or with GPU --providers. `ort` for A1111's CPU results bit for bit")
     s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="inference precision; bf16 needs --backend openvino (a CPU with avx512_bf16/AMX)")
     s.add_argument("--max-queue", type=int, default=64, help="jobs that may wait; more get 503")

@@ -33,7 +33,7 @@ class ServerConfig:
     model: Path | None = None
     models_dir: Path | None = None
     providers: str = "cpu"
-    backend: str = "ort"  # --backend: ort | openvino | auto (engine/backend.py: BackendChoice)
+    backend: str = "auto"  # --backend: ort | openvino | auto (engine/backend.py: BackendChoice)
     precision: str = "fp32"  # --precision: fp32 | bf16 (bf16 on OpenVINO only)
     max_queue: int = 64
     options_file: Path | None = None

@@ -111,7 +111,8 @@ def test_the_tiled_unet_of_a_lora_set_uses_the_merged_weights(demo_pipeline, dem
 
 
 def test_a_backend_that_cannot_take_merged_weights_says_so(demo_pipeline, demo_files):
-    """OpenVINO compiles its own weights: a LoRA there is refused with the reason, not a re-export hint."""
+    """A backend without `session_with_initializers` (compiled weights only): a LoRA is refused with the reason, not
+    a re-export hint. (OpenVINO takes merged weights: tests/engine/test_openvino_lora.py.)"""
     import copy
 
     from engine.lora import NetworkError

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -27,19 +26,6 @@ def test_cosine_and_psnr_against_numpy_definitions():
 def gate(variant: str, passed: bool, seconds: float, reference_seconds: float = 10.0) -> GateResult:
     return GateResult(variant, "ort-fp32", passed, 0.9995 if passed else 0.98, 0.9998, (30.0,) * 8, 8, 256, 4,
                       seconds, reference_seconds)
-
-
-@pytest.fixture
-def bundle_copy(shapes_bundle, tmp_path):
-    # Weights are symlinked: only the manifest is written.
-    out = tmp_path / "bundle"
-    out.mkdir()
-    for item in shapes_bundle.iterdir():
-        if item.name == "manifest.json":
-            shutil.copy(item, out / item.name)
-        else:
-            (out / item.name).symlink_to(item)
-    return out
 
 
 def test_auto_is_the_reference_without_records(bundle_copy):
@@ -81,3 +67,17 @@ def test_gate_of_openvino_bf16_is_measured_not_assumed(shapes_bundle):
     assert 0.99 < result.min_cosine < 1.0  # bf16 is not bit-exact
     assert result.passed == (result.min_cosine >= 0.999)
     assert all(20 < p < float("inf") for p in result.psnr_db), result.psnr_db
+
+
+def test_auto_with_gpu_providers_stays_on_onnxruntime(bundle_copy, monkeypatch):
+    """The gate measures CPU variants: a GPU provider list is not swapped for OpenVINO by a CPU record."""
+    monkeypatch.setattr("engine.quality_gate.available", lambda name: True)
+    record(bundle_copy, gate("openvino-fp32", passed=True, seconds=1.0))
+    bundle = load_bundle(bundle_copy)
+    gpu = create_backend(bundle, [("CUDAExecutionProvider", {}), "CPUExecutionProvider"], BackendChoice("auto"))
+    assert isinstance(gpu, OrtBackend)
+    assert gpu.requested_providers[0] == ("CUDAExecutionProvider", {})
+    pytest.importorskip("openvino")
+    from engine.openvino_backend import OpenVinoBackend
+
+    assert isinstance(create_backend(bundle, ["CPUExecutionProvider"], BackendChoice("auto")), OpenVinoBackend)

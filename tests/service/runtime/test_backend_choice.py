@@ -10,9 +10,10 @@ from service.runtime.models import ModelRegistry
 from service.runtime.state import ServerConfig, ServerState
 
 
-def test_serve_flags_parse_and_default_to_onnxruntime_fp32():
+def test_serve_flags_parse_and_default_to_auto():
     args = build_parser().parse_args(["serve"])
-    assert (args.backend, args.precision) == ("ort", "fp32")
+    assert (args.backend, args.precision) == ("auto", "fp32")
+    assert ServerConfig().backend == "auto"
     args = build_parser().parse_args(["serve", "--backend", "openvino", "--precision", "bf16"])
     assert (args.backend, args.precision) == ("openvino", "bf16")
     with pytest.raises(SystemExit):
@@ -37,3 +38,17 @@ def test_server_config_choice_reaches_the_registry(shapes_bundle, tmp_path):
     with pytest.raises(ValueError, match="openvino"):
         ServerState(ServerConfig(model=shapes_bundle, models_dir=tmp_path, options_file=tmp_path / "o.json",
                                  backend="ort", precision="bf16"))
+
+
+def test_the_default_server_serves_the_gated_variant(bundle_copy, tmp_path):
+    """`sdedge serve` without --backend: the bundle's fastest passing variant (here a recorded OpenVINO fp32 gate)."""
+    pytest.importorskip("openvino")
+    from engine.openvino_backend import OpenVinoBackend
+    from engine.quality_gate import GateResult, record
+
+    config = ServerConfig(model=bundle_copy, models_dir=tmp_path, options_file=tmp_path / "o.json")
+    state = ServerState(config)
+    assert isinstance(state.models.load(state.models.entries()[0]).backend, OrtBackend)  # nothing recorded yet
+    record(bundle_copy, GateResult("openvino-fp32", "ort-fp32", True, 0.9999, 0.99995, (40.0,), 1, 64, 2, 0.5, 1.0))
+    state = ServerState(config)
+    assert isinstance(state.models.load(state.models.entries()[0]).backend, OpenVinoBackend)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -33,6 +34,9 @@ PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 # Inside the bundle: hidden, so model registries never list it. "-2": the timestep path's constants stay f32
 # (engine/openvino_precision.py); an IR written before that has them in f16 and is not read.
 IR_DIR = ".openvino-f16-2"
+# Earlier layouts of that copy (the first stored the timestep path's constants in f16): removed when the current
+# one is written, so an upgraded bundle does not keep a second 1.7 GB UNet copy.
+STALE_IR_DIRS = (".openvino-f16",)
 
 # Latent h·w above which a compiled model's intermediate buffers are released once the backend moves on (another
 # component runs, or the job ends: engine.backend.release_memory). 64·64 = 512×512 px for a factor-8 VAE. At
@@ -140,6 +144,8 @@ class OpenVinoBackend:
             except OSError as exc:  # a read-only bundle: compile from the ONNX
                 log.warning("openvino: cannot write %s (%s); reading the ONNX", ir, exc)
                 return onnx
+            for stale in STALE_IR_DIRS:
+                shutil.rmtree(self.bundle.path / stale / component, ignore_errors=True)
         return ir
 
     def _write_f16_ir(self, onnx: Path, ir: Path) -> None:

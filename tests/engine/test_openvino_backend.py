@@ -104,6 +104,9 @@ def test_bf16_reads_f16_weights_written_once_into_the_bundle(shapes_bundle, tmp_
     for item in shapes_bundle.iterdir():
         if not item.name.startswith("."):
             (copy / item.name).symlink_to(item)
+    stale = copy / ".openvino-f16" / "unet"  # an earlier IR layout: replaced, not kept beside the current one
+    stale.mkdir(parents=True)
+    (stale / "model.bin").write_bytes(b"old")
     bundle = load_bundle(copy)
     feeds = unet_feeds(bundle, 64)
     from_onnx = OpenVinoBackend(bundle, "bf16", threads=2, f16_weights=False).run("unet", feeds)["out_sample"]
@@ -111,6 +114,7 @@ def test_bf16_reads_f16_weights_written_once_into_the_bundle(shapes_bundle, tmp_
     got = backend.run("unet", feeds)["out_sample"]
     ir = copy / IR_DIR / "unet"
     assert sorted(p.name for p in ir.iterdir()) == ["model.bin", "model.xml"]
+    assert not stale.exists()
     onnx_bytes = (shapes_bundle / "unet" / "model.onnx_data").stat().st_size
     assert (ir / "model.bin").stat().st_size < 0.6 * onnx_bytes  # f16: half the f32 weights
     assert cosine(got, from_onnx) > 0.99999

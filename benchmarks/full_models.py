@@ -5,7 +5,6 @@ in a child process under the full-size lock."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -38,36 +37,11 @@ def full_models(arch: str = "sd15") -> FullModels:
 
 
 def _save_diffusers(out: Path) -> None:
-    """export/demo.py's recipe on the SD 1.5 configs; the scheduler through `from_config`, which ignores the
-    keys of the official config that PNDMScheduler's constructor does not take (clip_sample, ...)."""
-    import tempfile
-
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from export.clip_vocab import write_tokenizer_files
+    """export/demo.py's recipe on the SD 1.5 configs, seeded with SEED."""
+    from export.demo import build_demo_pipeline
     from export.single_file import SD15_CONFIG_DIR
 
-    def cfg(part: str, name: str = "config.json") -> dict:
-        data = json.loads((SD15_CONFIG_DIR / part / name).read_text())
-        return {k: v for k, v in data.items() if not k.startswith("_")}
-
-    torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(**cfg("unet"))
-    torch.manual_seed(SEED + 1)
-    vae = AutoencoderKL(**cfg("vae"))
-    torch.manual_seed(SEED + 2)
-    text_cfg = {k: v for k, v in cfg("text_encoder").items() if k not in ("architectures", "model_type")}
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
-    scheduler = PNDMScheduler.from_config(cfg("scheduler", "scheduler_config.json"))
-    with tempfile.TemporaryDirectory() as tmp:
-        write_tokenizer_files(Path(tmp))
-        tokenizer = CLIPTokenizer.from_pretrained(tmp)
-    pipe = StableDiffusionPipeline(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(),
-                                   tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(out, safe_serialization=True)
+    build_demo_pipeline(SEED, SD15_CONFIG_DIR).save_pretrained(out, safe_serialization=True)
 
 
 def _save_diffusers_sd21(out: Path) -> None:

@@ -234,13 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-tests", action="store_true", help="skip the `gpu`-marked tests (run last otherwise)")
     args = p.parse_args(argv)
 
-    from service.cli.build_engines import no_gpu_reason
+    from service.cli.build_engines import said_no_gpu
 
     load_gpu_libraries()
-    reason = no_gpu_reason()
-    if reason is not None:
-        print(f"gpu-check: skipped, {reason}. It needs an NVIDIA GPU, its driver, TensorRT and onnxruntime-gpu "
-              "(docs/gpu.md); nothing was checked.", file=sys.stderr)
+    if said_no_gpu("gpu-check: skipped, ", "It needs an NVIDIA GPU, its driver, TensorRT and onnxruntime-gpu "
+                   "(docs/gpu.md); nothing was checked."):
         return NO_GPU
     from engine.trt_cache import probe_gpu
 

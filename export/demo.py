@@ -15,7 +15,10 @@ DEMO_SEED = 0
 
 
 def build_demo_pipeline(seed: int = DEMO_SEED, config_dir: Path = CONFIG_DIR):
-    """A `StableDiffusionPipeline` with random weights drawn from `seed` (byte-identical across builds)."""
+    """A `StableDiffusionPipeline` on the SD 1.x configs in `config_dir` with random weights drawn from `seed`
+    (byte-identical across builds). The tiny demo's configs by default; benchmarks/full_models.py builds SD 1.5's
+    (export/configs/sd15). The scheduler comes through `from_config`, which ignores the keys of an official config
+    that PNDMScheduler's constructor does not take (clip_sample, ...)."""
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -29,11 +32,9 @@ def build_demo_pipeline(seed: int = DEMO_SEED, config_dir: Path = CONFIG_DIR):
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(**cfg("vae"))
     torch.manual_seed(seed + 2)
-    text_cfg = cfg("text_encoder")
-    text_cfg.pop("architectures", None)
-    text_cfg.pop("model_type", None)
+    text_cfg = {k: v for k, v in cfg("text_encoder").items() if k not in ("architectures", "model_type")}
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
-    scheduler = PNDMScheduler(**cfg("scheduler", "scheduler_config.json"))
+    scheduler = PNDMScheduler.from_config(cfg("scheduler", "scheduler_config.json"))
     with tempfile.TemporaryDirectory() as tmp:
         write_tokenizer_files(Path(tmp))
         tokenizer = CLIPTokenizer.from_pretrained(tmp)

@@ -110,6 +110,34 @@ def _axes(**named: int) -> dict:
     return {v: k for k, v in named.items()}
 
 
+def vae_scale_factor(vae) -> int:
+    """Pixels per latent along each side: ×2 per VAE block after the first."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def pipeline_manifest_fields(pipe, io: dict[str, dict], sha256: str | None, source_kind: str) -> dict:
+    """The manifest fields that SD 1.x and SDXL exports (export/sdxl_export.py) fill alike: the latent space, the
+    prediction type and the noise schedule, from the pipeline's UNet, VAE and scheduler, and what made the bundle
+    (opset, exporter, source, each component's IO). The text encoders' fields are each exporter's own."""
+    sched, vae = pipe.scheduler.config, pipe.vae
+    return dict(
+        prediction_type=sched.get("prediction_type", "epsilon"),
+        latent_channels=vae.config.latent_channels,
+        unet_in_channels=pipe.unet.config.in_channels,
+        vae_scale_factor=vae_scale_factor(vae),
+        vae_scaling_factor=float(vae.config.scaling_factor),
+        noise_schedule=NoiseScheduleConfig(
+            beta_start=sched.beta_start, beta_end=sched.beta_end, beta_schedule=sched.beta_schedule,
+            num_train_timesteps=sched.num_train_timesteps,
+        ),
+        opset=OPSET,
+        source_sha256=sha256,
+        source_kind=source_kind,
+        exporter=EXPORTER,
+        io=io,
+    )
+
+
 def source_hash(source: Path) -> str:
     """sha256 of the source weights: the file itself for a single-file checkpoint (A1111's hash), else the
     weight files of a diffusers folder in sorted order."""
@@ -150,7 +178,7 @@ def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None
     # (a folder whose tokenizer_config lacks it would report transformers' 1e30).
     max_len = text_cfg.max_position_embeddings
     latent_ch = vae.config.latent_channels
-    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae_factor = vae_scale_factor(vae)
     h, w = TRACE_LATENT_HW
     io: dict[str, dict] = {}
 
@@ -201,30 +229,16 @@ def export_pipeline(pipe, out: Path, name: str | None = None, sha256: str | None
         vae.save_config(tmp / "vae_decoder")
         text_encoder.config.save_pretrained(tmp / "text_encoder")
         (tmp / "model_index.json").write_text(json.dumps(_model_index(), indent=2))
-        sched = pipe.scheduler.config
         manifest = Manifest(
             name=name or out.name,
             architecture=family_of_pipeline(pipe),
-            prediction_type=sched.get("prediction_type", "epsilon"),
-            latent_channels=latent_ch,
-            unet_in_channels=unet.config.in_channels,
-            vae_scale_factor=vae_factor,
-            vae_scaling_factor=float(vae.config.scaling_factor),
             text_max_length=max_len,
             text_hidden_size=text_cfg.hidden_size,
             text_num_layers=text_cfg.num_hidden_layers,
             tokenizer=special,
             text_pooled_output=pooled_output_rule(text_cfg.eos_token_id),
             text_token_tables={"text_encoder": token_table} if token_table else {},
-            noise_schedule=NoiseScheduleConfig(
-                beta_start=sched.beta_start, beta_end=sched.beta_end, beta_schedule=sched.beta_schedule,
-                num_train_timesteps=sched.num_train_timesteps,
-            ),
-            opset=OPSET,
-            source_sha256=sha256,
-            source_kind=source_kind,
-            exporter=EXPORTER,
-            io=io,
+            **pipeline_manifest_fields(pipe, io, sha256, source_kind),
         )
         (tmp / MANIFEST_NAME).write_text(manifest.to_json())
         _replace_dir(tmp, out)

@@ -18,10 +18,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from engine.bundle import MANIFEST_NAME, Manifest, NoiseScheduleConfig, pooled_output_rule
+from engine.bundle import MANIFEST_NAME, Manifest, pooled_output_rule
 from export.onnx_export import (
-    EXPORTER,
-    OPSET,
     TRACE_BATCH,
     TRACE_LATENT_HW,
     _axes,
@@ -29,6 +27,8 @@ from export.onnx_export import (
     _replace_dir,
     _save_tokenizer,
     _wrappers,
+    pipeline_manifest_fields,
+    vae_scale_factor,
 )
 
 SDXL_TIME_IDS = 6  # original (h, w), crop (top, left), target (h, w)
@@ -89,7 +89,7 @@ def export_sdxl_pipeline(pipe, out: Path, name: str | None = None, sha256: str |
         raise ValueError(f"the UNet's added embedding takes {n_time_ids} time ids; SDXL has 6, its refiner 5")
     architecture = "sdxl" if n_time_ids == SDXL_TIME_IDS else "sdxl-refiner"
     latent_ch = vae.config.latent_channels
-    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae_factor = vae_scale_factor(vae)
     h, w = TRACE_LATENT_HW
     io: dict[str, dict] = {}
     token_tables: dict[str, str] = {}
@@ -159,16 +159,10 @@ def export_sdxl_pipeline(pipe, out: Path, name: str | None = None, sha256: str |
         if text_encoder is not None:
             text_encoder.config.save_pretrained(tmp / "text_encoder")
         (tmp / "model_index.json").write_text(json.dumps(_model_index(text_encoder is not None), indent=2))
-        sched = pipe.scheduler.config
         cfg1 = text_encoder.config if text_encoder is not None else None
         manifest = Manifest(
             name=name or out.name,
             architecture=architecture,
-            prediction_type=sched.get("prediction_type", "epsilon"),
-            latent_channels=latent_ch,
-            unet_in_channels=unet.config.in_channels,
-            vae_scale_factor=vae_factor,
-            vae_scaling_factor=float(vae.config.scaling_factor),
             text_max_length=max_len,
             text_hidden_size=cfg1.hidden_size if cfg1 is not None else 0,
             text_num_layers=cfg1.num_hidden_layers if cfg1 is not None else 0,
@@ -179,15 +173,7 @@ def export_sdxl_pipeline(pipe, out: Path, name: str | None = None, sha256: str |
             text_pooled_size=cfg2.projection_dim,
             text_pooled_output=pooled_output_rule(cfg2.eos_token_id),
             text_token_tables=token_tables,
-            noise_schedule=NoiseScheduleConfig(
-                beta_start=sched.beta_start, beta_end=sched.beta_end, beta_schedule=sched.beta_schedule,
-                num_train_timesteps=sched.num_train_timesteps,
-            ),
-            opset=OPSET,
-            source_sha256=sha256,
-            source_kind=source_kind,
-            exporter=EXPORTER,
-            io=io,
+            **pipeline_manifest_fields(pipe, io, sha256, source_kind),
         )
         (tmp / MANIFEST_NAME).write_text(manifest.to_json())
         _replace_dir(tmp, out)

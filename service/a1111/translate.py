@@ -134,16 +134,24 @@ def hires_checkpoint(req: Txt2ImgRequest, models: ModelRegistry, current: ModelE
     name = req.hr_checkpoint_name
     if not req.enable_hr or name in (None, "", SAME_CHECKPOINT):
         return None
+    return _continuing_checkpoint("hr_checkpoint_name", name, models, current, "the first pass")
+
+
+def _continuing_checkpoint(field: str, name: str, models: ModelRegistry, current: ModelEntry,
+                           continued: str) -> ModelEntry | None:
+    """The checkpoint `name` names to go on from `current`'s latents (hires pass, refiner): None for the job's own
+    checkpoint (no switch); a 422 on `field` for an unknown name or a checkpoint of another latent space
+    (architecture, latent channel count, VAE factor), which cannot go on from `continued`."""
     entry = models.find(name)
     if entry is None:
-        raise InvalidRequest("hr_checkpoint_name", f"Could not find checkpoint with name {name}")
+        raise InvalidRequest(field, f"Could not find checkpoint with name {name}")
     if entry == current:
         return None
     if entry.latent_space != current.latent_space:
         (arch, channels, factor), (arch0, channels0, factor0) = entry.latent_space, current.latent_space
-        raise InvalidRequest("hr_checkpoint_name", f"{entry.title} ({arch}, {channels}-channel latents at 1/{factor}) "
-                                                   f"cannot continue the first pass of {current.title} ({arch0}, "
-                                                   f"{channels0}-channel latents at 1/{factor0})")
+        raise InvalidRequest(field, f"{entry.title} ({arch}, {channels}-channel latents at 1/{factor}) cannot "
+                                    f"continue {continued} of {current.title} ({arch0}, {channels0}-channel "
+                                    f"latents at 1/{factor0})")
     return entry
 
 
@@ -412,15 +420,7 @@ def refiner_checkpoint(req: GenerationRequest, models: ModelRegistry, current: M
     name = req.refiner_checkpoint
     if name in NO_REFINER:
         return None
-    entry = models.find(name)
-    if entry is None:
-        raise InvalidRequest("refiner_checkpoint", f"Could not find checkpoint with name {name}")
-    if entry == current:
-        return None
-    if entry.latent_space != current.latent_space:
-        raise InvalidRequest("refiner_checkpoint", f"{entry.title} ({entry.latent_space[0]}) cannot continue the "
-                                                   f"latents of {current.title} ({current.latent_space[0]})")
-    return entry
+    return _continuing_checkpoint("refiner_checkpoint", name, models, current, "the latents")
 
 
 def with_refiner(plan: GenerationPlan, req: GenerationRequest, options: JobOptions,

@@ -43,11 +43,19 @@ def no_gpu_reason() -> str | None:
     return None
 
 
-def run(args: argparse.Namespace) -> int:
+def said_no_gpu(prefix: str, consequence: str) -> bool:
+    """Tell on stderr why this machine cannot run TensorRT (`prefix` + the reason + `consequence`) and return True;
+    False, saying nothing, where it can. build-engines and benchmarks/gpu_check.py exit NO_GPU after it."""
     reason = no_gpu_reason()
-    if reason is not None:
-        print(f"sdedge build-engines: {reason}. TensorRT engines are built on the GPU that will run them; "
-              "nothing was built.", file=sys.stderr)
+    if reason is None:
+        return False
+    print(f"{prefix}{reason}. {consequence}", file=sys.stderr)
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    if said_no_gpu("sdedge build-engines: ", "TensorRT engines are built on the GPU that will run them; nothing was "
+                   "built."):
         return NO_GPU
     import onnxruntime as ort
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -47,17 +47,41 @@ def _gone(owner: Any) -> bool:
 _POLL_S = 0.5  # how often a waiting job looks again for holders the watchdog abandoned
 
 
-class PipelineModes:
-    """Which configuration (VAE file, LoRA set, tiling: a `mode`) the jobs running on each checkpoint use."""
+class _Holds:
+    """Holds that jobs take once nothing running stands in their way, and give back when they end: the waiting,
+    the taking and the giving back that `PipelineModes` and `RunningBudget` share (each says what stands in the
+    way). A hold is (owner, what it holds); the holds of jobs the watchdog abandoned no longer count."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._holds: list[tuple[Any, Sequence[tuple[Hashable, Any]]]] = []  # (owner, [(checkpoint, mode)])
+        self._holds: list[tuple[Any, Any]] = []
+
+    def _live(self) -> list[Any]:
+        """What the running jobs hold (the caller holds `_cond`)."""
+        return [held for owner, held in self._holds if not _gone(owner)]
+
+    @contextmanager
+    def _hold_when_free(self, hold: tuple[Any, Any], blocked: Callable[[], bool]) -> Iterator[None]:
+        """Wait while `blocked()` (asked under `_cond`; looked at again every _POLL_S for abandoned holders), then
+        keep `hold` until the block ends."""
+        with self._cond:
+            while blocked():
+                self._cond.wait(_POLL_S)
+            self._holds.append(hold)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holds = [h for h in self._holds if h is not hold]
+                self._cond.notify_all()
+
+
+class PipelineModes(_Holds):
+    """Which configuration (VAE file, LoRA set, tiling: a `mode`) the jobs running on each checkpoint use.
+    Its holds are (owner, [(checkpoint, mode)])."""
 
     def _conflicts(self, uses: Sequence[tuple[Hashable, Any]]) -> bool:
-        for owner, held in self._holds:
-            if _gone(owner):
-                continue
+        for held in self._live():
             for entry, mode in uses:
                 if any(entry == other and mode != other_mode for other, other_mode in held):
                     return True
@@ -67,48 +91,27 @@ class PipelineModes:
     def hold(self, uses: Sequence[tuple[Hashable, Any]], owner: Any = None) -> Iterator[None]:
         """Wait until no running job uses one of these checkpoints in another mode, then hold them all (taken
         at once, so two jobs can never hold one each and wait for the other)."""
-        hold = (owner, list(uses))
-        with self._cond:
-            while self._conflicts(uses):
-                self._cond.wait(_POLL_S)
-            self._holds.append(hold)
-        try:
+        with self._hold_when_free((owner, list(uses)), lambda: self._conflicts(uses)):
             yield
-        finally:
-            with self._cond:
-                self._holds = [h for h in self._holds if h is not hold]
-                self._cond.notify_all()
 
 
-class RunningBudget:
-    """The memory the running jobs' estimates add up to (engine/memory.py)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._holds: list[tuple[Any, int]] = []  # (owner, bytes)
+class RunningBudget(_Holds):
+    """The memory the running jobs' estimates add up to (engine/memory.py). Its holds are (owner, bytes)."""
 
     @property
     def used(self) -> int:
         with self._cond:
-            return sum(needed for owner, needed in self._holds if not _gone(owner))
+            return sum(self._live())
 
     @contextmanager
     def reserve(self, needed: int, budget: int, owner: Any = None) -> Iterator[None]:
         """Wait until `needed` fits beside the running jobs (or none runs), then count it until the job ends."""
-        hold = (owner, needed)
-        with self._cond:
-            while True:
-                running = [n for o, n in self._holds if not _gone(o)]
-                if not running or sum(running) + needed <= budget:
-                    break
-                self._cond.wait(_POLL_S)
-            self._holds.append(hold)
-        try:
+        def blocked() -> bool:
+            running = self._live()
+            return bool(running) and sum(running) + needed > budget
+
+        with self._hold_when_free((owner, needed), blocked):
             yield
-        finally:
-            with self._cond:
-                self._holds = [h for h in self._holds if h is not hold]
-                self._cond.notify_all()
 
 
 def mode_of(generation: Any) -> tuple:

@@ -3,15 +3,13 @@ with text_embeds/time_ids kept on the device."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from engine.backend import OrtBackend
 from engine.bundle import load_bundle
 from engine.io_binding import IoBindingBackend
-from engine.pipeline import Pipeline
 from engine.trt_profiles import UNetSignature, a1111_profiles, select_profile
-from tests.engine.test_engine_smoke import make_plan
+from tests.engine.test_io_binding import assert_bound_is_plain
 from tests.engine.test_sdxl_parity import sdxl_bundle, sdxl_torch  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
@@ -35,8 +33,6 @@ def test_sdxl_io_binding_bit_identical(sdxl_bundle):  # noqa: F811
     bundle = load_bundle(sdxl_bundle)
     cpu = OrtBackend(bundle, "cpu")
     backend = IoBindingBackend(cpu, device="cpu")
-    plain = Pipeline(bundle, cpu)
-    plan = make_plan(plain, width=64, height=64, steps=3)
-    np.testing.assert_array_equal(Pipeline(bundle, backend).txt2img(plan).latents[0], plain.txt2img(plan).latents[0])
+    assert_bound_is_plain(bundle, backend, cpu, steps=3)
     # context, text_embeds and time_ids copied on the first call only
     assert backend.counter.runs == 3 and backend.counter.kept_on_device == 2 * 3

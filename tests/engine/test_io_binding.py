@@ -36,6 +36,14 @@ def pipelines(bundle, sessions):
     return make
 
 
+def assert_bound_is_plain(bundle, bound: IoBindingBackend, plain_sessions, steps: int) -> None:
+    """`steps` Euler steps of one 64 px image through `bound` give plain run()'s latents on `plain_sessions`, bit for
+    bit (also for other test files' bundles: tests/engine/test_gpu_paths_sdxl.py)."""
+    plain = Pipeline(bundle, plain_sessions)
+    plan = make_plan(plain, width=64, height=64, steps=steps)
+    np.testing.assert_array_equal(Pipeline(bundle, bound).txt2img(plan).latents[0], plain.txt2img(plan).latents[0])
+
+
 @pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M", "DPM++ 2S a"])
 def test_bit_identical_to_run_on_cpu(pipelines, sampler):
     # DPM++ 2M keeps the previous output: a result aliasing the reused output buffer would change it.
@@ -121,9 +129,7 @@ def test_auto_device_follows_the_session(bundle, sessions):
     if has_nvidia_gpu():
         pytest.skip("a GPU is present: the CPU fallback cannot be observed")
     backend = IoBindingBackend(OrtBackend(bundle, "cuda"))
-    plain = Pipeline(bundle, sessions)
-    plan = make_plan(plain, width=64, height=64, steps=2)
-    np.testing.assert_array_equal(Pipeline(bundle, backend).txt2img(plan).latents[0], plain.txt2img(plan).latents[0])
+    assert_bound_is_plain(bundle, backend, sessions, steps=2)
     assert backend.counter.runs == 0 and not backend._bound  # plain run(): no device to keep anything on
 
 
@@ -132,7 +138,5 @@ def test_optimum_bundle_scalar_timestep(optimum_bundle):
     bundle = load_bundle(optimum_bundle)
     cpu = OrtBackend(bundle, "cpu")
     backend = IoBindingBackend(cpu, device="cpu")
-    plain = Pipeline(bundle, cpu)
-    plan = make_plan(plain, width=64, height=64, steps=3)
-    np.testing.assert_array_equal(Pipeline(bundle, backend).txt2img(plan).latents[0], plain.txt2img(plan).latents[0])
+    assert_bound_is_plain(bundle, backend, cpu, steps=3)
     assert backend.counter.runs == 3 and backend.counter.kept_on_device == 2

@@ -12,6 +12,7 @@ from engine.lora import LoraMap, NetworkUse, load_network, merged_weights
 from engine.network_sessions import ModelNetworks
 from engine.safetensors_file import write_file
 from tests.engine.test_reference_diffusers import STEPS, euler_reference, make_plan
+from tests.ldm_names import diffusers_to_ldm
 
 UNET_LINEAR = [
     "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
@@ -193,30 +194,6 @@ def test_weight_zero_and_switching_back_are_the_base_model(demo_pipeline, networ
     np.testing.assert_array_equal(run_engine(again)[0], changed)
 
 
-def spec_diffusers_to_ldm(key: str) -> str:
-    """The spec's table of A1111's kohya → LDM renaming (SD 1.x/2.x, layers_per_block 2), written out here."""
-    import re
-
-    resnet = {"conv1": "in_layers_2", "conv2": "out_layers_3", "norm1": "in_layers_0", "norm2": "out_layers_0",
-              "time_emb_proj": "emb_layers_1", "conv_shortcut": "skip_connection"}
-    name = key[len("lora_unet_"):]
-    if m := re.match(r"down_blocks_(\d+)_(attentions|resnets)_(\d+)_(.*)", name):
-        b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        rest = resnet.get(rest, rest) if kind == "resnets" else rest
-        return f"lora_unet_input_blocks_{1 + 3 * b + j}_{1 if kind == 'attentions' else 0}_{rest}"
-    if m := re.match(r"up_blocks_(\d+)_(attentions|resnets)_(\d+)_(.*)", name):
-        b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        rest = resnet.get(rest, rest) if kind == "resnets" else rest
-        return f"lora_unet_output_blocks_{3 * b + j}_{1 if kind == 'attentions' else 0}_{rest}"
-    if m := re.match(r"mid_block_attentions_0_(.*)", name):
-        return f"lora_unet_middle_block_1_{m[1]}"
-    if m := re.match(r"mid_block_resnets_(\d)_(.*)", name):
-        return f"lora_unet_middle_block_{2 * int(m[1])}_{resnet.get(m[2], m[2])}"
-    if m := re.match(r"down_blocks_(\d+)_downsamplers_0_conv", name):
-        return f"lora_unet_input_blocks_{3 + 3 * int(m[1])}_0_op"
-    return key
-
-
 def test_ldm_named_unet_keys_find_the_same_weights(demo_bundle, torch_pipeline):
     """kohya files written with LDM block names (SDXL's, and A1111's own naming) reach the diffusers-named weights,
     checked against the spec's table of A1111's renaming."""
@@ -226,9 +203,10 @@ def test_ldm_named_unet_keys_find_the_same_weights(demo_bundle, torch_pipeline):
     for key in lora_map.targets:
         if not key.startswith("lora_unet_") or key.endswith(".bias"):
             continue
-        ldm = spec_diffusers_to_ldm(key)
-        if ldm == key:
+        ldm = diffusers_to_ldm(key[len("lora_unet_"):], torch_pipeline.unet.config.layers_per_block)
+        if ldm is None:
             continue
+        ldm = "lora_unet_" + ldm
         assert lora_map.find(ldm)[0] == key, ldm
         checked += 1
     assert checked > 80

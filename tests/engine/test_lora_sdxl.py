@@ -5,8 +5,6 @@ kohya keys itself: lora_conversion_utils._maybe_map_sgm_blocks_to_diffusers) and
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 
@@ -14,6 +12,7 @@ from engine.lora import LoraMap, NetworkUse, load_network
 from engine.network_sessions import ModelNetworks
 from engine.safetensors_file import write_file
 from tests.engine.test_sdxl_parity import IMAGE_ATOL, LATENT_RTOL, run_both
+from tests.ldm_names import diffusers_to_ldm
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
@@ -26,28 +25,6 @@ ALPHA = 2.0
 ATTENTION_PARTS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
 RESNET_PARTS = ("conv1", "conv2", "time_emb_proj")
 TE_PARTS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-RESNET = {"conv1": "in_layers_2", "conv2": "out_layers_3", "time_emb_proj": "emb_layers_1"}
-
-
-def sgm_name(path: str, layers_per_block: int) -> str | None:
-    """A diffusers UNet module path → the SGM (LDM) name SDXL checkpoints and kohya SDXL LoRAs use
-    (sgm/modules/diffusionmodules/openaimodel.py block numbering: input_blocks 1 + (lpb+1)·b + j, output_blocks
-    (lpb+1)·b + j, inner index 0 resnet / 1 attention; middle_block 0 resnet, 1 attention, 2 resnet)."""
-    name = path.replace(".", "_")
-    per = layers_per_block + 1
-    if m := re.match(r"down_blocks_(\d+)_(attentions|resnets)_(\d+)_(.*)", name):
-        b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        rest = RESNET.get(rest, rest) if kind == "resnets" else rest
-        return f"input_blocks_{1 + per * b + j}_{1 if kind == 'attentions' else 0}_{rest}"
-    if m := re.match(r"up_blocks_(\d+)_(attentions|resnets)_(\d+)_(.*)", name):
-        b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        rest = RESNET.get(rest, rest) if kind == "resnets" else rest
-        return f"output_blocks_{per * b + j}_{1 if kind == 'attentions' else 0}_{rest}"
-    if m := re.match(r"mid_block_attentions_0_(.*)", name):
-        return f"middle_block_1_{m[1]}"
-    if m := re.match(r"mid_block_resnets_(\d)_(.*)", name):
-        return f"middle_block_{2 * int(m[1])}_{RESNET.get(m[2], m[2])}"
-    return None
 
 
 def _factors(rng, weight, scale: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +53,7 @@ def kohya_sdxl_lora(pipe, seed: int) -> tuple[dict[str, np.ndarray], dict[str, i
         wanted = ("attentions" in path and path.endswith(ATTENTION_PARTS)) or (
             "resnets" in path and path.endswith(RESNET_PARTS))
         if wanted and isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            name = sgm_name(path, lpb)
+            name = diffusers_to_ldm(path.replace(".", "_"), lpb)
             assert name is not None, path
             add("lora_unet_" + name, module.weight, "unet")
     for component, prefix in (("text_encoder", "lora_te1_"), ("text_encoder_2", "lora_te2_")):

@@ -14,12 +14,15 @@ from engine.network_sessions import ModelNetworks
 from engine.textual_inversion import Embedding
 from tests.engine.test_textual_inversion import (
     ATOL,
+    NO_NORM,
     THREE,
     TWO,
     encode,
     pipeline,  # noqa: F401 (fixture)
     reference,  # noqa: F401 (fixture)
     reference_encode,
+    sdxl,  # noqa: F401 (fixture)
+    sdxl_reference,
     vectors,
 )
 
@@ -122,3 +125,17 @@ def test_a_file_of_embeddings_only_changes_no_weight(pipeline, tmp_path):  # noq
     network = load_network(path)
     assert network.modules == {}
     assert ModelNetworks(pipeline).pipeline_for([(network, NetworkUse("only"), "only")])[0] is pipeline
+
+
+def test_an_sdxl_lora_bundle_inserts_both_encoders_rows_as_the_reference(sdxl, tmp_path):  # noqa: F811
+    """SDXL keys (`clip_l`, `clip_g`) read from a LoRA file, inserted by a pass's pipeline: A1111's conditioning
+    with the same vectors, computed on the torch pipeline."""
+    xl, pipe = sdxl
+    clip_l, clip_g = vectors(2, 32, seed=8), vectors(2, 64, seed=9)
+    path = tmp_path / "xl.safetensors"
+    save_file({"bundle_emb.sksdog.clip_l": clip_l, "bundle_emb.sksdog.clip_g": clip_g}, path)
+    bundled = xl.with_bundled_embeddings(load_network(path).embeddings)
+    segments = [("a ", 1.0), ("sksdog", 1.2), (" on the grass", 1.0)]
+    ours = bundled.prompt_encoder.encode_texts(["a (sksdog:1.2) on the grass"], NO_NORM)[0]
+    np.testing.assert_allclose(ours, sdxl_reference(pipe, segments, {"sksdog": clip_l}, {"sksdog": clip_g}),
+                               atol=ATOL, rtol=0)

@@ -39,6 +39,7 @@ def server(demo_bundle, tmp_path_factory):
                "bundle_emb.ShinyStyle.string_to_param.*": torch.randn(2, width, generator=generator),
                "bundle_emb.widebundle.string_to_param.*": torch.randn(1, width + 8, generator=generator)},
               loras / "bundle.safetensors")
+    save_file({"bundle_emb.BrokenStyle.a": shiny.clone(), "bundle_emb.BrokenStyle.b": shiny.clone()}, loras / "broken.safetensors")
     with running_server(demo_bundle, workdir, second_model=False, grpc=True) as (url, target):
         yield url, folder, width, target
 
@@ -130,4 +131,13 @@ def test_an_embedding_bundled_in_a_lora_draws_as_the_same_file(server):
     _, off_info = txt2img(url, "<lora:bundle:1>a red circle, bundledstyle",
                           override_settings={"lora_bundled_ti_to_infotext": False})
     assert 'TI hashes: "BundledStyle: "' in off_info["infotexts"][0]
+    # Whatever the LoRA's weights: at 0 it merges nothing and still brings its embeddings (A1111 registers them).
+    assert txt2img(url, "<lora:bundle:0>a red circle, bundledstyle")[0] == from_file
     assert txt2img(url, "a red circle, shinystyle")[0] == from_file  # nothing stayed behind
+
+
+def test_a_bundle_that_is_no_embedding_is_reported_and_the_job_runs(server):
+    url, _, _, _ = server
+    image, info = txt2img(url, "<lora:broken:1>a red circle, brokenstyle")
+    assert any("Networks with errors" in w and "multiple terms" in w for w in info["sdedge_warnings"])
+    assert image == txt2img(url, "a red circle, brokenstyle")[0]

@@ -97,6 +97,9 @@ def test_a_pass_with_bundled_embeddings_encodes_as_the_reference(pipeline, refer
     np.testing.assert_allclose(encode(pipeline, "a sksdog on grass"), plain, atol=ATOL, rtol=0)
     assert pipeline.embeddings_used(["a sksdog on grass"]) == ()
     assert bundled.embedding_table.token_table("text_encoder") is pipeline.embedding_table.token_table("text_encoder")
+    tiled = bundled.tiled()  # a tiling plan's view of the pass keeps its embeddings
+    assert tiled.embedding_table is bundled.embedding_table and tiled.bundled_embeddings == bundled.bundled_embeddings
+    assert pipeline.tiled().embedding_table is pipeline.embedding_table
 
 
 def test_a_file_of_the_same_name_wins_and_the_others_stay(pipeline, reference):  # noqa: F811

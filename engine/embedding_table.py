@@ -65,6 +65,13 @@ class EmbeddingTable:
         tables = {c: bundle.path / f for c, f in manifest.text_token_tables.items()} if bundle is not None else {}
         return cls(encoder_widths(manifest), tables, tokenizer)
 
+    def sibling(self) -> EmbeddingTable:
+        """An empty table for the same model that shares the memory-mapped token tables (a job's own set of
+        embeddings, e.g. with those bundled in its LoRAs, beside the model's table)."""
+        other = EmbeddingTable(self.widths, self.token_table_files, self.tokenizer)
+        other._tables = self._tables
+        return other
+
     @property
     def can_insert(self) -> bool:
         """Every text encoder of the model has its token table (the bundle takes `inputs_embeds`)."""

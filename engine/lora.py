@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from engine.embedding_files import EmbeddingFileError, embedding_from_data
+from engine.textual_inversion import Embedding
+
 LORA_MAP_NAME = "lora_map.json"
+BUNDLE_PREFIX = "bundle_emb."  # textual-inversion embeddings bundled in a LoRA file
 
 # Parts a module key can carry, longest first so that `lora_down.weight` is not read as `weight`.
 _PARTS = sorted(
@@ -132,11 +136,44 @@ def split_key(key: str) -> tuple[str, str]:
 def group_modules(tensors: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     modules: dict[str, dict[str, np.ndarray]] = {}
     for key, value in tensors.items():
-        if key.startswith("bundle_emb."):
-            continue  # textual-inversion embeddings bundled in a LoRA file: applied by the prompt encoder
+        if key.startswith(BUNDLE_PREFIX):
+            continue  # a bundled embedding (bundled_embeddings), not a module
         module, part = split_key(key)
         modules.setdefault(module, {})[part] = value
     return modules
+
+
+def bundled_embedding_data(tensors: Mapping[str, np.ndarray]) -> dict[str, dict]:
+    """The `bundle_emb.<name>.<vector key>` entries of a LoRA file as one embedding-file dict per name, in file
+    order (A1111 networks.py: load_network). `string_to_param.<k>` becomes {"string_to_param": {k: tensor}}, the
+    last such key winning; any other vector key (SDXL's `clip_l`/`clip_g`, a lone tensor) is kept as it is."""
+    found: dict[str, dict] = {}
+    for key, value in tensors.items():
+        if not key.startswith(BUNDLE_PREFIX):
+            continue
+        name, dot, vector_key = key[len(BUNDLE_PREFIX):].partition(".")
+        head, sub_dot, term = vector_key.partition(".")
+        if not dot or (head == "string_to_param" and not sub_dot):
+            raise NetworkError(f"{key}: expected bundle_emb.<name>.<vectors>")  # A1111: a failed unpacking
+        data = found.setdefault(name, {})
+        if head == "string_to_param":
+            data["string_to_param"] = {term: value}
+        else:
+            data[vector_key] = value
+    return found
+
+
+def bundled_embeddings(tensors: Mapping[str, np.ndarray], filename: str) -> dict[str, Embedding]:
+    """The embeddings bundled in a LoRA file, read as embedding files are (engine/embedding_files.py); one that
+    is not an embedding makes the whole file fail, as A1111's load_network does. No hash: the service names each
+    after the LoRA that brings it."""
+    embeddings = {}
+    for name, data in bundled_embedding_data(tensors).items():
+        try:
+            embeddings[name] = embedding_from_data(data, name, filename=f"{filename}/{name}")
+        except EmbeddingFileError as exc:
+            raise NetworkError(f"bundled embedding {name!r}: {exc}") from exc
+    return embeddings
 
 
 def _scalar(parts: dict[str, np.ndarray], name: str) -> float | None:
@@ -300,10 +337,11 @@ def _weight_decompose(updown: np.ndarray, weight: np.ndarray, dora_scale: np.nda
 
 @dataclass(frozen=True)
 class LoadedNetwork:
-    """A network file's modules, keyed as in `lora_map.json`."""
+    """A network file's modules, keyed as in `lora_map.json`, and the embeddings bundled in it by name."""
 
     name: str
     modules: dict[str, dict[str, np.ndarray]]
+    embeddings: Mapping[str, Embedding] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -423,7 +461,11 @@ def load_network(path: Path, name: str | None = None) -> LoadedNetwork:
             network_type(parts)
         except NetworkError as exc:
             raise NetworkError(f"{path.name}: {module}: {exc}") from exc
-    return LoadedNetwork(name or path.stem, modules)
+    try:
+        embeddings = bundled_embeddings(tensors, str(path))
+    except NetworkError as exc:
+        raise NetworkError(f"{path.name}: {exc}") from exc
+    return LoadedNetwork(name or path.stem, modules, embeddings)
 
 
 _RESNET_PARTS = {"in_layers_0": "norm1", "in_layers_2": "conv1", "out_layers_0": "norm2", "out_layers_3": "conv2",

@@ -209,10 +209,11 @@ class ModelNetworks:
 
     def pipeline_for(self, networks) -> tuple[object, dict]:
         """(the pipeline to run, merge reports per network) for [(LoadedNetwork, NetworkUse, identity)]: the base
-        pipeline when the list is empty or every multiplier is 0."""
+        pipeline when the list is empty or every multiplier is 0 (or no network has a module)."""
         from engine.lora import NetworkError, changed_components, merged_weights
 
-        active = [(n, u, ident) for n, u, ident in networks if u.te != 0 or u.unet != 0]
+        # A file of bundled embeddings only changes no weight (its embeddings are the prompt encoder's).
+        active = [(n, u, ident) for n, u, ident in networks if (u.te != 0 or u.unet != 0) and n.modules]
         if not active:
             return self.pipeline, {}
         if self.lora_map is None:

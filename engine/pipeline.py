@@ -117,6 +117,8 @@ class Pipeline:
         encoder = SdxlPromptEncoder if self.manifest.is_sdxl else PromptEncoder
         self.prompt_encoder = encoder(backend, self.tokenizer, self.manifest, embeddings=self.embedding_table)
         self.unet = UNet(backend)
+        # Embeddings bundled in this pass's LoRA files (`with_bundled_embeddings`); none on a model's own pipeline.
+        self.bundled_embeddings: dict[str, Embedding] = {}
 
     def with_backend(self, backend: ExecutionBackend) -> Pipeline:
         """This model on another backend (LoRA-merged sessions): schedules and tokenizer shared, the prompt
@@ -136,13 +138,30 @@ class Pipeline:
         if getattr(self, "_tiled", None) is None:
             self._tiled = self if getattr(self.backend, "circular", False) else Pipeline(
                 self.bundle, CircularBackend(self.backend), self.embedding_table)
+            self._tiled.bundled_embeddings = self.bundled_embeddings
         return self._tiled
+
+    def with_bundled_embeddings(self, embeddings: Mapping[str, Embedding]) -> Pipeline:
+        """This pipeline with the embeddings bundled in its LoRA files beside the model's (A1111 registers them
+        while the network is loaded: extensions-builtin/Lora/networks.py: load_networks). The view has its own
+        table, so the model's other pipelines never see them; `set_embeddings` gives it the files, and a bundled
+        embedding whose name a file the model takes already has is left out (A1111: "Skip bundle embedding")."""
+        other = copy.copy(self)
+        other.bundled_embeddings = dict(embeddings)
+        other.embedding_table = self.embedding_table.sibling()
+        other.prompt_encoder = type(self.prompt_encoder)(self.backend, self.tokenizer, self.manifest,
+                                                         embeddings=other.embedding_table)
+        other._tiled = None
+        other.embedding_table.set(other.bundled_embeddings)
+        return other
 
     def set_embeddings(self, embeddings: Mapping[str, Embedding]) -> None:
         """Replace the model's textual-inversion table (name → embedding; on name ties the first wins). Shared by
         `with_backend` and `tiled` pipelines, whose cached prompt encodings are not reused after the change.
-        Embeddings this model does not accept (`accepts_embedding`) are ignored."""
-        self.embedding_table.set(embeddings)
+        Embeddings this model does not accept (`accepts_embedding`) are ignored. A pipeline with bundled
+        embeddings (`with_bundled_embeddings`) keeps those whose names `embeddings` lacks, after the files."""
+        bundled = {n: e for n, e in self.bundled_embeddings.items() if n not in embeddings}
+        self.embedding_table.set({**embeddings, **bundled} if bundled else embeddings)
         self.prompt_encoder.clear_cache()
 
     def accepts_embedding(self, embedding: Embedding) -> bool:

@@ -136,6 +136,7 @@ class JobOptions:
     extra_networks_default_multiplier: float = DEFAULTS["extra_networks_default_multiplier"]
     lora_add_hashes_to_infotext: bool = DEFAULTS["lora_add_hashes_to_infotext"]
     textual_inversion_add_hashes_to_infotext: bool = DEFAULTS["textual_inversion_add_hashes_to_infotext"]
+    lora_bundled_ti_to_infotext: bool = DEFAULTS["lora_bundled_ti_to_infotext"]
     # SDXL (engine.conditioning.SdxlOptions) and the refiner (engine.plan.RefinerPlan)
     sdxl_clip_l_skip: bool = DEFAULTS["sdxl_clip_l_skip"]
     sdxl_crop_top: int = DEFAULTS["sdxl_crop_top"]

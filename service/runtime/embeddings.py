@@ -58,13 +58,16 @@ def api_item(e: Embedding) -> dict[str, Any]:
             "shape": embedding_width(e), "vectors": e.n_vectors}
 
 
-def ti_hashes_text(used: Iterable[Embedding]) -> str | None:
+def ti_hashes_text(used: Iterable[Embedding], bundled_names: bool = True) -> str | None:
     """`TI hashes`: "name: shorthash" per embedding used, each once, names without `:` and `,`
-    (modules/sd_hijack_clip.py: TextConditionalModel.forward); embeddings without a hash are left out."""
+    (modules/sd_hijack_clip.py: TextConditionalModel.forward); embeddings without a hash are left out. An
+    embedding bundled in a LoRA has the LoRA's name as its hash; with option lora_bundled_ti_to_infotext off
+    (`bundled_names`) A1111 still lists it, with an empty hash (BundledTIHash's str() is '' then)."""
     seen: dict[str, str] = {}
     for e in used:
         if e.shorthash:
-            seen.setdefault(e.name.translate(_REMOVE_SYMBOLS), e.shorthash)
+            shown = e.shorthash if bundled_names or not e.network else ""
+            seen.setdefault(e.name.translate(_REMOVE_SYMBOLS), shown)
     return ", ".join(f"{name}: {h}" for name, h in seen.items()) or None
 
 
@@ -199,7 +202,7 @@ class EmbeddingRegistry:
         reaches in this job does not count."""
         with self._lock:
             split = self._splits.get(pipeline)
-        if split is None or not split.loaded:
+        if split is None or not (split.loaded or getattr(pipeline, "bundled_embeddings", None)):
             return ()
         return tuple(pipeline.embeddings_used(list(prompts), negative_prompts=list(negative_prompts), **schedule))
 
@@ -210,9 +213,13 @@ class EmbeddingRegistry:
                 "skipped": {name: api_item(e) for name, e in split.skipped.items()}}
 
 
-def ti_hashes(registry: EmbeddingRegistry, plan, pipeline, hires_pipeline=None) -> str | None:
+def ti_hashes(registry: EmbeddingRegistry, plan, pipeline, hires_pipeline=None,
+              bundled_names: bool = True) -> str | None:
     """`TI hashes` of a plan: the embeddings its prompts and negative prompts use on the first pass's model,
-    then its hires prompts on the hires pass's model."""
+    then its hires prompts on the hires pass's model (the embeddings bundled in each pass's LoRAs among them).
+    The refiner's conditioning adds nothing: A1111 copies `TI hashes` into the job's infotext before sampling,
+    and the refiner's prompts are encoded mid-sampling (modules/processing.py: process_images_inner,
+    modules/sd_samplers_common.py: apply_refiner)."""
     schedule = {"steps": plan.total_steps, "use_old_scheduling": plan.use_old_scheduling,
                 "options": plan.text_encoder_options}
     used = list(registry.used(pipeline, plan.prompts, plan.negative_prompts, **schedule))
@@ -220,4 +227,4 @@ def ti_hashes(registry: EmbeddingRegistry, plan, pipeline, hires_pipeline=None) 
     if hires is not None:
         used += registry.used(hires_pipeline or pipeline, hires.prompts, hires.negative_prompts,
                               hires_steps=hires.steps, **schedule)
-    return ti_hashes_text(used)
+    return ti_hashes_text(used, bundled_names)

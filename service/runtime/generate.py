@@ -180,7 +180,8 @@ class Generation:
         registry = self.state.embeddings
         registry.prepare((pipeline, hires_pipeline, refiner_pipeline))
         if self.options.textual_inversion_add_hashes_to_infotext:
-            self.notes["ti_hashes"] = ti_hashes(registry, self.plan, pipeline, hires_pipeline)
+            self.notes["ti_hashes"] = ti_hashes(registry, self.plan, pipeline, hires_pipeline,
+                                                self.options.lora_bundled_ti_to_infotext)
 
     def reported_plan(self) -> GenerationPlan:
         """The plan with what only the worker learns (`TI hashes`) in its report."""

@@ -14,11 +14,12 @@ import os
 import re
 import threading
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.lora import LoadedNetwork, NetworkError, load_network
 from engine.safetensors_file import SafetensorsError, addnet_hash, read_header
+from engine.textual_inversion import Embedding
 
 log = logging.getLogger(__name__)
 
@@ -204,4 +205,18 @@ def pipeline_with_networks(pipeline, requests, registry: LoraRegistry | None):
         entry = LoraEntry(r.name, path)
         network = registry.load(entry) if registry is not None else load_network(path, r.name)
         uses.append((network, NetworkUse(r.name, r.te, r.unet, r.dyn), (str(path), path.stat().st_mtime)))
-    return networks.pipeline_for(uses)[0]
+    merged = networks.pipeline_for(uses)[0]
+    bundled = bundled_embeddings([(network, use.name) for network, use, _ in uses])
+    return merged.with_bundled_embeddings(bundled) if bundled else merged
+
+
+def bundled_embeddings(networks) -> dict[str, Embedding]:
+    """The embeddings bundled in a pass's LoRA files [(LoadedNetwork, name the prompt used)], whatever their
+    multipliers: on a name in several files the first network in prompt order wins (A1111 skips a bundled name
+    already registered). Each one's `TI hashes` entry is the LoRA's name (networks.py: BundledTIHash)."""
+    found: dict[str, Embedding] = {}
+    for network, name in networks:
+        for emb_name, embedding in network.embeddings.items():
+            if emb_name not in found:
+                found[emb_name] = replace(embedding, shorthash=name, network=name)
+    return found

@@ -108,6 +108,7 @@ DEFAULTS: dict[str, Any] = {
     "extra_networks_default_multiplier": 1.0,
     "lora_add_hashes_to_infotext": True,
     "textual_inversion_add_hashes_to_infotext": True,  # `TI hashes` (service/runtime/embeddings.py)
+    "lora_bundled_ti_to_infotext": True,  # a LoRA's bundled embeddings in `TI hashes` (the LoRA's name)
     # Saving (save_images: service/a1111/saving.py, service/a1111/filenames.py).
     "samples_filename_pattern": "",
     "save_images_add_number": True,

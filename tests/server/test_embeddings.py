@@ -41,7 +41,10 @@ class FakePipeline:
         self.set_calls += 1
 
     def accepts_embedding(self, e: Embedding) -> bool:
-        return {k: v.shape[-1] for k, v in e.vectors.items()} == self.widths
+        widths = {k: v.shape[-1] for k, v in e.vectors.items()}
+        if len(widths) == 1 and len(self.widths) == 1:  # a lone tensor, on a model of one text encoder
+            return list(widths.values()) == list(self.widths.values())
+        return widths == self.widths
 
     def embeddings_used(self, prompts: Sequence[str], negative_prompts: Sequence[str] = (),
                         **schedule) -> tuple[Embedding, ...]:
@@ -202,6 +205,55 @@ def test_generation_notes_ti_hashes_for_response_and_saving(folder):
                      "t")
     off.note_embeddings(pipeline)
     assert off.reported_plan().report.ti_hashes is None
+
+
+def test_bundled_embeddings_first_lora_wins_and_the_name_as_written_is_the_hash():
+    """A1111 load_networks: a bundled name already registered (by an earlier LoRA of the prompt) is skipped;
+    BundledTIHash is the name the prompt used (an alias here), and only shows with lora_bundled_ti_to_infotext."""
+    from engine.lora import LoadedNetwork
+    from service.runtime.loras import bundled_embeddings
+
+    first, later, other = (Embedding(n, {"text_encoder": np.full((1, 768), v, np.float32)})
+                           for n, v in (("x", 1.0), ("x", 2.0), ("y", 3.0)))
+    found = bundled_embeddings([(LoadedNetwork("a", {}, {"x": first}), "alias-a"),
+                                (LoadedNetwork("b", {}, {"x": later, "y": other}), "b")])
+    assert list(found) == ["x", "y"]
+    assert found["x"].vectors is first.vectors and (found["x"].shorthash, found["x"].network) == ("alias-a", "alias-a")
+    assert found["y"].shorthash == "b"
+    used = [found["x"], Embedding("f", shorthash="0123456789ab")]
+    assert ti_hashes_text(used) == "x: alias-a, f: 0123456789ab"
+    assert ti_hashes_text(used, bundled_names=False) == "x: , f: 0123456789ab"  # listed, its hash empty
+
+
+def test_a_pass_with_bundled_embeddings_reports_them_without_any_file(tmp_path):
+    registry = EmbeddingRegistry([tmp_path / "missing"])
+    pipeline = FakePipeline(SD1)
+    bundled = Embedding("inlora", {"text_encoder": np.zeros((1, 768), np.float32)}, shorthash="mylora",
+                        network="mylora")
+    pipeline.bundled_embeddings = {"inlora": bundled}  # engine.pipeline.Pipeline.with_bundled_embeddings
+    pipeline.table = {"inlora": bundled}
+    registry.prepare([pipeline])
+    assert ti_hashes(registry, _plan("an inlora cat"), pipeline) == "inlora: mylora"
+    assert ti_hashes(registry, _plan("an inlora cat"), pipeline, bundled_names=False) == "inlora: "
+
+
+def test_the_refiners_conditioning_adds_no_ti_hashes(tmp_path):
+    """A1111 copies `TI hashes` into the job's infotext after the first pass's conds and before sampling; the
+    refiner's prompts are encoded mid-sampling (apply_refiner → setup_conds), too late for it. An embedding only
+    the refiner takes (a lone 1280-wide tensor) is given to it and inserted, but not listed."""
+    from service.runtime.generate import Generation
+
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    safetensors_torch.save_file({"emb_params": torch.randn(1, 1280)}, folder / "gonly.safetensors")
+    registry = EmbeddingRegistry([folder])
+    base, refiner = FakePipeline(SDXL), FakePipeline({"text_encoder_2": 1280})
+    g = Generation(SimpleNamespace(embeddings=registry), None, _plan("a gonly cat"), None, None, JobOptions(), {},
+                   0, "t")
+    g.note_embeddings(base, None, refiner)
+    assert list(refiner.table) == ["gonly"] and base.table is None  # the refiner has it, the base does not
+    assert [e.name for e in refiner.embeddings_used(["a gonly cat"])] == ["gonly"]
+    assert g.reported_plan().report.ti_hashes is None
 
 
 def test_grpc_response_types_the_embeddings():

@@ -1,6 +1,7 @@
 """Textual inversion through a real server: a file in `models/embeddings` is listed for the loaded model, changes
 the picture when its name is in the prompt, is reported in `TI hashes`, and an embedding of another width stays
-text (A1111 modules/textual_inversion/textual_inversion.py; modules/sd_hijack_clip.py)."""
+text (A1111 modules/textual_inversion/textual_inversion.py; modules/sd_hijack_clip.py), and so does an embedding bundled in a LoRA file while that LoRA is
+in the prompt (extensions-builtin/Lora/networks.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import grpc
 import pytest
 import requests
 import torch
+from safetensors.torch import save_file
 
 from engine.bundle import load_bundle
 from tests.sdapi_server import FAST, decode, running_server
@@ -25,9 +27,19 @@ def server(demo_bundle, tmp_path_factory):
     folder.mkdir(parents=True)
     width = load_bundle(demo_bundle).manifest.text_hidden_size
     generator = torch.Generator().manual_seed(3)
-    torch.save({"string_to_param": {"*": torch.randn(2, width, generator=generator)}, "step": 120,
+    shiny = torch.randn(2, width, generator=generator)
+    torch.save({"string_to_param": {"*": shiny}, "step": 120,
                 "sd_checkpoint": "abcdef12", "sd_checkpoint_name": "demo"}, folder / "ShinyStyle.pt")
     torch.save({"string_to_param": {"*": torch.randn(1, width + 8, generator=generator)}}, folder / "widething.pt")
+    # A LoRA of bundled embeddings only (A1111 networks.py: bundle_emb): ShinyStyle's vectors under another name,
+    # other vectors under ShinyStyle's name (the file wins), and one of another width.
+    loras = workdir / "models" / "Lora"
+    loras.mkdir(parents=True)
+    save_file({"bundle_emb.BundledStyle.string_to_param.*": shiny,
+               "bundle_emb.ShinyStyle.string_to_param.*": torch.randn(2, width, generator=generator),
+               "bundle_emb.widebundle.string_to_param.*": torch.randn(1, width + 8, generator=generator)},
+              loras / "bundle.safetensors")
+    save_file({"bundle_emb.BrokenStyle.a": shiny.clone(), "bundle_emb.BrokenStyle.b": shiny.clone()}, loras / "broken.safetensors")
     with running_server(demo_bundle, workdir, second_model=False, grpc=True) as (url, target):
         yield url, folder, width, target
 
@@ -96,3 +108,36 @@ def test_grpc_reports_the_embeddings_typed(server):
     sha = hashlib.sha256((folder / "ShinyStyle.pt").read_bytes()).hexdigest()[:12]
     assert [(e.name, e.hash) for e in reply.info.embeddings] == [("ShinyStyle", sha)]
     assert f'TI hashes: "ShinyStyle: {sha}"' in reply.images[0].infotext
+
+
+def test_an_embedding_bundled_in_a_lora_draws_as_the_same_file(server):
+    url, folder, _, _ = server
+    sha = hashlib.sha256((folder / "ShinyStyle.pt").read_bytes()).hexdigest()[:12]
+    from_file, _ = txt2img(url, "a red circle, shinystyle")
+    bundled, info = txt2img(url, "<lora:bundle:1>a red circle, bundledstyle")
+    assert bundled == from_file  # the same vectors in the same place: the same pixels
+    assert 'TI hashes: "BundledStyle: bundle"' in info["infotexts"][0]  # the LoRA's name is the hash
+    # Without its LoRA the name is prompt text again.
+    as_text, text_info = txt2img(url, "a red circle, bundledstyle")
+    assert as_text != from_file and "TI hashes" not in text_info["infotexts"][0]
+    # A file of the same name wins over the bundled vectors, hash included.
+    same_name, same_info = txt2img(url, "<lora:bundle:1>a red circle, shinystyle")
+    assert same_name == from_file
+    assert f'TI hashes: "ShinyStyle: {sha}"' in same_info["infotexts"][0]
+    # Another width: not loaded, the name stays text.
+    wide, wide_info = txt2img(url, "<lora:bundle:1>a red circle, widebundle")
+    assert wide == txt2img(url, "a red circle, widebundle")[0] and "TI hashes" not in wide_info["infotexts"][0]
+    # lora_bundled_ti_to_infotext off: A1111 still lists the name, with an empty hash.
+    _, off_info = txt2img(url, "<lora:bundle:1>a red circle, bundledstyle",
+                          override_settings={"lora_bundled_ti_to_infotext": False})
+    assert 'TI hashes: "BundledStyle: "' in off_info["infotexts"][0]
+    # Whatever the LoRA's weights: at 0 it merges nothing and still brings its embeddings (A1111 registers them).
+    assert txt2img(url, "<lora:bundle:0>a red circle, bundledstyle")[0] == from_file
+    assert txt2img(url, "a red circle, shinystyle")[0] == from_file  # nothing stayed behind
+
+
+def test_a_bundle_that_is_no_embedding_is_reported_and_the_job_runs(server):
+    url, _, _, _ = server
+    image, info = txt2img(url, "<lora:broken:1>a red circle, brokenstyle")
+    assert any("Networks with errors" in w and "multiple terms" in w for w in info["sdedge_warnings"])
+    assert image == txt2img(url, "a red circle, brokenstyle")[0]

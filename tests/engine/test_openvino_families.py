@@ -133,10 +133,11 @@ def runtime_precisions(compiled, part: str) -> dict[str, tuple[str, str]]:
 
 
 @needs_bf16
-@pytest.mark.parametrize("family", ["sdxl", "refiner"])
-def test_bf16_sdxl_time_ids_embedding_runs_in_f32(bundles, family):
+@pytest.mark.parametrize(("family", "f16_weights"), [("sdxl", False), ("sdxl", True), ("refiner", True)])
+def test_bf16_sdxl_time_ids_embedding_runs_in_f32(bundles, family, f16_weights):
+    """From the ONNX and from the f16 IR the backend writes into the bundle (marked on the dynamic model)."""
     bundle = load_bundle(bundles[family])
-    backend = OpenVinoBackend(bundle, "bf16", threads=THREADS, f16_weights=False)
+    backend = OpenVinoBackend(bundle, "bf16", threads=THREADS, f16_weights=f16_weights)
     widths = {s.name: s.shape[-1] for s in backend.input_specs("unet")}
     shapes = {"sample": (2, 4, 8, 8), "timestep": (2,), "encoder_hidden_states": (2, 77, widths["encoder_hidden_states"]),
               "text_embeds": (2, widths["text_embeds"]), "time_ids": (2, widths["time_ids"])}

@@ -29,6 +29,7 @@ import numpy as np
 
 TIME_INPUTS = ("timestep", "time_ids")
 _LINEAR = {"MatMul"}
+_RESHAPES = {"Reshape", "Unsqueeze", "Squeeze"}
 
 # A Parameter marked "precise" in IR v11: the only way to obtain the attribute object from Python.
 _DONOR_IR = """<?xml version="1.0"?>
@@ -99,7 +100,9 @@ def _stable_replacement(node):
     """A Reshape for `node` (Unsqueeze/Squeeze, a Broadcast that only reshapes; a Multiply by ones for a real
     Broadcast) when its shapes are static, else None. The CPU plugin replaces Unsqueeze/Squeeze/Broadcast with
     new nodes of its own, which do not inherit the mark (it is not copyable): t = 999 reached the Mul as bf16 1000.
-    A Reshape or Multiply keeps it."""
+    A Reshape or Multiply keeps it. A reshape straight after another reshape reads that one's input instead:
+    the plugin fuses two consecutive Reshapes into a new, unmarked one (SDXL's `time_ids` → Reshape → Unsqueeze
+    reached its Mul as bf16)."""
     import openvino.opset13 as ops
 
     if not (node.get_input_partial_shape(0).is_static and node.get_output_partial_shape(0).is_static):
@@ -107,6 +110,9 @@ def _stable_replacement(node):
     shape = list(node.get_output_shape(0))
     source = node.input_value(0)
     if int(np.prod(shape)) == int(np.prod(list(node.get_input_shape(0)))):
+        while (source.get_node().get_type_name() in _RESHAPES and len(source.get_target_inputs()) == 1
+               and source.get_node().get_input_partial_shape(0).is_static):
+            source = source.get_node().input_value(0)  # the same element count all along the chain
         replacement = ops.reshape(source, ops.constant(np.array(shape, np.int64)), special_zero=False)
     elif node.get_type_name() == "Broadcast":  # one timestep for the whole batch: an elementwise broadcast
         replacement = ops.multiply(source, ops.constant(np.ones(shape, source.get_element_type().to_dtype())))

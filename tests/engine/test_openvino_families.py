@@ -170,4 +170,8 @@ def test_bf16_sdxl_sees_time_ids_that_bf16_cannot_hold(bundles):
     expected = [reference.run("unet", {**feeds, "time_ids": t})["out_sample"] for t in sizes]
     got = [ours.run("unet", {**feeds, "time_ids": t})["out_sample"] for t in sizes]
     assert np.abs(expected[0] - expected[1]).max() > 1e-3 * np.abs(expected[0]).max()
-    assert cosine(got[0] - got[1], expected[0] - expected[1]) > 0.9
+    # Broken, the two bf16 outputs are bit-identical (no change at all). Fixed, bf16 moves the way fp32 does, with
+    # its own rounding on top: cosine 0.80–0.9+ between the two changes depending on the kernels' thread split.
+    got_change, expected_change = got[0] - got[1], expected[0] - expected[1]
+    assert cosine(got_change, expected_change) > 0.5
+    assert 0.5 < np.linalg.norm(got_change) / np.linalg.norm(expected_change) < 2

@@ -265,11 +265,20 @@ def test_replicas_scale_up_on_queue_length(cluster):
                 scaled.append(time.perf_counter() - started)
             time.sleep(0.2)
 
+    def client(i: int) -> list[requests.Response]:
+        # Jobs keep the queue full until the second replica runs (or 90 s): a fixed number of jobs drained before
+        # the autoscaler looked when the jobs were fast.
+        sent = []
+        while time.perf_counter() - started < 90 and not scaled:
+            sent.append(_txt2img(base, titles[(i + len(sent)) % 2], seed=900 + i, steps=16))
+        return sent
+
     watcher = threading.Thread(target=watch)
     watcher.start()
     with ThreadPoolExecutor(CLIENTS) as pool:
-        responses = list(pool.map(lambda i: _txt2img(base, titles[i % 2], seed=900 + i, steps=16), range(32)))
+        responses = [r for sent in pool.map(client, range(CLIENTS)) for r in sent]
     watcher.join()
-    print(f"\n32 queued jobs on 1 replica: scaled to 2 after {scaled[0] if scaled else float('nan'):.1f} s")
+    print(f"\n{len(responses)} jobs from {CLIENTS} clients on 1 replica: scaled to 2 after "
+          f"{scaled[0] if scaled else float('nan'):.1f} s")
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
     assert scaled, "the deployment never scaled to two replicas while jobs waited"

@@ -55,7 +55,7 @@ def replace_initializers(model, values: dict[str, np.ndarray]) -> None:
 class MergedModel:
     """A component with merged weights on an OpenVinoBackend: the returned `session` of `session_with_initializers`.
 
-    Holds the merged ov.Model (dynamic shapes; its replaced Constants hold the merged arrays, the rest stay mapped
+    Holds the merged ov.Model (dynamic shapes, never compiled itself; its replaced Constants hold the merged arrays, the rest stay mapped
     from the file) so that a new input shape can be compiled without merging again; compiled per input shapes in an
     LRU of the backend's `shapes_per_component`, like the base components."""
 
@@ -68,13 +68,16 @@ class MergedModel:
         self._lock = threading.Lock()
 
     def compiled(self, shapes: dict[str, tuple[int, ...]]):
-        key = tuple(sorted(shapes.items()))
+        from engine.openvino_backend import _key
+
+        key = _key(shapes)
         with self._lock:
             if key in self._compiled:
                 self._compiled.move_to_end(key)
                 return self._compiled[key]
             while len(self._compiled) >= self.backend.shapes_per_component:
                 self._compiled.popitem(last=False)
-            # Reshaped in place: the held model is only ever used to compile, one shape at a time (under the lock).
-            compiled = self._compiled[key] = self.backend.compile_static(self.model, self.component, shapes)
+            # A clone per compile (its Constants share the merged arrays): compile_static makes the model static in
+            # place (reshape, bf16's timestep rewrite to fixed shapes), which the next shape could not start from.
+            compiled = self._compiled[key] = self.backend.compile_static(self.model.clone(), self.component, shapes)
             return compiled

@@ -131,3 +131,19 @@ def test_a_merged_weight_without_a_constant_is_an_error(shapes_bundle):
     name = next(t.initializer for t in lora_map.targets.values() if t.component == "unet")
     with pytest.raises(ValueError, match="shape"):
         replace_initializers(model, {name: np.zeros(3, np.float32)})
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="CPU without native bf16")
+def test_a_merged_model_compiles_a_second_shape_as_a_fresh_one(shapes_bundle, purple):
+    """A LoRA'd component meeting a new batch (hires pass, another request) is compiled again from the merged model:
+    that compile must equal one made for that shape alone (bf16 rewrites the timestep path for the static shape it
+    is compiled at)."""
+    bundle = load_bundle(shapes_bundle)
+    merged, _ = merged_weights(shapes_bundle, LoraMap.load(shapes_bundle), [(n, u) for n, u, _ in purple])
+    backend = OpenVinoBackend(bundle, "bf16", threads=2, f16_weights=False, shapes_per_component=2)
+    session = backend.session_with_initializers("unet", merged["unet"])
+    backend.run_session(session, unet_feeds(bundle, batch=2))
+    got = backend.run_session(session, unet_feeds(bundle, batch=4))["out_sample"]
+    fresh = backend.session_with_initializers("unet", merged["unet"])
+    expected = backend.run_session(fresh, unet_feeds(bundle, batch=4))["out_sample"]
+    np.testing.assert_array_equal(got, expected)
